@@ -1,0 +1,77 @@
+// An in-process test host for plugin unit tests: no daemon, no sockets, no dlopen.
+//
+//   #include <payhost/testing.h>
+//   TEST(CardProcessor, DeclinesStolenCard) {
+//     payhost::testing::TestHost host(*payhostPluginDescriptor(), "latency_ms = 0");
+//     auto card = host.service<payhost::schema::CardProcessor>("payments.card");
+//     auto request = card.authorizeRequest();
+//     ...
+//     auto response = request.send().wait(host.waitScope());
+//   }
+//
+// Link the plugin's sources (not its .so) and `payhost::testing` into the test executable. The
+// test host checks the descriptor as payhostd does, creates one instance (shard 0 of 1), runs an
+// event loop on the calling thread, and gives the plugin a manual clock: timers fire only when
+// the test calls `advanceTime`. Log records are kept for assertions.
+//
+// Thread-safety: use a TestHost from the thread that created it only.
+
+#ifndef PAYHOST_TESTING_H_
+#define PAYHOST_TESTING_H_
+
+#include <payhost/abi.h>
+#include <payhost/context.h>
+
+#include <capnp/capability.h>
+#include <kj/async.h>
+#include <kj/memory.h>
+#include <kj/string.h>
+#include <kj/vector.h>
+
+namespace payhost::testing {
+
+struct LogRecord {
+  LogLevel level;
+  kj::String event;
+  // The record as payhostd would render it: "event key=value ...".
+  kj::String line;
+};
+
+class TestHost {
+public:
+  // Checks `plugin` (throws on an ABI or fingerprint mismatch) and creates one instance with
+  // `configToml` as its config table. Throws what the plugin's constructor threw.
+  explicit TestHost(const payhost_plugin_v1_descriptor& plugin, kj::StringPtr configToml = "");
+  ~TestHost() noexcept(false);
+  KJ_DISALLOW_COPY(TestHost);
+
+  // A capability to one of the plugin's own services, or to one given to `provide`.
+  capnp::Capability::Client serviceCapability(kj::StringPtr name);
+  template <typename Interface>
+  typename Interface::Client service(kj::StringPtr name) {
+    return serviceCapability(name).castAs<Interface>();
+  }
+
+  // Makes `capability` the service `name` for the plugin's `Context::service` calls (a fake or a
+  // second plugin's TestHost service). May be called before or after the plugin looks it up.
+  void provide(kj::StringPtr name, capnp::Capability::Client capability);
+
+  kj::WaitScope& waitScope();
+
+  // Moves the plugin's clock forward and runs what became ready.
+  void advanceTime(kj::Duration delay);
+
+  kj::ArrayPtr<const LogRecord> logs() const;
+
+  // Objects the plugin's code still has alive (see `payhost::serve`).
+  uint64_t liveObjects() const;
+
+  class Impl;
+
+private:
+  kj::Own<Impl> impl;
+};
+
+}  // namespace payhost::testing
+
+#endif  // PAYHOST_TESTING_H_
