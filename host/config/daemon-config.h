@@ -1,0 +1,67 @@
+// payhostd's configuration: the TOML file named by `payhostd --config FILE`, parsed and checked.
+//
+// Every key is known: an unknown key, a value of the wrong type or out of range, or a missing
+// required key is refused with one message naming the file, line, column and dotted key, e.g.
+//   "etc/payhostd.toml:7:1: host.shardz: unknown key (known: shards, log_level, ...)".
+// Relative paths are resolved against the directory of the config file.
+//
+// Immutable after parsing.
+
+#pragma once
+
+#include <payhost/config.h>
+
+#include <kj/string.h>
+#include <kj/time.h>
+#include <kj/vector.h>
+
+#include <cstdint>
+
+namespace payhost::host {
+
+enum class LogFormat { LOGFMT, JSON };
+
+struct PluginConfig {
+  // Absolute path of the plugin file.
+  kj::String path;
+  // Whether to load it (default true); a disabled plugin is listed but not loaded.
+  bool enabled = true;
+  // The plugin's own `[plugin.config]` table, handed to it as `Context::config()`.
+  Config config;
+};
+
+struct DaemonConfig {
+  // The file it was read from (absolute).
+  kj::String sourcePath;
+
+  // [host]
+  // Event loops (shards); 0 in the file means one per core, resolved here with the core count.
+  uint32_t shards = 1;
+  // "debug", "info", "warning" or "error".
+  kj::String logLevel = kj::heapString("info");
+  LogFormat logFormat = LogFormat::LOGFMT;
+  // How long SIGTERM waits for calls in flight before closing connections.
+  kj::Duration drainTimeout = 10 * kj::SECONDS;
+
+  // [listen]: data-plane listeners serving the Gateway. At least one TCP or unix address.
+  // "host:port" (port 0 picks a free port; IPv6 as "[::1]:7400").
+  kj::Vector<kj::String> tcp;
+  // Absolute socket paths.
+  kj::Vector<kj::String> unix;
+
+  // [admin]
+  // Absolute path of the admin unix socket (required).
+  kj::String adminSocket;
+
+  // [[plugin]], in file order.
+  kj::Vector<PluginConfig> plugins;
+};
+
+// Parses `text` as the config file at `path` (used for messages and for resolving relative
+// paths). `cpuCount` resolves `shards = 0`. Throws a kj::Exception with one clear message.
+DaemonConfig parseDaemonConfig(kj::StringPtr text, kj::StringPtr path, uint32_t cpuCount);
+
+// Reads and parses the file at `path`. A missing or unreadable file is an error naming it.
+DaemonConfig loadDaemonConfig(kj::StringPtr path, uint32_t cpuCount);
+
+}  // namespace payhost::host
