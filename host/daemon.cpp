@@ -1,0 +1,358 @@
+#include "host/daemon.h"
+
+#include "host/admin/admin-server.h"
+#include "host/loader/generation.h"
+#include "host/loader/plugin-library.h"
+#include "host/registry/registry.h"
+#include "host/rpc/shard.h"
+#include "host/util/errors.h"
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-unix.h>
+#include <kj/debug.h>
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef PAYHOST_VERSION
+#error "PAYHOST_VERSION must be defined by the build"
+#endif
+
+namespace payhost::host {
+
+kj::StringPtr payhostVersion() {
+  return PAYHOST_VERSION;
+}
+
+namespace {
+
+// Unix socket paths: a stale socket from a previous run is removed; anything else is refused.
+void removeStaleSocket(kj::StringPtr path) {
+  struct stat info;
+  if (lstat(path.cStr(), &info) != 0) return;
+  if (!S_ISSOCK(info.st_mode)) {
+    PAYHOST_FAIL(FAILED, path, ": exists and is not a socket; refusing to replace it");
+  }
+  KJ_SYSCALL(unlink(path.cStr()), path);
+}
+
+class LoggingErrorHandler final : public kj::TaskSet::ErrorHandler {
+public:
+  LoggingErrorHandler(LogSink& log, kj::StringPtr event) : log(log), event(event) {}
+  void taskFailed(kj::Exception&& exception) override {
+    auto description = exception.getDescription();
+    LogField fields[] = {{"error", description}};
+    log.write(LogLevel::WARNING, event, nullptr, fields);
+  }
+
+private:
+  LogSink& log;
+  kj::StringPtr event;
+};
+
+}  // namespace
+
+class Daemon::Impl {
+public:
+  Impl(const DaemonConfig& config, LogSink& log, kj::AsyncIoContext& io)
+      : config(config), log(log), io(io) {}
+
+  int run();
+  void stop() {
+    KJ_IF_MAYBE(fulfiller, stopFulfiller) {
+      (*fulfiller)->fulfill(kj::str("test"));
+    }
+  }
+
+private:
+  void info(kj::StringPtr event, std::initializer_list<LogField> fields = {}) {
+    log.write(LogLevel::INFO, event, nullptr, kj::arrayPtr(fields.begin(), fields.size()));
+  }
+  void warn(kj::StringPtr event, std::initializer_list<LogField> fields = {}) {
+    log.write(LogLevel::WARNING, event, nullptr, kj::arrayPtr(fields.begin(), fields.size()));
+  }
+  void error(kj::StringPtr event, std::initializer_list<LogField> fields = {}) {
+    log.write(LogLevel::ERROR, event, nullptr, kj::arrayPtr(fields.begin(), fields.size()));
+  }
+
+  kj::Promise<void> loadPlugin(const PluginConfig& plugin);
+  kj::Promise<void> uninstallEverywhere(Generation& generation);
+  void openListeners();
+  void openAdmin();
+  kj::Promise<void> acceptLoop(kj::ConnectionReceiver& receiver);
+  kj::Promise<kj::String> waitForStop();
+  void shutdown(kj::StringPtr reason);
+  void fillStatus(schema::HostStatus::Builder status);
+
+  const DaemonConfig& config;
+  LogSink& log;
+  kj::AsyncIoContext& io;
+  kj::TimePoint startedAt = io.provider->getTimer().now();
+  schema::HostState state = schema::HostState::STARTING;
+
+  CallCounters counters;
+  Registry registry;
+  kj::Vector<kj::Own<Shard>> shards;
+  uint32_t nextShard = 0;
+
+  LoggingErrorHandler acceptErrors{log, "listener.failed"};
+  LoggingErrorHandler adminErrors{log, "admin.connection_failed"};
+  kj::Vector<kj::String> listenerNames;
+  kj::Vector<kj::Own<kj::ConnectionReceiver>> listeners;
+  kj::Own<kj::TaskSet> acceptTasks = kj::heap<kj::TaskSet>(acceptErrors);
+  kj::Maybe<kj::Own<capnp::TwoPartyServer>> adminServer;
+  kj::Maybe<kj::Own<kj::ConnectionReceiver>> adminListener;
+  kj::Maybe<kj::Own<kj::PromiseFulfiller<kj::String>>> stopFulfiller;
+};
+
+kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
+  kj::Own<Generation> generation;
+  try {
+    auto library = PluginLibrary::load(plugin.path, registry.nextLoadId());
+    // The plugin keeps its own copy of its config table.
+    auto pluginConfig = Config::parse(plugin.config.toToml(), plugin.path);
+    generation = kj::atomicRefcounted<Generation>(registry.nextLoadId(), kj::mv(library),
+                                                  kj::mv(pluginConfig));
+    registry.checkServicesFree(*generation);
+  } catch (const kj::Exception& e) {
+    error("plugin.refused", {{"path", plugin.path}, {"error", e.getDescription()}});
+    registry.addFailed(plugin.path, kj::heapString(e.getDescription()));
+    return kj::READY_NOW;
+  }
+
+  kj::Vector<kj::Promise<void>> installs;
+  for (auto& shard : shards) {
+    installs.add(shard->run([generation = generation->addRef()](ShardState& state) mutable {
+      return state.services().install(kj::mv(generation));
+    }));
+  }
+  auto& g = *generation;
+  return kj::joinPromises(installs.releaseAsArray())
+      .then(
+          [this, &plugin, generation = kj::mv(generation)]() mutable {
+            auto services = kj::strArray(
+                KJ_MAP(service, generation->services()) { return service.name.asPtr(); }, ",");
+            info("plugin.loaded", {{"plugin", generation->name()},
+                                   {"version", generation->version()},
+                                   {"services", services},
+                                   {"path", plugin.path},
+                                   {"sha256", generation->library().sha256()},
+                                   {"generation", kj::str(generation->id())}});
+            registry.addServing(plugin.path, kj::mv(generation));
+            return kj::Promise<void>(kj::READY_NOW);
+          },
+          [this, &plugin, failed = g.addRef()](kj::Exception&& e) mutable {
+            error("plugin.refused", {{"path", plugin.path}, {"error", e.getDescription()}});
+            registry.addFailed(plugin.path, kj::heapString(e.getDescription()));
+            // Shards where the instance was created drop it again.
+            auto& refused = *failed;
+            return uninstallEverywhere(refused).attach(kj::mv(failed));
+          });
+}
+
+kj::Promise<void> Daemon::Impl::uninstallEverywhere(Generation& generation) {
+  kj::Vector<kj::Promise<void>> removals;
+  for (auto& shard : shards) {
+    removals.add(shard->run([&generation](ShardState& state) {
+      state.services().uninstall(generation);
+    }));
+  }
+  return kj::joinPromises(removals.releaseAsArray());
+}
+
+void Daemon::Impl::openListeners() {
+  auto open = [this](kj::StringPtr address, bool isUnix) {
+    if (isUnix) removeStaleSocket(address);
+    auto text = isUnix ? kj::str("unix:", address) : kj::heapString(address);
+    auto parsed = io.provider->getNetwork().parseAddress(text).wait(io.waitScope);
+    auto receiver = parsed->listen();
+    // With port 0 the kernel picks the port; name the listener by the port it got.
+    auto name = isUnix ? kj::str("unix:", address)
+                       : kj::str(kj::heapString(address.slice(0, KJ_ASSERT_NONNULL(
+                                                                    address.findLast(':')))),
+                                 ":", receiver->getPort());
+    info("listener.open", {{"address", name}});
+    acceptTasks->add(acceptLoop(*receiver));
+    listeners.add(kj::mv(receiver));
+    listenerNames.add(kj::mv(name));
+  };
+  for (auto& address : config.tcp) open(address, false);
+  for (auto& path : config.unix) open(path, true);
+}
+
+kj::Promise<void> Daemon::Impl::acceptLoop(kj::ConnectionReceiver& receiver) {
+  return receiver.accept().then([this, &receiver](kj::Own<kj::AsyncIoStream>&& stream) {
+    KJ_IF_MAYBE(fd, stream->getFd()) {
+      int one = 1;
+      // Fails harmlessly on unix sockets.
+      setsockopt(*fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      int owned = fcntl(*fd, F_DUPFD_CLOEXEC, 0);
+      if (owned >= 0) {
+        auto& shard = *shards[nextShard++ % shards.size()];
+        acceptTasks->add(shard.run([owned](ShardState& state) { state.adopt(owned); }));
+      }
+    }
+    return acceptLoop(receiver);
+  });
+}
+
+void Daemon::Impl::openAdmin() {
+  removeStaleSocket(config.adminSocket);
+  auto address = io.provider->getNetwork()
+                     .parseAddress(kj::str("unix:", config.adminSocket))
+                     .wait(io.waitScope);
+  auto receiver = address->listen();
+  // Only the daemon's user may administer it.
+  KJ_SYSCALL(chmod(config.adminSocket.cStr(), 0600), config.adminSocket);
+  auto server = kj::heap<capnp::TwoPartyServer>(kj::heap<AdminServer>(
+      registry, [this](schema::HostStatus::Builder status) { fillStatus(status); }));
+  acceptTasks->add(server->listen(*receiver));
+  info("admin.open", {{"socket", config.adminSocket}});
+  adminServer = kj::mv(server);
+  adminListener = kj::mv(receiver);
+}
+
+void Daemon::Impl::fillStatus(schema::HostStatus::Builder status) {
+  status.setVersion(payhostVersion());
+  status.setPid(getpid());
+  status.setUptimeMs((io.provider->getTimer().now() - startedAt) / kj::MILLISECONDS);
+  status.setShards(shards.size());
+  status.setState(state);
+  uint32_t open = 0;
+  for (auto& shard : shards) open += shard->connectionsOpen();
+  status.setConnectionsOpen(open);
+  status.setCallsInFlight(counters.inFlight.load(std::memory_order_relaxed));
+  status.setCallsTotal(counters.total.load(std::memory_order_relaxed));
+  status.setCallsFailed(counters.failed.load(std::memory_order_relaxed));
+  status.setPluginsServing(registry.count(schema::PluginState::SERVING));
+  status.setPluginsFailed(registry.count(schema::PluginState::FAILED));
+  auto names = status.initListeners(listenerNames.size());
+  for (size_t i = 0; i < names.size(); ++i) names.set(i, listenerNames[i]);
+}
+
+kj::Promise<kj::String> Daemon::Impl::waitForStop() {
+  auto paf = kj::newPromiseAndFulfiller<kj::String>();
+  stopFulfiller = kj::mv(paf.fulfiller);
+  auto signal = [this](int number, kj::StringPtr name) {
+    return io.unixEventPort.onSignal(number).then(
+        [name](siginfo_t&&) { return kj::heapString(name); });
+  };
+  return signal(SIGTERM, "SIGTERM")
+      .exclusiveJoin(signal(SIGINT, "SIGINT"))
+      .exclusiveJoin(kj::mv(paf.promise));
+}
+
+void Daemon::Impl::shutdown(kj::StringPtr reason) {
+  state = schema::HostState::DRAINING;
+  auto inFlight = counters.inFlight.load();
+  info("host.draining", {{"reason", reason}, {"calls_in_flight", kj::str(inFlight)}});
+  // Stop accepting; established connections stay open until their calls finish.
+  listeners.clear();
+
+  kj::Vector<kj::Promise<void>> idle;
+  for (auto& shard : shards) {
+    idle.add(shard->run([](ShardState& shardState) {
+      shardState.services().startDraining();
+      return shardState.services().whenIdle();
+    }));
+  }
+  bool drained = kj::joinPromises(idle.releaseAsArray())
+                     .then([]() { return true; })
+                     .exclusiveJoin(io.provider->getTimer()
+                                        .afterDelay(config.drainTimeout)
+                                        .then([]() { return false; }))
+                     .wait(io.waitScope);
+  if (drained) {
+    info("host.drained");
+  } else {
+    warn("host.drain_deadline", {{"calls_cut", kj::str(counters.inFlight.load())},
+                                 {"deadline_ms", kj::str(config.drainTimeout / kj::MILLISECONDS)}});
+  }
+
+  kj::Vector<kj::Promise<void>> stops;
+  for (auto& shard : shards) stops.add(shard->stop());
+  kj::joinPromises(stops.releaseAsArray()).wait(io.waitScope);
+  shards.clear();
+
+  for (auto& record : registry.plugins()) {
+    KJ_IF_MAYBE(generation, record.generation) {
+      auto& g = **generation;
+      auto live = g.library().liveObjects();
+      auto result = g.library().unload();
+      auto fields = {LogField{"plugin", g.name()}, LogField{"version", g.version()},
+                     LogField{"result", unloadResultName(result)}};
+      if (result == PluginLibrary::UnloadResult::UNMAPPED) {
+        info("plugin.unloaded", fields);
+      } else {
+        auto liveText = kj::str(live);
+        warn("plugin.not_unloaded", {{"plugin", g.name()},
+                                     {"version", g.version()},
+                                     {"result", unloadResultName(result)},
+                                     {"live_objects", liveText}});
+      }
+    }
+  }
+  adminServer = nullptr;
+  adminListener = nullptr;
+  unlink(config.adminSocket.cStr());
+  for (auto& path : config.unix) unlink(path.cStr());
+  info("host.stopped");
+}
+
+int Daemon::Impl::run() {
+  info("host.starting", {{"version", payhostVersion()},
+                         {"config", config.sourcePath},
+                         {"shards", kj::str(config.shards)},
+                         {"pid", kj::str(getpid())}});
+  // Signals first: captured before any shard thread exists, so every thread inherits the mask.
+  auto stopRequested = waitForStop();
+
+  capnp::ReaderOptions readerOptions;
+  for (uint32_t i = 0; i < config.shards; ++i) {
+    shards.add(kj::heap<Shard>(i, config.shards, log, counters, readerOptions));
+  }
+  for (auto& plugin : config.plugins) {
+    if (!plugin.enabled) {
+      info("plugin.disabled", {{"path", plugin.path}});
+      continue;
+    }
+    loadPlugin(plugin).wait(io.waitScope);
+  }
+
+  try {
+    openListeners();
+    openAdmin();
+  } catch (const kj::Exception& e) {
+    error("host.start_failed", {{"error", e.getDescription()}});
+    shutdown("start failed");
+    return 1;
+  }
+
+  state = schema::HostState::SERVING;
+  info("host.ready", {{"listeners", kj::strArray(listenerNames, ",")},
+                      {"plugins_serving", kj::str(registry.count(schema::PluginState::SERVING))},
+                      {"plugins_failed", kj::str(registry.count(schema::PluginState::FAILED))}});
+  auto reason = stopRequested.wait(io.waitScope);
+  shutdown(reason);
+  return 0;
+}
+
+Daemon::Daemon(const DaemonConfig& config, LogSink& log, kj::AsyncIoContext& io)
+    : impl(kj::heap<Impl>(config, log, io)) {}
+
+Daemon::~Daemon() noexcept(false) = default;
+
+int Daemon::run() {
+  return impl->run();
+}
+
+void Daemon::stopForTest() {
+  impl->stop();
+}
+
+}  // namespace payhost::host

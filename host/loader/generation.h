@@ -1,0 +1,63 @@
+// One loaded version of one plugin: its library, its descriptor (copied into host memory) and
+// its config. Shared by every shard that runs an instance of it.
+//
+// Lifetime: each call routed to the generation, and each shard-local instance, holds a reference
+// (`kj::addRef`); the library is closed when the last reference goes, and only if the plugin
+// reports no live objects (otherwise it is parked: see PluginLibrary::unload). The library is
+// the first member, so it is destroyed last.
+//
+// Thread-safety: immutable after construction except the atomic call counters.
+
+#pragma once
+
+#include "host/loader/plugin-library.h"
+
+#include <payhost/config.h>
+
+#include <kj/array.h>
+#include <kj/refcount.h>
+#include <kj/string.h>
+
+#include <atomic>
+#include <cstdint>
+
+namespace payhost::host {
+
+struct ServiceDeclaration {
+  kj::String name;
+  kj::String interfaceName;
+  uint64_t interfaceId;
+};
+
+class Generation final : public kj::AtomicRefcounted {
+public:
+  Generation(uint64_t id, kj::Own<PluginLibrary> library, Config config);
+  ~Generation() noexcept;
+
+  uint64_t id() const { return id_; }
+  kj::StringPtr name() const { return name_; }
+  kj::StringPtr version() const { return version_; }
+  kj::ArrayPtr<const ServiceDeclaration> services() const { return services_; }
+  const payhost_plugin_v1_descriptor& descriptor() const { return library_->descriptor(); }
+  const Config& config() const { return config_; }
+  PluginLibrary& library() { return *library_; }
+  const PluginLibrary& library() const { return *library_; }
+  int64_t loadedAtUnixMs() const { return loadedAtUnixMs_; }
+
+  kj::Own<Generation> addRef() { return kj::atomicAddRef(*this); }
+
+  std::atomic<uint64_t> callsTotal{0};
+  std::atomic<uint64_t> callsFailed{0};
+  std::atomic<uint32_t> callsInFlight{0};
+
+private:
+  kj::Own<PluginLibrary> library_;
+  uint64_t id_;
+  kj::String name_;
+  kj::String version_;
+  kj::Array<ServiceDeclaration> services_;
+  Config config_;
+  int64_t loadedAtUnixMs_;
+};
+
+}  // namespace payhost::host

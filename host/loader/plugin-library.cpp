@@ -1,0 +1,184 @@
+#include "host/loader/plugin-library.h"
+
+#include "host/util/errors.h"
+
+#include <payhost/compat.h>
+
+#include <kj/debug.h>
+#include <kj/encoding.h>
+#include <kj/io.h>
+
+#include <boost/dll/shared_library.hpp>
+#include <openssl/evp.h>
+
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+
+namespace payhost::host {
+
+struct PluginLibrary::Library {
+  boost::dll::shared_library library;
+};
+
+namespace {
+
+// Larger plugins are refused: the whole file is read into memory once.
+constexpr size_t MAX_PLUGIN_BYTES = 256u << 20;
+
+kj::Array<kj::byte> readWholeFile(kj::StringPtr path) {
+  int fd = open(path.cStr(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) PAYHOST_FAIL(FAILED, path, ": cannot open plugin file: ", strerror(errno));
+  kj::AutoCloseFd owned(fd);
+  struct stat info;
+  KJ_SYSCALL(fstat(fd, &info), path);
+  if (!S_ISREG(info.st_mode)) PAYHOST_FAIL(FAILED, path, ": plugin file is not a regular file");
+  if (static_cast<size_t>(info.st_size) > MAX_PLUGIN_BYTES) {
+    PAYHOST_FAIL(FAILED, path, ": plugin file is ", info.st_size, " bytes; the limit is ",
+                 MAX_PLUGIN_BYTES);
+  }
+  auto bytes = kj::heapArray<kj::byte>(info.st_size);
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = read(fd, bytes.begin() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) PAYHOST_FAIL(FAILED, path, ": cannot read plugin file: ", strerror(errno));
+    if (n == 0) PAYHOST_FAIL(FAILED, path, ": plugin file shrank while being read");
+    done += n;
+  }
+  return bytes;
+}
+
+void checkElf(kj::StringPtr path, kj::ArrayPtr<const kj::byte> bytes) {
+  if (bytes.size() < sizeof(Elf64_Ehdr) || memcmp(bytes.begin(), ELFMAG, SELFMAG) != 0) {
+    PAYHOST_FAIL(FAILED, path, ": not a plugin: the file is not an ELF shared library");
+  }
+  Elf64_Ehdr header;
+  memcpy(&header, bytes.begin(), sizeof(header));
+  if (header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_machine != EM_X86_64) {
+    PAYHOST_FAIL(FAILED, path, ": not a plugin for this machine: ELF class ",
+                 header.e_ident[EI_CLASS], " machine ", header.e_machine,
+                 ", host is ELFCLASS64 x86-64 (62)");
+  }
+  if (header.e_type != ET_DYN) {
+    PAYHOST_FAIL(FAILED, path, ": not a plugin: ELF type ", header.e_type,
+                 " is not a shared library (ET_DYN)");
+  }
+}
+
+kj::String sha256Hex(kj::ArrayPtr<const kj::byte> bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  KJ_ASSERT(EVP_Digest(bytes.begin(), bytes.size(), digest, &size, EVP_sha256(), nullptr) == 1);
+  return kj::encodeHex(kj::arrayPtr(digest, size));
+}
+
+kj::StringPtr baseName(kj::StringPtr path) {
+  KJ_IF_MAYBE(slash, path.findLast('/')) {
+    return path.slice(*slash + 1);
+  }
+  return path;
+}
+
+}  // namespace
+
+kj::StringPtr unloadResultName(PluginLibrary::UnloadResult result) {
+  switch (result) {
+    case PluginLibrary::UnloadResult::UNMAPPED:
+      return "unmapped";
+    case PluginLibrary::UnloadResult::STILL_MAPPED:
+      return "still-mapped";
+    case PluginLibrary::UnloadResult::PARKED:
+      return "parked";
+  }
+  return "unknown";
+}
+
+bool isMapped(kj::StringPtr name) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  std::string_view needle(name.cStr(), name.size());
+  while (std::getline(maps, line)) {
+    auto at = line.find(needle);
+    if (at == std::string::npos) continue;
+    // A whole name: followed by the end, a space (" (deleted)") or nothing else.
+    size_t end = at + needle.size();
+    if (end == line.size() || line[end] == ' ') return true;
+  }
+  return false;
+}
+
+kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId) {
+  auto bytes = readWholeFile(path);
+  checkElf(path, bytes);
+
+  auto result = kj::heap<PluginLibrary>(Token{});
+  result->path_ = kj::heapString(path);
+  result->sha256_ = sha256Hex(bytes);
+
+  auto memfdName = kj::str("payhost:", baseName(path), ":", loadId);
+  int memfd = memfd_create(memfdName.cStr(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (memfd < 0) PAYHOST_FAIL(FAILED, path, ": memfd_create failed: ", strerror(errno));
+  kj::AutoCloseFd memfdOwner(memfd);
+  kj::FdOutputStream(memfd).write(bytes.begin(), bytes.size());
+  KJ_SYSCALL(fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL),
+             path);
+  result->mappedName_ = kj::str("/memfd:", memfdName);
+
+  auto library = kj::heap<Library>();
+  try {
+    library->library.load(std::filesystem::path(kj::str("/proc/self/fd/", memfd).cStr()),
+                           boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
+  } catch (const std::exception& e) {
+    PAYHOST_FAIL(FAILED, path, ": cannot load plugin: ", e.what(), "");
+  }
+  if (!library->library.has(PAYHOST_ENTRY_SYMBOL)) {
+    PAYHOST_FAIL(FAILED, path, ": not a payhost plugin: no entry symbol '", PAYHOST_ENTRY_SYMBOL,
+                 "' (declare the plugin with PAYHOST_PLUGIN from <payhost/plugin.h>)");
+  }
+  auto entry = library->library.get_alias<const payhost_plugin_v1_descriptor*()>(
+      PAYHOST_ENTRY_SYMBOL);
+  const payhost_plugin_v1_descriptor* descriptor = entry();
+  if (descriptor == nullptr) {
+    PAYHOST_FAIL(FAILED, path, ": the plugin's entry returned no descriptor");
+  }
+  KJ_IF_MAYBE(problem, describeIncompatibility(*descriptor)) {
+    PAYHOST_FAIL(FAILED, path, ": plugin refused: ", *problem);
+  }
+  result->library = kj::mv(library);
+  result->descriptor_ = descriptor;
+  return result;
+}
+
+PluginLibrary::PluginLibrary(Token) {}
+
+PluginLibrary::~PluginLibrary() noexcept {
+  if (library.get() != nullptr && unloaded == nullptr) unload();
+}
+
+PluginLibrary::UnloadResult PluginLibrary::unload() {
+  KJ_IF_MAYBE(result, unloaded) {
+    return *result;
+  }
+  UnloadResult result;
+  if (descriptor_ != nullptr && descriptor_->live_objects() != 0) {
+    // Deliberately leaked: closing would unmap code that live objects still point into.
+    new kj::Own<Library>(kj::mv(library));
+    result = UnloadResult::PARKED;
+  } else {
+    library = nullptr;
+    result = isMapped(mappedName_) ? UnloadResult::STILL_MAPPED : UnloadResult::UNMAPPED;
+  }
+  descriptor_ = nullptr;
+  unloaded = result;
+  return result;
+}
+
+}  // namespace payhost::host

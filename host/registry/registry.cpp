@@ -1,0 +1,63 @@
+#include "host/registry/registry.h"
+
+#include "host/util/errors.h"
+
+namespace payhost::host {
+
+void Registry::checkServicesFree(const Generation& generation) const {
+  for (auto& record : records) {
+    KJ_IF_MAYBE(other, record.generation) {
+      for (auto& theirs : (*other)->services()) {
+        for (auto& ours : generation.services()) {
+          if (theirs.name == ours.name) {
+            PAYHOST_FAIL(FAILED, generation.library().path(), ": service '", ours.name,
+                         "' of plugin ", generation.name(), " ", generation.version(),
+                         " is already provided by plugin ", (*other)->name(), " ",
+                         (*other)->version(), " (", record.path, ")");
+          }
+        }
+      }
+    }
+  }
+}
+
+void Registry::addServing(kj::StringPtr path, kj::Own<Generation> generation) {
+  records.add(PluginRecord{kj::heapString(path), schema::PluginState::SERVING,
+                           kj::mv(generation), kj::String()});
+}
+
+void Registry::addFailed(kj::StringPtr path, kj::String error) {
+  records.add(PluginRecord{kj::heapString(path), schema::PluginState::FAILED, nullptr,
+                           kj::mv(error)});
+}
+
+uint32_t Registry::count(schema::PluginState state) const {
+  uint32_t n = 0;
+  for (auto& record : records) n += record.state == state;
+  return n;
+}
+
+void Registry::fill(capnp::List<schema::PluginInfo>::Builder list) const {
+  for (size_t i = 0; i < records.size(); ++i) {
+    auto& record = records[i];
+    auto info = list[i];
+    info.setPath(record.path);
+    info.setState(record.state);
+    if (record.error.size() > 0) info.setError(record.error);
+    KJ_IF_MAYBE(generation, record.generation) {
+      auto& g = **generation;
+      info.setName(g.name());
+      info.setVersion(g.version());
+      info.setSha256(g.library().sha256());
+      info.setGeneration(g.id());
+      info.setLoadedAtUnixMs(g.loadedAtUnixMs());
+      auto services = info.initServices(g.services().size());
+      for (size_t j = 0; j < services.size(); ++j) services.set(j, g.services()[j].name);
+      info.setCallsTotal(g.callsTotal.load(std::memory_order_relaxed));
+      info.setCallsFailed(g.callsFailed.load(std::memory_order_relaxed));
+      info.setCallsInFlight(g.callsInFlight.load(std::memory_order_relaxed));
+    }
+  }
+}
+
+}  // namespace payhost::host

@@ -1,0 +1,52 @@
+// The host's list of plugins: each configured plugin file with the generation loaded from it,
+// or the reason it was refused, and which generation provides each service name.
+//
+// There is one Registry, built by `Daemon`; nothing registers itself.
+//
+// Control thread only.
+
+#pragma once
+
+#include "host/loader/generation.h"
+
+#include <payhost/host.capnp.h>
+
+#include <kj/string.h>
+#include <kj/vector.h>
+
+#include <cstdint>
+
+namespace payhost::host {
+
+struct PluginRecord {
+  kj::String path;
+  schema::PluginState state = schema::PluginState::LOADING;
+  kj::Maybe<kj::Own<Generation>> generation;
+  kj::String error;
+};
+
+class Registry {
+public:
+  // A fresh id for the next load (also names its memfd).
+  uint64_t nextLoadId() { return ++lastLoadId; }
+
+  // Throws, naming both plugins, when a service of `generation` is already provided.
+  void checkServicesFree(const Generation& generation) const;
+
+  void addServing(kj::StringPtr path, kj::Own<Generation> generation);
+  void addFailed(kj::StringPtr path, kj::String error);
+
+  kj::ArrayPtr<PluginRecord> plugins() { return records.asPtr(); }
+  kj::ArrayPtr<const PluginRecord> plugins() const { return records.asPtr(); }
+
+  uint32_t count(schema::PluginState state) const;
+
+  // Writes one PluginInfo per record.
+  void fill(capnp::List<schema::PluginInfo>::Builder list) const;
+
+private:
+  uint64_t lastLoadId = 0;
+  kj::Vector<PluginRecord> records;
+};
+
+}  // namespace payhost::host

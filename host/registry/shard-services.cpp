@@ -1,0 +1,304 @@
+#include "host/registry/shard-services.h"
+
+#include "host/util/errors.h"
+
+#include <payhost/plugin.h>
+
+#include <capnp/membrane.h>
+#include <kj/debug.h>
+
+namespace payhost::host {
+
+namespace {
+
+// A membrane that is cut all at once when the instance goes.
+class RevocablePolicy final : public capnp::MembranePolicy, public kj::Refcounted {
+public:
+  RevocablePolicy() {
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    revoked = paf.promise.fork();
+    fulfiller = kj::mv(paf.fulfiller);
+  }
+
+  kj::Maybe<capnp::Capability::Client> inboundCall(uint64_t, uint16_t,
+                                                   capnp::Capability::Client) override {
+    return nullptr;
+  }
+  kj::Maybe<capnp::Capability::Client> outboundCall(uint64_t, uint16_t,
+                                                    capnp::Capability::Client) override {
+    return nullptr;
+  }
+  kj::Own<capnp::MembranePolicy> addRef() override { return kj::addRef(*this); }
+  kj::Maybe<kj::Promise<void>> onRevoked() override { return revoked.addBranch(); }
+
+  void revoke(kj::Exception reason) {
+    if (fulfiller->isWaiting()) fulfiller->reject(kj::mv(reason));
+  }
+
+private:
+  kj::ForkedPromise<void> revoked = nullptr;
+  kj::Own<kj::PromiseFulfiller<void>> fulfiller;
+};
+
+class ShardClock final : public Clock {
+public:
+  explicit ShardClock(kj::Timer& timer) : timer_(timer) {}
+  kj::Date now() override { return kj::systemPreciseCalendarClock().now(); }
+  kj::Timer& timer() override { return timer_; }
+
+private:
+  kj::Timer& timer_;
+};
+
+// Exceptions from plugin code point into the plugin's read-only data (the file name); copy them
+// into host memory so they can outlive the library.
+kj::Exception copyIntoHost(kj::Exception&& e) {
+  kj::Exception copy(e.getType(), "(plugin)", e.getLine(), kj::heapString(e.getDescription()));
+  return copy;
+}
+
+}  // namespace
+
+// What a plugin instance sees of the host.
+class HostContext final : public Context {
+public:
+  HostContext(Generation& generation, ShardServices& services, LogSink& sink, kj::Timer& timer,
+              uint32_t shardIndex, uint32_t shardCount)
+      : generation(generation),
+        services(services),
+        logger(sink, {{"plugin", generation.name()},
+                      {"version", generation.version()},
+                      {"shard", kj::str(shardIndex)}}),
+        clock_(timer),
+        shardIndex_(shardIndex),
+        shardCount_(shardCount) {}
+
+  kj::StringPtr pluginName() override { return generation.name(); }
+  kj::StringPtr pluginVersion() override { return generation.version(); }
+  uint32_t shardIndex() override { return shardIndex_; }
+  uint32_t shardCount() override { return shardCount_; }
+  Logger& log() override { return logger; }
+  const Config& config() override { return generation.config(); }
+  Clock& clock() override { return clock_; }
+  capnp::Capability::Client serviceCapability(kj::StringPtr name) override {
+    return services.route(name);
+  }
+
+private:
+  Generation& generation;
+  ShardServices& services;
+  ScopedLogger logger;
+  ShardClock clock_;
+  uint32_t shardIndex_;
+  uint32_t shardCount_;
+};
+
+struct ShardServices::Instance {
+  // Declared first so it is destroyed last: the plugin's objects go before the generation's
+  // reference (and with it, possibly, the library).
+  kj::Own<Generation> generation;
+  kj::Own<HostContext> context;
+  kj::Own<RevocablePolicy> policy = kj::refcounted<RevocablePolicy>();
+  Plugin* plugin = nullptr;
+  std::map<std::string, capnp::Capability::Client> capabilities;
+
+  ~Instance() noexcept(false) {
+    policy->revoke(KJ_EXCEPTION(DISCONNECTED, "service was replaced or unloaded",
+                                generation->name(), generation->version()));
+    capabilities.clear();
+    if (plugin != nullptr) generation->descriptor().destroy(plugin);
+  }
+};
+
+// Shard-local, refcounted so that routes held by clients stay valid after the shard's services
+// are cleared (their calls then fail with DISCONNECTED).
+struct ShardServices::Entry : public kj::Refcounted {
+  explicit Entry(kj::StringPtr name) : name(kj::heapString(name)) {}
+  kj::String name;
+  ShardServices* owner = nullptr;
+  // The instance serving the name now, and its membraned capability for it.
+  Instance* instance = nullptr;
+  const ServiceDeclaration* declaration = nullptr;
+  kj::Maybe<capnp::Capability::Client> capability;
+};
+
+class Route final : public capnp::Capability::Server {
+public:
+  explicit Route(kj::Own<ShardServices::Entry> entry) : entry(kj::mv(entry)) {}
+
+  DispatchCallResult dispatchCall(
+      uint64_t interfaceId, uint16_t methodId,
+      capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
+    auto owner = entry->owner;
+    if (owner == nullptr || owner->draining) {
+      return {KJ_EXCEPTION(DISCONNECTED, "payhostd is draining; retry on another host"), false};
+    }
+    auto instance = entry->instance;
+    capnp::Capability::Client* target = nullptr;
+    KJ_IF_MAYBE(capability, entry->capability) {
+      target = capability;
+    }
+    if (instance == nullptr || target == nullptr) {
+      return {KJ_EXCEPTION(DISCONNECTED, "service is not available on this host", entry->name),
+              false};
+    }
+    context.allowCancellation();
+    auto params = context.getParams();
+    auto request = target->typelessRequest(interfaceId, methodId, params.targetSize());
+    request.set(params);
+    context.releaseParams();
+
+    auto generation = instance->generation->addRef();
+    generation->callsInFlight.fetch_add(1, std::memory_order_relaxed);
+    generation->callsTotal.fetch_add(1, std::memory_order_relaxed);
+    owner->callStarted();
+    auto done = kj::defer([owner = kj::addRef(*entry), gen = generation.get()]() {
+      gen->callsInFlight.fetch_sub(1, std::memory_order_relaxed);
+      if (owner->owner != nullptr) owner->owner->callEnded();
+    });
+    auto promise =
+        request.send()
+            .then(
+                [context](capnp::Response<capnp::AnyPointer>&& response) mutable {
+                  context.getResults(response.targetSize()).set(response);
+                },
+                // The counters are host-wide and outlive every shard.
+                [generation = generation.get(), counters = &owner->counters](kj::Exception&& e) {
+                  generation->callsFailed.fetch_add(1, std::memory_order_relaxed);
+                  counters->failed.fetch_add(1, std::memory_order_relaxed);
+                  kj::throwFatalException(copyIntoHost(kj::mv(e)));
+                })
+            .attach(kj::mv(done), kj::mv(generation));
+    return {kj::mv(promise), false};
+  }
+
+private:
+  kj::Own<ShardServices::Entry> entry;
+};
+
+ShardServices::ShardServices(uint32_t shardIndex, uint32_t shardCount, LogSink& log,
+                             kj::Timer& timer, CallCounters& counters)
+    : shardIndex(shardIndex),
+      shardCount(shardCount),
+      log(log),
+      timer(timer),
+      counters(counters) {}
+
+ShardServices::~ShardServices() noexcept(false) {
+  clear();
+  for (auto& [name, entry] : entries) entry->owner = nullptr;
+}
+
+kj::Promise<void> ShardServices::install(kj::Own<Generation> generation) {
+  auto& descriptor = generation->descriptor();
+  auto instance = kj::heap<Instance>();
+  instance->context =
+      kj::heap<HostContext>(*generation, *this, log, timer, shardIndex, shardCount);
+  instance->generation = kj::mv(generation);
+  char message[1024] = {0};
+  payhost_error_v1 error{message, sizeof(message)};
+  void* created = descriptor.create(static_cast<Context*>(instance->context.get()), &error);
+  if (created == nullptr) {
+    PAYHOST_FAIL(FAILED, instance->generation->library().path(), ": plugin ",
+                 instance->generation->name(), " ", instance->generation->version(),
+                 " failed in its constructor: ", message);
+  }
+  instance->plugin = static_cast<Plugin*>(created);
+  for (auto& service : instance->generation->services()) {
+    auto inner = instance->plugin->service(service.name);
+    instance->capabilities.emplace(std::string(service.name.cStr()),
+                                   capnp::membrane(kj::mv(inner), instance->policy->addRef()));
+  }
+  auto ready = instance->plugin->ready();
+  return ready.then(
+      [this, instance = kj::mv(instance)]() mutable {
+        auto& loaded = *instance->generation;
+        for (auto& service : loaded.services()) {
+          auto& slot = entries[std::string(service.name.cStr())];
+          if (slot.get() == nullptr) slot = kj::refcounted<Entry>(service.name);
+          slot->owner = this;
+          slot->instance = instance.get();
+          slot->declaration = &service;
+          slot->capability = instance->capabilities.at(std::string(service.name.cStr()));
+        }
+        instances.emplace(loaded.id(), kj::mv(instance));
+      },
+      [](kj::Exception&& e) -> void {
+        kj::throwFatalException(copyIntoHost(kj::mv(e)));
+      });
+}
+
+void ShardServices::uninstall(const Generation& generation) {
+  auto it = instances.find(generation.id());
+  if (it == instances.end()) return;
+  for (auto& [name, entry] : entries) {
+    if (entry->instance == it->second.get()) {
+      entry->instance = nullptr;
+      entry->declaration = nullptr;
+      entry->capability = nullptr;
+    }
+  }
+  instances.erase(it);
+}
+
+capnp::Capability::Client ShardServices::route(kj::StringPtr name) {
+  auto& slot = entries[std::string(name.cStr())];
+  if (slot.get() == nullptr) {
+    slot = kj::refcounted<Entry>(name);
+    slot->owner = this;
+  }
+  return kj::heap<Route>(kj::addRef(*slot));
+}
+
+bool ShardServices::serves(kj::StringPtr name) const {
+  auto it = entries.find(std::string(name.cStr()));
+  return it != entries.end() && it->second->instance != nullptr;
+}
+
+kj::Array<ShardServices::ServiceView> ShardServices::list() const {
+  kj::Vector<ServiceView> views;
+  for (auto& [name, entry] : entries) {
+    if (entry->instance == nullptr) continue;
+    views.add(ServiceView{entry->name, *entry->declaration, *entry->instance->generation});
+  }
+  return views.releaseAsArray();
+}
+
+void ShardServices::startDraining() {
+  draining = true;
+}
+
+kj::Promise<void> ShardServices::whenIdle() {
+  if (inFlight_ == 0) return kj::READY_NOW;
+  auto paf = kj::newPromiseAndFulfiller<void>();
+  idleFulfiller = kj::mv(paf.fulfiller);
+  return kj::mv(paf.promise);
+}
+
+void ShardServices::clear() {
+  for (auto& [name, entry] : entries) {
+    entry->instance = nullptr;
+    entry->declaration = nullptr;
+    entry->capability = nullptr;
+  }
+  instances.clear();
+}
+
+void ShardServices::callStarted() {
+  ++inFlight_;
+  counters.inFlight.fetch_add(1, std::memory_order_relaxed);
+  counters.total.fetch_add(1, std::memory_order_relaxed);
+}
+
+void ShardServices::callEnded() {
+  --inFlight_;
+  counters.inFlight.fetch_sub(1, std::memory_order_relaxed);
+  if (inFlight_ == 0) {
+    KJ_IF_MAYBE(fulfiller, idleFulfiller) {
+      (*fulfiller)->fulfill();
+      idleFulfiller = nullptr;
+    }
+  }
+}
+
+}  // namespace payhost::host

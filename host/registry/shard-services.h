@@ -1,0 +1,95 @@
+// The services of one shard: each loaded generation's instance on this shard, and the routes
+// that send calls by service name to whichever instance serves the name when the call is made.
+//
+// Every call through a route is counted (in flight, total, failed), pins the generation it went
+// to until it completes, and crosses into the plugin through the instance's membrane, so that
+// revoking the membrane cuts every capability the plugin handed out. Exceptions coming back from
+// plugin code are copied into host-owned memory before they travel on.
+//
+// Shard-local: create, use and destroy on the shard's event loop thread only.
+
+#pragma once
+
+#include "host/loader/generation.h"
+#include "host/log/logger.h"
+
+#include <payhost/context.h>
+
+#include <capnp/capability.h>
+#include <kj/async.h>
+#include <kj/refcount.h>
+#include <kj/timer.h>
+
+#include <atomic>
+#include <map>
+#include <string>
+
+namespace payhost::host {
+
+// Host-wide call counters, shared by the shards (for status and drain).
+struct CallCounters {
+  std::atomic<uint64_t> total{0};
+  std::atomic<uint64_t> failed{0};
+  std::atomic<int64_t> inFlight{0};
+};
+
+class ShardServices {
+public:
+  ShardServices(uint32_t shardIndex, uint32_t shardCount, LogSink& log, kj::Timer& timer,
+                CallCounters& counters);
+  ~ShardServices() noexcept(false);
+  KJ_DISALLOW_COPY(ShardServices);
+
+  // Creates this shard's instance of `generation`, waits for its readiness check and routes the
+  // generation's services to it. Rejects (and leaves nothing behind) when the plugin's
+  // constructor throws or its readiness check fails.
+  kj::Promise<void> install(kj::Own<Generation> generation);
+
+  // Removes the instance of `generation` (if any) and the routes to it; its membrane is revoked,
+  // so calls still in flight on it fail with DISCONNECTED.
+  void uninstall(const Generation& generation);
+
+  // A capability to the service `name`, resolved at each call: calls fail with DISCONNECTED while
+  // nothing serves `name`.
+  capnp::Capability::Client route(kj::StringPtr name);
+
+  // Whether `name` is served on this shard now.
+  bool serves(kj::StringPtr name) const;
+
+  struct ServiceView {
+    kj::StringPtr name;
+    const ServiceDeclaration& declaration;
+    const Generation& generation;
+  };
+  kj::Array<ServiceView> list() const;
+
+  // From now on, new calls fail with DISCONNECTED ("host is draining").
+  void startDraining();
+  // Resolves when no call routed on this shard is in flight.
+  kj::Promise<void> whenIdle();
+  uint32_t inFlight() const { return inFlight_; }
+
+  // Revokes every membrane and destroys every instance (on shutdown).
+  void clear();
+
+  struct Entry;
+  struct Instance;
+
+private:
+  friend class Route;
+  void callStarted();
+  void callEnded();
+
+  uint32_t shardIndex;
+  uint32_t shardCount;
+  LogSink& log;
+  kj::Timer& timer;
+  CallCounters& counters;
+  bool draining = false;
+  uint32_t inFlight_ = 0;
+  kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> idleFulfiller;
+  std::map<std::string, kj::Own<Entry>> entries;
+  std::map<uint64_t, kj::Own<Instance>> instances;
+};
+
+}  // namespace payhost::host
