@@ -1,0 +1,418 @@
+#include "host/config/daemon-config.h"
+
+#include <payhost/log.h>
+
+#include <kj/debug.h>
+#include <kj/io.h>
+
+#include <toml++/toml.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
+#include <sstream>
+#include <string_view>
+#include <system_error>
+
+namespace payhost::host {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int64_t MAX_SHARDS = 256;
+constexpr int64_t MAX_DRAIN_TIMEOUT_MS = 600000;
+constexpr int64_t MAX_PORT = 65535;
+
+kj::String toKj(std::string_view text) {
+  return kj::heapString(text.data(), text.size());
+}
+std::string_view toStd(kj::StringPtr text) {
+  return std::string_view(text.begin(), text.size());
+}
+
+// With its article, so messages read "expected an integer, got a string".
+kj::StringPtr typeName(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    case toml::node_type::none:
+      break;
+  }
+  return "nothing";
+}
+
+struct Entry {
+  const toml::key* key;
+  const toml::node* value;
+};
+
+// toml++ keeps a table's keys sorted by name; walking them in file order makes the error a user
+// sees the first one in the file, as a compiler would report it.
+kj::Array<Entry> inFileOrder(const toml::table& table) {
+  auto builder = kj::heapArrayBuilder<Entry>(table.size());
+  for (auto& [key, value] : table) {
+    builder.add(Entry{&key, &value});
+  }
+  auto entries = builder.finish();
+  std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    auto& x = a.key->source().begin;
+    auto& y = b.key->source().begin;
+    return x.line != y.line ? x.line < y.line : x.column < y.column;
+  });
+  return entries;
+}
+
+// "host:port", or "[v6]:port". Only the shape is checked here; whether the host resolves is
+// for the listener to find out.
+enum class HostPort { OK, MALFORMED, PORT_OUT_OF_RANGE };
+
+HostPort checkHostPort(std::string_view address, int64_t& port) {
+  std::string_view host, portText;
+  if (address.starts_with('[')) {
+    auto close = address.find(']');
+    if (close == std::string_view::npos || close + 1 >= address.size() ||
+        address[close + 1] != ':') {
+      return HostPort::MALFORMED;
+    }
+    host = address.substr(1, close - 1);
+    portText = address.substr(close + 2);
+  } else {
+    auto colon = address.rfind(':');
+    if (colon == std::string_view::npos) return HostPort::MALFORMED;
+    host = address.substr(0, colon);
+    portText = address.substr(colon + 1);
+    // An unbracketed IPv6 address is ambiguous ("::1:7400"), so it is refused, not guessed.
+    if (host.find(':') != std::string_view::npos) return HostPort::MALFORMED;
+  }
+  if (host.empty() || host.find_first_of(" \t[]") != std::string_view::npos) {
+    return HostPort::MALFORMED;
+  }
+  // More than five digits cannot be a port, and the bound keeps the sum below from overflowing.
+  if (portText.empty() || portText.size() > 5) return HostPort::MALFORMED;
+  port = 0;
+  for (char c : portText) {
+    if (c < '0' || c > '9') return HostPort::MALFORMED;
+    port = port * 10 + (c - '0');
+  }
+  return port > MAX_PORT ? HostPort::PORT_OUT_OF_RANGE : HostPort::OK;
+}
+
+// Walks a parsed document against the schema. Each check fails with one message that names the
+// file, the position and the dotted key, because that is all an operator needs to fix it.
+class Parser {
+public:
+  Parser(kj::StringPtr file, fs::path dir, uint32_t cpuCount)
+      : file(file), dir(kj::mv(dir)), cpuCount(cpuCount) {}
+
+  void parse(const toml::table& root, DaemonConfig& config) {
+    bool haveListen = false;
+    bool haveAdmin = false;
+    for (auto& entry : inFileOrder(root)) {
+      auto name = toKj(entry.key->str());
+      if (name == "host") {
+        parseHost(expectTable(*entry.value, name), config);
+      } else if (name == "listen") {
+        parseListen(expectTable(*entry.value, name), config);
+        haveListen = true;
+      } else if (name == "admin") {
+        parseAdmin(expectTable(*entry.value, name), config);
+        haveAdmin = true;
+      } else if (name == "plugin") {
+        parsePlugins(*entry.value, config);
+      } else {
+        unknownKey(*entry.key, name, "host, listen, admin, plugin");
+      }
+    }
+    if (!haveListen) fail(root.source().begin, "listen", noListenAddress());
+    if (!haveAdmin) fail(root.source().begin, "admin.socket", "missing required key");
+    if (config.shards == 0) config.shards = cpuCount;
+  }
+
+private:
+  kj::StringPtr file;
+  fs::path dir;
+  uint32_t cpuCount;
+
+  [[noreturn]] void fail(const toml::source_position& where, kj::StringPtr key,
+                         kj::StringPtr what) {
+    // Nodes built without a position (the document root, implicit tables) report line 0.
+    auto line = where.line == 0 ? 1 : where.line;
+    auto column = where.column == 0 ? 1 : where.column;
+    KJ_FAIL_REQUIRE(kj::str(file, ":", line, ":", column, ": ", key, ": ", what));
+  }
+
+  [[noreturn]] void unknownKey(const toml::key& key, kj::StringPtr path, kj::StringPtr known) {
+    fail(key.source().begin, path, kj::str("unknown key (known: ", known, ")"));
+  }
+
+  [[noreturn]] void wrongType(const toml::node& node, kj::StringPtr path, kj::StringPtr expected) {
+    fail(node.source().begin, path, kj::str("expected ", expected, ", got ", typeName(node)));
+  }
+
+  static kj::StringPtr noListenAddress() { return "at least one tcp or unix address is required"; }
+
+  const toml::table& expectTable(const toml::node& node, kj::StringPtr path) {
+    auto table = node.as_table();
+    if (table == nullptr) wrongType(node, path, "a table");
+    return *table;
+  }
+
+  const toml::array& expectArray(const toml::node& node, kj::StringPtr path) {
+    auto array = node.as_array();
+    if (array == nullptr) wrongType(node, path, "an array");
+    return *array;
+  }
+
+  std::string_view expectString(const toml::node& node, kj::StringPtr path) {
+    auto value = node.as_string();
+    if (value == nullptr) wrongType(node, path, "a string");
+    return value->get();
+  }
+
+  bool expectBoolean(const toml::node& node, kj::StringPtr path) {
+    auto value = node.as_boolean();
+    if (value == nullptr) wrongType(node, path, "a boolean");
+    return value->get();
+  }
+
+  int64_t expectInteger(const toml::node& node, kj::StringPtr path, int64_t min, int64_t max) {
+    auto value = node.as_integer();
+    if (value == nullptr) wrongType(node, path, "an integer");
+    int64_t result = value->get();
+    if (result < min || result > max) {
+      fail(node.source().begin, path, kj::str(result, " is out of range ", min, "..", max));
+    }
+    return result;
+  }
+
+  // A path from the file, made absolute against the config file's directory so the daemon's
+  // working directory never changes what a config means.
+  kj::String expectPath(const toml::node& node, kj::StringPtr path) {
+    auto text = expectString(node, path);
+    if (text.empty()) fail(node.source().begin, path, "must not be empty");
+    fs::path value(text);
+    auto resolved =
+        value.is_absolute() ? value.lexically_normal() : (dir / value).lexically_normal();
+    return toKj(resolved.native());
+  }
+
+  void parseHost(const toml::table& table, DaemonConfig& config) {
+    for (auto& entry : inFileOrder(table)) {
+      auto& value = *entry.value;
+      auto name = toKj(entry.key->str());
+      auto path = kj::str("host.", name);
+      if (name == "shards") {
+        config.shards = static_cast<uint32_t>(expectInteger(value, path, 0, MAX_SHARDS));
+      } else if (name == "log_level") {
+        auto level = toKj(expectString(value, path));
+        if (tryParseLogLevel(level) == nullptr) {
+          fail(value.source().begin, path,
+               kj::str("\"", level, "\" is not one of debug, info, warning, error"));
+        }
+        config.logLevel = kj::mv(level);
+      } else if (name == "log_format") {
+        auto format = expectString(value, path);
+        if (format == "logfmt") {
+          config.logFormat = LogFormat::LOGFMT;
+        } else if (format == "json") {
+          config.logFormat = LogFormat::JSON;
+        } else {
+          fail(value.source().begin, path,
+               kj::str("\"", toKj(format), "\" is not one of logfmt, json"));
+        }
+      } else if (name == "drain_timeout_ms") {
+        config.drainTimeout =
+            expectInteger(value, path, 0, MAX_DRAIN_TIMEOUT_MS) * kj::MILLISECONDS;
+      } else {
+        unknownKey(*entry.key, path, "shards, log_level, log_format, drain_timeout_ms");
+      }
+    }
+  }
+
+  void parseListen(const toml::table& table, DaemonConfig& config) {
+    for (auto& entry : inFileOrder(table)) {
+      auto name = toKj(entry.key->str());
+      auto path = kj::str("listen.", name);
+      if (name == "tcp") {
+        auto& array = expectArray(*entry.value, path);
+        for (size_t i = 0; i < array.size(); ++i) {
+          auto& element = *array.get(i);
+          auto elementPath = kj::str(path, "[", i, "]");
+          auto address = expectString(element, elementPath);
+          int64_t port = 0;
+          switch (checkHostPort(address, port)) {
+            case HostPort::OK:
+              break;
+            case HostPort::MALFORMED:
+              fail(element.source().begin, elementPath,
+                   kj::str("\"", toKj(address), "\" is not host:port"));
+            case HostPort::PORT_OUT_OF_RANGE:
+              fail(element.source().begin, elementPath,
+                   kj::str("port ", port, " is out of range 0..", MAX_PORT));
+          }
+          config.tcp.add(toKj(address));
+        }
+      } else if (name == "unix") {
+        auto& array = expectArray(*entry.value, path);
+        for (size_t i = 0; i < array.size(); ++i) {
+          config.unix.add(expectPath(*array.get(i), kj::str(path, "[", i, "]")));
+        }
+      } else {
+        unknownKey(*entry.key, path, "tcp, unix");
+      }
+    }
+    if (config.tcp.empty() && config.unix.empty()) {
+      fail(table.source().begin, "listen", noListenAddress());
+    }
+  }
+
+  void parseAdmin(const toml::table& table, DaemonConfig& config) {
+    bool haveSocket = false;
+    for (auto& entry : inFileOrder(table)) {
+      auto name = toKj(entry.key->str());
+      auto path = kj::str("admin.", name);
+      if (name == "socket") {
+        config.adminSocket = expectPath(*entry.value, path);
+        haveSocket = true;
+      } else {
+        unknownKey(*entry.key, path, "socket");
+      }
+    }
+    if (!haveSocket) fail(table.source().begin, "admin.socket", "missing required key");
+  }
+
+  void parsePlugins(const toml::node& node, DaemonConfig& config) {
+    auto array = node.as_array();
+    // `[plugin]` instead of `[[plugin]]` is the likely slip; say which form is wanted.
+    if (array == nullptr) wrongType(node, "plugin", "an array of tables ([[plugin]])");
+    for (size_t i = 0; i < array->size(); ++i) {
+      auto& element = *array->get(i);
+      auto path = kj::str("plugin[", i, "]");
+      config.plugins.add(parsePlugin(expectTable(element, path), path));
+    }
+  }
+
+  PluginConfig parsePlugin(const toml::table& table, kj::StringPtr pluginPath) {
+    PluginConfig plugin;
+    bool havePath = false;
+    for (auto& entry : inFileOrder(table)) {
+      auto name = toKj(entry.key->str());
+      auto path = kj::str(pluginPath, ".", name);
+      if (name == "path") {
+        plugin.path = expectPath(*entry.value, path);
+        havePath = true;
+      } else if (name == "enabled") {
+        plugin.enabled = expectBoolean(*entry.value, path);
+      } else if (name == "config") {
+        // The plugin validates its own table; it gets it through the SDK's Config, which owns
+        // its own toml++ document, so the table goes across as text.
+        toml::table configTable = expectTable(*entry.value, path);
+        // An inline table (`config = { ... }`) would be written back as `{ ... }`, which is not
+        // a document.
+        configTable.is_inline(false);
+        std::ostringstream text;
+        text << toml::toml_formatter(configTable);
+        auto toml = text.str();
+        plugin.config =
+            Config::parse(kj::StringPtr(toml.c_str(), toml.size()), kj::str(file, ": ", path));
+      } else {
+        unknownKey(*entry.key, path, "path, enabled, config");
+      }
+    }
+    if (!havePath) fail(table.source().begin, kj::str(pluginPath, ".path"), "missing required key");
+    return plugin;
+  }
+};
+
+[[noreturn]] void cannotRead(kj::StringPtr path, int error) {
+  KJ_FAIL_REQUIRE(
+      kj::str(path, ": cannot read config file: ", std::generic_category().message(error).c_str()));
+}
+
+kj::String readConfigFile(kj::StringPtr path) {
+  int fd;
+  do {
+    fd = ::open(path.cStr(), O_RDONLY | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) cannotRead(path, errno);
+  kj::AutoCloseFd owned(fd);
+
+  kj::Vector<char> bytes;
+  char buffer[8192];
+  for (;;) {
+    auto n = ::read(owned.get(), buffer, sizeof(buffer));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      // A directory opens fine and fails here, with EISDIR.
+      cannotRead(path, errno);
+    }
+    if (n == 0) break;
+    bytes.addAll(buffer, buffer + n);
+  }
+  bytes.add('\0');
+  return kj::String(bytes.releaseAsArray());
+}
+
+// The directory part is canonicalised so relative paths in the file mean the same thing however
+// the daemon was started; the file name is kept, so messages name the file the operator wrote.
+kj::String absoluteConfigPath(kj::StringPtr path) {
+  fs::path given(path.cStr());
+  std::error_code error;
+  auto absolute = fs::absolute(given, error);
+  if (!error) {
+    auto dir = fs::canonical(absolute.parent_path(), error);
+    if (!error) return toKj((dir / absolute.filename()).native());
+  }
+  return toKj(absolute.lexically_normal().native());
+}
+
+}  // namespace
+
+DaemonConfig parseDaemonConfig(kj::StringPtr text, kj::StringPtr path, uint32_t cpuCount) {
+  KJ_REQUIRE(path.size() > 0, "config path must not be empty");
+  KJ_REQUIRE(cpuCount > 0, "cpuCount must be positive");
+
+  toml::table root;
+  try {
+    root = toml::parse(toStd(text), std::string(path.cStr()));
+  } catch (const toml::parse_error& e) {
+    auto& where = e.source().begin;
+    KJ_FAIL_REQUIRE(kj::str(path, ":", where.line, ":", where.column, ": ", toKj(e.description())));
+  }
+
+  std::error_code error;
+  auto absolute = fs::absolute(fs::path(path.cStr()), error).lexically_normal();
+  KJ_REQUIRE(!error, kj::str(path, ": cannot make the path absolute: ", error.message().c_str()));
+  DaemonConfig config;
+  config.sourcePath = toKj(absolute.native());
+  // Absent `shards` means one per core, the same as `shards = 0`.
+  config.shards = 0;
+  Parser(path, absolute.parent_path(), cpuCount).parse(root, config);
+  return config;
+}
+
+DaemonConfig loadDaemonConfig(kj::StringPtr path, uint32_t cpuCount) {
+  auto text = readConfigFile(path);
+  return parseDaemonConfig(text, absoluteConfigPath(path), cpuCount);
+}
+
+}  // namespace payhost::host

@@ -1,0 +1,392 @@
+#include "host/config/daemon-config.h"
+
+#include <kj/debug.h>
+#include <kj/exception.h>
+
+#include <gtest/gtest.h>
+
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <string>
+
+namespace payhost::host {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr kj::StringPtr PATH = "/etc/payhost/payhostd.toml"_kj;
+constexpr uint32_t CPUS = 8;
+
+// One string per line, so a test's expected "line:column" can be read off the list.
+std::string lines(std::initializer_list<const char*> list) {
+  std::string text;
+  for (auto line : list) {
+    text += line;
+    text += '\n';
+  }
+  return text;
+}
+
+// Appended after the line under test so a config is otherwise valid and line numbers stay small.
+const std::string REQUIRED = lines({
+    "[listen]",
+    "tcp = [\"127.0.0.1:0\"]",
+    "[admin]",
+    "socket = \"admin.sock\"",
+});
+
+DaemonConfig parse(const std::string& text) {
+  return parseDaemonConfig(kj::StringPtr(text.c_str(), text.size()), PATH, CPUS);
+}
+
+// The description of the exception parsing `text` throws; fails the test when none is thrown.
+std::string parseError(const std::string& text) {
+  KJ_IF_MAYBE (exception, kj::runCatchingExceptions([&]() { parse(text); })) {
+    return exception->getDescription().cStr();
+  }
+  ADD_FAILURE() << "no error parsing:\n" << text;
+  return "";
+}
+
+std::string str(kj::StringPtr text) {
+  return std::string(text.begin(), text.size());
+}
+
+// A fresh directory under $TMPDIR, removed with everything in it.
+class TempDir {
+public:
+  TempDir() {
+    auto base = fs::temp_directory_path() / "daemon-config-test-XXXXXX";
+    std::string pattern = base.native();
+    KJ_ASSERT(mkdtemp(pattern.data()) != nullptr, "mkdtemp failed", pattern.c_str());
+    // Canonical, so tests compare against what loadDaemonConfig resolves.
+    path = fs::canonical(pattern);
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+  KJ_DISALLOW_COPY(TempDir);
+
+  fs::path write(const char* name, const std::string& text) const {
+    auto file = path / name;
+    std::ofstream(file) << text;
+    return file;
+  }
+
+  fs::path path;
+};
+
+TEST(DaemonConfig, ParsesEveryField) {
+  auto config = parse(lines({
+      "[host]",
+      "shards = 4",
+      "log_level = \"debug\"",
+      "log_format = \"json\"",
+      "drain_timeout_ms = 2500",
+      "[listen]",
+      "tcp = [\"127.0.0.1:7400\", \"[::1]:7401\", \"0.0.0.0:0\"]",
+      "unix = [\"/run/payhost/payhost.sock\"]",
+      "[admin]",
+      "socket = \"/run/payhost/admin.sock\"",
+      "[[plugin]]",
+      "path = \"/opt/payhost/card-processor.so\"",
+      "[plugin.config]",
+      "latency_ms = 5",
+      "currency = \"EUR\"",
+      "[plugin.config.issuer]",
+      "name = \"test-bank\"",
+      "[[plugin]]",
+      "path = \"/opt/payhost/fraud.so\"",
+      "enabled = false",
+  }));
+
+  EXPECT_EQ(str(config.sourcePath), str(PATH));
+  EXPECT_EQ(config.shards, 4u);
+  EXPECT_EQ(str(config.logLevel), "debug");
+  EXPECT_EQ(config.logFormat, LogFormat::JSON);
+  EXPECT_EQ(config.drainTimeout, 2500 * kj::MILLISECONDS);
+
+  ASSERT_EQ(config.tcp.size(), 3u);
+  EXPECT_EQ(str(config.tcp[0]), "127.0.0.1:7400");
+  EXPECT_EQ(str(config.tcp[1]), "[::1]:7401");
+  EXPECT_EQ(str(config.tcp[2]), "0.0.0.0:0");
+  ASSERT_EQ(config.unix.size(), 1u);
+  EXPECT_EQ(str(config.unix[0]), "/run/payhost/payhost.sock");
+  EXPECT_EQ(str(config.adminSocket), "/run/payhost/admin.sock");
+
+  ASSERT_EQ(config.plugins.size(), 2u);
+  auto& card = config.plugins[0];
+  EXPECT_EQ(str(card.path), "/opt/payhost/card-processor.so");
+  EXPECT_TRUE(card.enabled);
+  EXPECT_EQ(card.config.integer("latency_ms", 0), 5);
+  EXPECT_EQ(str(card.config.string("currency", "")), "EUR");
+  EXPECT_EQ(str(card.config.string("issuer.name", "")), "test-bank");
+  EXPECT_EQ(str(card.config.section("issuer").string("name", "")), "test-bank");
+
+  auto& fraud = config.plugins[1];
+  EXPECT_EQ(str(fraud.path), "/opt/payhost/fraud.so");
+  EXPECT_FALSE(fraud.enabled);
+  EXPECT_EQ(fraud.config.keys().size(), 0u);
+}
+
+TEST(DaemonConfig, AbsentOptionalKeysTakeDefaults) {
+  auto config = parse(REQUIRED);
+
+  EXPECT_EQ(config.shards, CPUS);
+  EXPECT_EQ(str(config.logLevel), "info");
+  EXPECT_EQ(config.logFormat, LogFormat::LOGFMT);
+  EXPECT_EQ(config.drainTimeout, 10 * kj::SECONDS);
+  EXPECT_EQ(config.unix.size(), 0u);
+  EXPECT_EQ(config.plugins.size(), 0u);
+}
+
+TEST(DaemonConfig, ZeroShardsMeansOnePerCore) {
+  auto text = lines({"[host]", "shards = 0"}) + REQUIRED;
+  EXPECT_EQ(parseDaemonConfig(kj::StringPtr(text.c_str(), text.size()), PATH, 3).shards, 3u);
+  EXPECT_EQ(parseDaemonConfig(kj::StringPtr(text.c_str(), text.size()), PATH, 64).shards, 64u);
+}
+
+TEST(DaemonConfig, InlineTablesAreAccepted) {
+  auto config = parse(lines({
+      "listen = { unix = [\"payhost.sock\"] }",
+      "admin = { socket = \"admin.sock\" }",
+      "plugin = [{ path = \"a.so\", config = { retries = 3, backoff = { ms = 10 } } }]",
+  }));
+
+  EXPECT_EQ(str(config.unix[0]), "/etc/payhost/payhost.sock");
+  ASSERT_EQ(config.plugins.size(), 1u);
+  EXPECT_EQ(config.plugins[0].config.integer("retries", 0), 3);
+  EXPECT_EQ(config.plugins[0].config.integer("backoff.ms", 0), 10);
+}
+
+TEST(DaemonConfig, RelativePathsResolveAgainstConfigDirectory) {
+  auto config = parse(lines({
+      "[listen]",
+      "unix = [\"payhost.sock\", \"../../run/payhost/data.sock\", \"/abs/./x.sock\"]",
+      "[admin]",
+      "socket = \"run/admin.sock\"",
+      "[[plugin]]",
+      "path = \"plugins/card-processor.so\"",
+      "[[plugin]]",
+      "path = \"/usr/lib/payhost/fraud.so\"",
+  }));
+
+  ASSERT_EQ(config.unix.size(), 3u);
+  EXPECT_EQ(str(config.unix[0]), "/etc/payhost/payhost.sock");
+  EXPECT_EQ(str(config.unix[1]), "/run/payhost/data.sock");
+  EXPECT_EQ(str(config.unix[2]), "/abs/x.sock");
+  EXPECT_EQ(str(config.adminSocket), "/etc/payhost/run/admin.sock");
+  EXPECT_EQ(str(config.plugins[0].path), "/etc/payhost/plugins/card-processor.so");
+  EXPECT_EQ(str(config.plugins[1].path), "/usr/lib/payhost/fraud.so");
+}
+
+TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
+  EXPECT_EQ(parseError(lines({"[host]", "shards = 2", "shardz = 4"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:3:1: host.shardz: unknown key "
+            "(known: shards, log_level, log_format, drain_timeout_ms)");
+  EXPECT_EQ(parseError(lines({"[hots]"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:1:2: hots: unknown key "
+            "(known: host, listen, admin, plugin)");
+  EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"a:1\"]", "udp = [\"a:1\"]"})),
+            "/etc/payhost/payhostd.toml:3:1: listen.udp: unknown key (known: tcp, unix)");
+  EXPECT_EQ(parseError(lines({"[admin]", "  sockett = \"a\""})),
+            "/etc/payhost/payhostd.toml:2:3: admin.sockett: unknown key (known: socket)");
+  EXPECT_EQ(parseError(REQUIRED + lines({
+                                      "[[plugin]]",
+                                      "path = \"a.so\"",
+                                      "[[plugin]]",
+                                      "path = \"b.so\"",
+                                      "confg = 1",
+                                  })),
+            "/etc/payhost/payhostd.toml:9:1: plugin[1].confg: unknown key "
+            "(known: path, enabled, config)");
+}
+
+TEST(DaemonConfig, FirstErrorInFileIsReported) {
+  // toml++ sorts keys by name; the message must still point at the earlier line.
+  EXPECT_EQ(parseError(lines({"[host]", "zzz = 1", "aaa = 2"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:1: host.zzz: unknown key "
+            "(known: shards, log_level, log_format, drain_timeout_ms)");
+}
+
+TEST(DaemonConfig, WrongTypeNamesExpectedAndActual) {
+  EXPECT_EQ(parseError(lines({"[host]", "shards = \"four\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:10: host.shards: expected an integer, got a string");
+  EXPECT_EQ(parseError(lines({"[host]", "drain_timeout_ms = 1.5"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:20: host.drain_timeout_ms: "
+            "expected an integer, got a float");
+  EXPECT_EQ(parseError(lines({"[host]", "log_level = 3"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:13: host.log_level: expected a string, got an integer");
+  EXPECT_EQ(parseError(lines({"host = 1"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:1:8: host: expected a table, got an integer");
+  EXPECT_EQ(parseError(lines({"[listen]", "tcp = \"127.0.0.1:7400\""})),
+            "/etc/payhost/payhostd.toml:2:7: listen.tcp: expected an array, got a string");
+  EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"127.0.0.1:7400\", 7401]"})),
+            "/etc/payhost/payhostd.toml:2:26: listen.tcp[1]: expected a string, got an integer");
+  EXPECT_EQ(parseError(lines({"[listen]", "unix = [true]"})),
+            "/etc/payhost/payhostd.toml:2:9: listen.unix[0]: expected a string, got a boolean");
+  EXPECT_EQ(parseError(lines({"[admin]", "socket = 1979-05-27"})),
+            "/etc/payhost/payhostd.toml:2:10: admin.socket: expected a string, got a date");
+  EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "enabled = \"yes\""})),
+            "/etc/payhost/payhostd.toml:7:11: plugin[0].enabled: "
+            "expected a boolean, got a string");
+  EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "config = 5"})),
+            "/etc/payhost/payhostd.toml:7:10: plugin[0].config: expected a table, got an integer");
+}
+
+TEST(DaemonConfig, PluginMustBeAnArrayOfTables) {
+  EXPECT_EQ(parseError(REQUIRED + lines({"[plugin]", "path = \"a.so\""})),
+            "/etc/payhost/payhostd.toml:5:1: plugin: "
+            "expected an array of tables ([[plugin]]), got a table");
+  EXPECT_EQ(parseError(lines({"plugin = [\"a.so\"]"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:1:11: plugin[0]: expected a table, got a string");
+}
+
+TEST(DaemonConfig, OutOfRangeNamesValueAndRange) {
+  EXPECT_EQ(parseError(lines({"[host]", "shards = 999"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:10: host.shards: 999 is out of range 0..256");
+  EXPECT_EQ(parseError(lines({"[host]", "shards = -1"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:10: host.shards: -1 is out of range 0..256");
+  EXPECT_EQ(parseError(lines({"[host]", "drain_timeout_ms = 600001"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:20: host.drain_timeout_ms: "
+            "600001 is out of range 0..600000");
+
+  auto edges = lines({"[host]", "shards = 256", "drain_timeout_ms = 600000"}) + REQUIRED;
+  auto config = parse(edges);
+  EXPECT_EQ(config.shards, 256u);
+  EXPECT_EQ(config.drainTimeout, 600 * kj::SECONDS);
+  EXPECT_EQ(parse(lines({"[host]", "drain_timeout_ms = 0"}) + REQUIRED).drainTimeout,
+            0 * kj::SECONDS);
+}
+
+TEST(DaemonConfig, UnknownEnumValueListsTheChoices) {
+  EXPECT_EQ(parseError(lines({"[host]", "log_level = \"verbose\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:13: host.log_level: "
+            "\"verbose\" is not one of debug, info, warning, error");
+  EXPECT_EQ(parseError(lines({"[host]", "log_format = \"xml\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:14: host.log_format: \"xml\" is not one of logfmt, json");
+
+  for (auto level : {"debug", "info", "warning", "error"}) {
+    auto text = lines({"[host]"}) + "log_level = \"" + level + "\"\n" + REQUIRED;
+    EXPECT_EQ(str(parse(text).logLevel), level);
+  }
+}
+
+TEST(DaemonConfig, MissingRequiredKeyPointsAtEnclosingTable) {
+  EXPECT_EQ(parseError(REQUIRED +
+                       lines({"[[plugin]]", "path = \"a.so\"", "[[plugin]]", "enabled = false"})),
+            "/etc/payhost/payhostd.toml:7:1: plugin[1].path: missing required key");
+  EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"127.0.0.1:0\"]"})),
+            "/etc/payhost/payhostd.toml:1:1: admin.socket: missing required key");
+  EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"127.0.0.1:0\"]", "[admin]"})),
+            "/etc/payhost/payhostd.toml:3:1: admin.socket: missing required key");
+}
+
+TEST(DaemonConfig, AtLeastOneListenAddressIsRequired) {
+  EXPECT_EQ(parseError(lines({"[admin]", "socket = \"admin.sock\""})),
+            "/etc/payhost/payhostd.toml:1:1: listen: "
+            "at least one tcp or unix address is required");
+  EXPECT_EQ(parseError(lines({"[admin]", "socket = \"admin.sock\"", "[listen]", "tcp = []"})),
+            "/etc/payhost/payhostd.toml:3:1: listen: "
+            "at least one tcp or unix address is required");
+}
+
+TEST(DaemonConfig, TcpAddressMustBeHostPort) {
+  auto errorFor = [](const char* address) {
+    return parseError(lines({"[listen]"}) + "tcp = [\"" + address + "\"]\n" +
+                      lines({"[admin]", "socket = \"a\""}));
+  };
+  for (auto address : {"localhost", ":7400", "localhost:", "localhost:http", "::1:7400", "[::1]",
+                       "[::1]7400", "[]:7400", "host:123456", "ho st:1"}) {
+    EXPECT_EQ(errorFor(address), "/etc/payhost/payhostd.toml:2:8: listen.tcp[0]: \"" +
+                                     std::string(address) + "\" is not host:port");
+  }
+  EXPECT_EQ(errorFor("127.0.0.1:65536"),
+            "/etc/payhost/payhostd.toml:2:8: listen.tcp[0]: port 65536 is out of range 0..65535");
+
+  for (auto address : {"localhost:0", "example.com:65535", "[::1]:7400", "[fe80::1%eth0]:1"}) {
+    auto text = lines({"[listen]"}) + "tcp = [\"" + address + "\"]\n" +
+                lines({"[admin]", "socket = \"a\""});
+    EXPECT_EQ(str(parse(text).tcp[0]), address);
+  }
+}
+
+TEST(DaemonConfig, EmptyPathIsRefused) {
+  EXPECT_EQ(parseError(lines({"[listen]", "unix = [\"\"]", "[admin]", "socket = \"a\""})),
+            "/etc/payhost/payhostd.toml:2:9: listen.unix[0]: must not be empty");
+  EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"\""})),
+            "/etc/payhost/payhostd.toml:6:8: plugin[0].path: must not be empty");
+}
+
+TEST(DaemonConfig, SyntaxErrorNamesFileLineAndColumn) {
+  auto message = parseError(lines({"[host]", "shards = = 4"}) + REQUIRED);
+  EXPECT_EQ(message.rfind("/etc/payhost/payhostd.toml:2:10: ", 0), 0u) << message;
+  EXPECT_GT(message.size(), std::string("/etc/payhost/payhostd.toml:2:10: ").size());
+  EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+
+  message = parseError(lines({"[host]", "shards = 1", "shards = 2"}) + REQUIRED);
+  EXPECT_EQ(message.rfind("/etc/payhost/payhostd.toml:3:", 0), 0u) << message;
+}
+
+TEST(DaemonConfig, LoadReadsFileAndResolvesAgainstItsDirectory) {
+  TempDir dir;
+  auto file = dir.write("payhostd.toml", lines({
+                                             "[listen]",
+                                             "unix = [\"payhost.sock\"]",
+                                             "[admin]",
+                                             "socket = \"admin.sock\"",
+                                             "[[plugin]]",
+                                             "path = \"card.so\"",
+                                         }));
+
+  auto config = loadDaemonConfig(kj::StringPtr(file.c_str()), CPUS);
+
+  EXPECT_EQ(fs::path(config.sourcePath.cStr()), file);
+  EXPECT_EQ(fs::path(config.unix[0].cStr()), dir.path / "payhost.sock");
+  EXPECT_EQ(fs::path(config.adminSocket.cStr()), dir.path / "admin.sock");
+  EXPECT_EQ(fs::path(config.plugins[0].path.cStr()), dir.path / "card.so");
+  EXPECT_EQ(config.shards, CPUS);
+}
+
+TEST(DaemonConfig, LoadErrorsNameTheFile) {
+  TempDir dir;
+  auto file = dir.write("bad.toml", lines({"[host]", "shardz = 1"}));
+
+  KJ_IF_MAYBE (exception,
+               kj::runCatchingExceptions([&]() { loadDaemonConfig(file.c_str(), CPUS); })) {
+    EXPECT_EQ(str(exception->getDescription()),
+              file.native() +
+                  ":2:1: host.shardz: unknown key "
+                  "(known: shards, log_level, log_format, drain_timeout_ms)");
+  } else {
+    ADD_FAILURE() << "no error";
+  }
+}
+
+TEST(DaemonConfig, LoadMissingFileNamesPathAndReason) {
+  TempDir dir;
+  auto missing = (dir.path / "missing.toml").native();
+
+  KJ_IF_MAYBE (exception,
+               kj::runCatchingExceptions([&]() { loadDaemonConfig(missing.c_str(), CPUS); })) {
+    EXPECT_EQ(str(exception->getDescription()),
+              missing + ": cannot read config file: No such file or directory");
+  } else {
+    ADD_FAILURE() << "no error";
+  }
+
+  KJ_IF_MAYBE (exception,
+               kj::runCatchingExceptions([&]() { loadDaemonConfig(dir.path.c_str(), CPUS); })) {
+    EXPECT_EQ(str(exception->getDescription()),
+              dir.path.native() + ": cannot read config file: Is a directory");
+  } else {
+    ADD_FAILURE() << "no error";
+  }
+}
+
+}  // namespace
+}  // namespace payhost::host
