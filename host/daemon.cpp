@@ -104,6 +104,8 @@ private:
   LoggingErrorHandler adminErrors{log, "admin.connection_failed"};
   kj::Vector<kj::String> listenerNames;
   kj::Vector<kj::Own<kj::ConnectionReceiver>> listeners;
+  // Accept loops apart from other tasks, so shutdown can cancel them before closing listeners.
+  kj::Own<kj::TaskSet> acceptLoops = kj::heap<kj::TaskSet>(acceptErrors);
   kj::Own<kj::TaskSet> acceptTasks = kj::heap<kj::TaskSet>(acceptErrors);
   kj::Maybe<kj::Own<capnp::TwoPartyServer>> adminServer;
   kj::Maybe<kj::Own<kj::ConnectionReceiver>> adminListener;
@@ -177,7 +179,7 @@ void Daemon::Impl::openListeners() {
                                                                     address.findLast(':')))),
                                  ":", receiver->getPort());
     info("listener.open", {{"address", name}});
-    acceptTasks->add(acceptLoop(*receiver));
+    acceptLoops->add(acceptLoop(*receiver));
     listeners.add(kj::mv(receiver));
     listenerNames.add(kj::mv(name));
   };
@@ -252,6 +254,7 @@ void Daemon::Impl::shutdown(kj::StringPtr reason) {
   auto inFlight = counters.inFlight.load();
   info("host.draining", {{"reason", reason}, {"calls_in_flight", kj::str(inFlight)}});
   // Stop accepting; established connections stay open until their calls finish.
+  acceptLoops = kj::heap<kj::TaskSet>(acceptErrors);
   listeners.clear();
 
   kj::Vector<kj::Promise<void>> idle;

@@ -133,6 +133,7 @@ kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId) 
   result->mappedName_ = kj::str("/memfd:", memfdName);
 
   auto library = kj::heap<Library>();
+  // On any failure below, `library` is closed before `memfdOwner`, for the same reason.
   try {
     library->library.load(std::filesystem::path(kj::str("/proc/self/fd/", memfd).cStr()),
                            boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
@@ -154,6 +155,9 @@ kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId) 
   }
   result->library = kj::mv(library);
   result->descriptor_ = descriptor;
+  // Kept open while the library is loaded: glibc recognises an already-loaded library by the
+  // path it was opened with, so a reused descriptor number would hand back the wrong library.
+  result->memfd = kj::mv(memfdOwner);
   return result;
 }
 
@@ -169,11 +173,14 @@ PluginLibrary::UnloadResult PluginLibrary::unload() {
   }
   UnloadResult result;
   if (descriptor_ != nullptr && descriptor_->live_objects() != 0) {
-    // Deliberately leaked: closing would unmap code that live objects still point into.
+    // Deliberately leaked, with its descriptor: closing would unmap code that live objects
+    // still point into.
     new kj::Own<Library>(kj::mv(library));
+    (void)memfd.release();
     result = UnloadResult::PARKED;
   } else {
     library = nullptr;
+    memfd = nullptr;
     result = isMapped(mappedName_) ? UnloadResult::STILL_MAPPED : UnloadResult::UNMAPPED;
   }
   descriptor_ = nullptr;

@@ -13,6 +13,7 @@
 #include <payhost/abi.h>
 
 #include <kj/common.h>
+#include <kj/io.h>
 #include <kj/memory.h>
 #include <kj/string.h>
 
@@ -67,6 +68,7 @@ private:
   kj::String path_;
   kj::String sha256_;
   kj::String mappedName_;
+  kj::AutoCloseFd memfd;
   kj::Own<Library> library;
   const payhost_plugin_v1_descriptor* descriptor_ = nullptr;
   kj::Maybe<UnloadResult> unloaded;

@@ -138,8 +138,11 @@ kj::Array<kj::String> Config::keys() const {
 }
 
 kj::String Config::toToml() const {
+  // An inline table ({ a = 1 }) would be written back as a bare "{ ... }", which is not a document.
+  toml::table copy = impl->table;
+  copy.is_inline(false);
   std::ostringstream out;
-  out << toml::toml_formatter(impl->table);
+  out << toml::toml_formatter(copy);
   auto text = out.str();
   return kj::heapString(text.data(), text.size());
 }

@@ -28,6 +28,7 @@
 
 #include <capnp/capability.h>
 #include <kj/async.h>
+#include <kj/debug.h>
 #include <kj/exception.h>
 #include <kj/memory.h>
 
@@ -65,18 +66,17 @@ public:
 
 // A server made by `serve()`: counted while alive, each call counted until it completes, and
 // each call cancellable (without `allowCancellation()`, Cap'n Proto 0.9.2 keeps running a local
-// call's continuation after its caller has gone, which could outlive the library).
-template <typename Server>
-class Served final : public Server {
+// call's continuation after its caller has gone, which could outlive the library). Wraps the
+// author's server rather than deriving from it, so that server may be `final`.
+class Served final : public capnp::Capability::Server {
 public:
-  template <typename... Params>
-  explicit Served(Params&&... params) : Server(kj::fwd<Params>(params)...) {}
+  explicit Served(kj::Own<capnp::Capability::Server> inner) : inner(kj::mv(inner)) {}
 
-  capnp::Capability::Server::DispatchCallResult dispatchCall(
+  DispatchCallResult dispatchCall(
       uint64_t interfaceId, uint16_t methodId,
       capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
     context.allowCancellation();
-    auto result = Server::dispatchCall(interfaceId, methodId, context);
+    auto result = inner->dispatchCall(interfaceId, methodId, context);
     liveObjects.fetch_add(1, std::memory_order_relaxed);
     return {result.promise.attach(kj::defer(
                 [] { liveObjects.fetch_sub(1, std::memory_order_release); })),
@@ -85,6 +85,7 @@ public:
 
 private:
   LiveToken token;
+  kj::Own<capnp::Capability::Server> inner;
 };
 
 inline void writeError(payhost_error_v1* error, const char* message) noexcept {
@@ -127,8 +128,10 @@ inline uint64_t countLiveObjects() noexcept {
 // Makes a counted, cancellable server for a capability:
 // `return payhost::serve<CardServer>(context, config);`.
 template <typename Server, typename... Params>
-capnp::Capability::Client serve(Params&&... params) {
-  return typename Server::Serves::Client(kj::heap<_::Served<Server>>(kj::fwd<Params>(params)...));
+typename Server::Serves::Client serve(Params&&... params) {
+  return capnp::Capability::Client(
+             kj::heap<_::Served>(kj::heap<Server>(kj::fwd<Params>(params)...)))
+      .castAs<typename Server::Serves>();
 }
 
 }  // namespace payhost
