@@ -1,0 +1,262 @@
+// payhost-client: an example client of payhostd's Gateway. It shows what every client does:
+// connect, bootstrap the Gateway, get a service by name, cast it to its interface and call it.
+//
+//   payhost-client --connect 127.0.0.1:7400 list
+//   payhost-client --connect 127.0.0.1:7400 authorize --amount 1250 --currency EUR
+//       --token tok_visa_approve --key order-1001
+//   payhost-client --connect 127.0.0.1:7400 demo
+//
+// It depends on the SDK's schemas only, like any client would.
+
+#include <payhost/host.capnp.h>
+#include <payhost/payments.capnp.h>
+
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+#include <kj/debug.h>
+
+#include <CLI/CLI.hpp>
+
+#include <cinttypes>
+#include <cstdio>
+#include <string>
+
+namespace {
+
+using payhost::schema::CardProcessor;
+using payhost::schema::Gateway;
+using payhost::schema::PaymentResult;
+
+const char* stateName(payhost::schema::TransactionState state) {
+  using S = payhost::schema::TransactionState;
+  switch (state) {
+    case S::AUTHORIZED:
+      return "authorized";
+    case S::PARTIALLY_CAPTURED:
+      return "partially-captured";
+    case S::CAPTURED:
+      return "captured";
+    case S::VOIDED:
+      return "voided";
+    case S::PARTIALLY_REFUNDED:
+      return "partially-refunded";
+    case S::REFUNDED:
+      return "refunded";
+    case S::EXPIRED:
+      return "expired";
+    case S::FAILED:
+      return "failed";
+    default:
+      return "unspecified";
+  }
+}
+
+// Prints one outcome on one line and returns the transaction id, if any.
+std::string printResult(kj::StringPtr what, PaymentResult::Reader result) {
+  switch (result.which()) {
+    case PaymentResult::APPROVED: {
+      auto approval = result.getApproved();
+      printf("%-22s approved   txn=%s auth=%s amount=%" PRId64 " %s state=%s\n", what.cStr(),
+             approval.getTransactionId().cStr(), approval.getAuthCode().cStr(),
+             approval.getAmount().getMinorUnits(), approval.getAmount().getCurrency().cStr(),
+             stateName(approval.getState()));
+      return approval.getTransactionId();
+    }
+    case PaymentResult::DECLINED: {
+      auto decline = result.getDeclined();
+      printf("%-22s declined   reason=\"%s\" code=%u advice=%u\n", what.cStr(),
+             decline.getReason().cStr(), static_cast<unsigned>(decline.getCode()),
+             static_cast<unsigned>(decline.getAdvice()));
+      return decline.getTransactionId();
+    }
+    case PaymentResult::REJECTED:
+      printf("%-22s rejected   %s\n", what.cStr(), result.getRejected().getMessage().cStr());
+      return "";
+    case PaymentResult::PENDING:
+      printf("%-22s pending    txn=%s\n", what.cStr(), result.getPending().cStr());
+      return result.getPending();
+    case PaymentResult::NOT_ATTEMPTED:
+      printf("%-22s not-attempted %s\n", what.cStr(), result.getNotAttempted().cStr());
+      return "";
+    case PaymentResult::UNKNOWN:
+      printf("%-22s unknown    txn=%s (settle with sync)\n", what.cStr(),
+             result.getUnknown().cStr());
+      return result.getUnknown();
+    default:
+      printf("%-22s (no outcome)\n", what.cStr());
+      return "";
+  }
+}
+
+struct Payment {
+  std::string merchant = "merchant-1";
+  int64_t amount = 1250;
+  std::string currency = "EUR";
+  std::string token = "tok_visa_approve";
+  std::string key;
+  std::string transaction;
+};
+
+kj::Promise<std::string> authorize(CardProcessor::Client& card, const Payment& p,
+                                   kj::StringPtr label) {
+  auto request = card.authorizeRequest();
+  auto body = request.initRequest();
+  body.setMerchantId(p.merchant);
+  body.initAmount().setMinorUnits(p.amount);
+  body.getAmount().setCurrency(p.currency);
+  body.setCardToken(p.token);
+  body.setIdempotencyKey(p.key);
+  return request.send().then([label = kj::heapString(label)](auto response) {
+    return printResult(label, response.getResult());
+  });
+}
+
+kj::Promise<std::string> capture(CardProcessor::Client& card, const Payment& p,
+                                 kj::StringPtr label) {
+  auto request = card.captureRequest();
+  auto body = request.initRequest();
+  body.setTransactionId(p.transaction);
+  body.initAmount().setMinorUnits(p.amount);
+  body.getAmount().setCurrency(p.currency);
+  body.setIdempotencyKey(p.key);
+  return request.send().then([label = kj::heapString(label)](auto response) {
+    return printResult(label, response.getResult());
+  });
+}
+
+kj::Promise<std::string> refund(CardProcessor::Client& card, const Payment& p,
+                                kj::StringPtr label) {
+  auto request = card.refundRequest();
+  auto body = request.initRequest();
+  body.setTransactionId(p.transaction);
+  body.initAmount().setMinorUnits(p.amount);
+  body.getAmount().setCurrency(p.currency);
+  body.setIdempotencyKey(p.key);
+  return request.send().then([label = kj::heapString(label)](auto response) {
+    return printResult(label, response.getResult());
+  });
+}
+
+kj::Promise<std::string> voidAuthorization(CardProcessor::Client& card, const Payment& p,
+                                           kj::StringPtr label) {
+  auto request = card.voidAuthorizationRequest();
+  auto body = request.initRequest();
+  body.setTransactionId(p.transaction);
+  body.setIdempotencyKey(p.key);
+  return request.send().then([label = kj::heapString(label)](auto response) {
+    return printResult(label, response.getResult());
+  });
+}
+
+// A short tour of the card processor: approvals, declines, partial capture and refund, a void,
+// an idempotent replay and a conflicting one.
+void runDemo(CardProcessor::Client& card, kj::WaitScope& ws) {
+  Payment p;
+  p.key = "demo-order-1";
+  p.transaction = authorize(card, p, "authorize 12.50 EUR").wait(ws);
+  authorize(card, p, "  replay same key").wait(ws);
+  Payment conflict = p;
+  conflict.amount = 9999;
+  authorize(card, conflict, "  same key, new amount").wait(ws);
+  Payment part = p;
+  part.amount = 1000;
+  part.key = "demo-capture-1";
+  capture(card, part, "capture 10.00").wait(ws);
+  part.amount = 400;
+  part.key = "demo-refund-1";
+  refund(card, part, "refund 4.00").wait(ws);
+  part.amount = 700;
+  part.key = "demo-refund-2";
+  refund(card, part, "refund 7.00 (too much)").wait(ws);
+
+  Payment declined;
+  declined.token = "tok_insufficient_funds";
+  declined.key = "demo-order-2";
+  authorize(card, declined, "authorize, no funds").wait(ws);
+  declined.token = "tok_stolen";
+  declined.key = "demo-order-3";
+  authorize(card, declined, "authorize, stolen").wait(ws);
+
+  Payment jpy;
+  jpy.currency = "JPY";
+  jpy.amount = 5000;
+  jpy.key = "demo-order-4";
+  jpy.transaction = authorize(card, jpy, "authorize 5000 JPY").wait(ws);
+  jpy.key = "demo-void-4";
+  voidAuthorization(card, jpy, "void").wait(ws);
+  jpy.key = "demo-capture-4";
+  capture(card, jpy, "capture after void").wait(ws);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"payhost-client: call payment services through payhostd's Gateway"};
+  std::string address = "127.0.0.1:7400";
+  std::string service = "payments.card";
+  app.add_option("-c,--connect", address, "host:port, or unix:/path")->capture_default_str();
+  app.add_option("--service", service, "service name")->capture_default_str();
+  app.require_subcommand(1);
+  auto list = app.add_subcommand("list", "List the services the host serves");
+  Payment payment;
+  auto auth = app.add_subcommand("authorize", "Authorize a card payment");
+  auth->add_option("--merchant", payment.merchant)->capture_default_str();
+  auth->add_option("--amount", payment.amount, "amount in minor units")->capture_default_str();
+  auth->add_option("--currency", payment.currency)->capture_default_str();
+  auth->add_option("--token", payment.token, "card token from the vault")->capture_default_str();
+  auth->add_option("--key", payment.key, "idempotency key")->required();
+  auto demo = app.add_subcommand("demo", "Run a short tour of the card processor");
+  std::string cardCountry, ipCountry;
+  auto screen = app.add_subcommand("screen", "Ask a fraud screen (--service) for a verdict");
+  screen->add_option("--amount", payment.amount, "amount in minor units")->capture_default_str();
+  screen->add_option("--currency", payment.currency)->capture_default_str();
+  screen->add_option("--token", payment.token)->capture_default_str();
+  screen->add_option("--card-country", cardCountry);
+  screen->add_option("--ip-country", ipCountry);
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    auto io = kj::setupAsyncIo();
+    auto target = io.provider->getNetwork().parseAddress(address).wait(io.waitScope);
+    auto connection = target->connect().wait(io.waitScope);
+    capnp::TwoPartyClient client(*connection);
+    auto gateway = client.bootstrap().castAs<Gateway>();
+    if (list->parsed()) {
+      auto response = gateway.listServicesRequest().send().wait(io.waitScope);
+      for (auto info : response.getServices()) {
+        printf("%-24s %-40s %s %s\n", info.getName().cStr(), info.getInterfaceName().cStr(),
+               info.getPlugin().cStr(), info.getVersion().cStr());
+      }
+      return 0;
+    }
+    auto request = gateway.getServiceRequest();
+    request.setName(service);
+    auto capability = request.send().getService();
+    if (screen->parsed()) {
+      auto call = capability.castAs<payhost::schema::FraudScreen>().screenRequest();
+      auto body = call.initRequest();
+      body.setMerchantId(payment.merchant);
+      body.initAmount().setMinorUnits(payment.amount);
+      body.getAmount().setCurrency(payment.currency);
+      body.setCardToken(payment.token);
+      body.setCardCountry(cardCountry);
+      body.setIpCountry(ipCountry);
+      auto verdict = call.send().wait(io.waitScope).getVerdict();
+      kj::Vector<kj::StringPtr> rules;
+      for (auto rule : verdict.getFiredRules()) rules.add(rule);
+      printf("decision=%u score=%u rules=%s\n", static_cast<unsigned>(verdict.getDecision()),
+             verdict.getScore(), kj::strArray(rules, ",").cStr());
+      return 0;
+    }
+    auto card = capability.castAs<CardProcessor>();
+    if (auth->parsed()) {
+      authorize(card, payment, "authorize").wait(io.waitScope);
+    } else if (demo->parsed()) {
+      runDemo(card, io.waitScope);
+    }
+    return 0;
+  } catch (const kj::Exception& e) {
+    fprintf(stderr, "payhost-client: %s: %s\n", address.c_str(), e.getDescription().cStr());
+    return 1;
+  }
+}
