@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The SDK as a stranger gets it: install payhost into a fresh prefix, build the out-of-tree
+# example plugin against that prefix with find_package(payhost-sdk), run its unit tests, then
+# load it into payhostd and call it through the Gateway.
+#
+# usage: check-installed-sdk.sh BUILD_DIR SOURCE_DIR PAYHOSTD CLIENT WORK_DIR [CXX_FLAGS]
+set -euo pipefail
+build=$1 source=$2 payhostd=$3 client=$4 work=$5 flags=${6:-}
+
+rm -rf "$work" && mkdir -p "$work"
+echo "== installing the SDK into $work/prefix"
+cmake --install "$build" --prefix "$work/prefix" > "$work/install.log"
+
+echo "== building examples/hello-plugin against the installed SDK"
+cmake -S "$source/examples/hello-plugin" -B "$work/plugin" -G Ninja \
+  -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_CXX_FLAGS="$flags" \
+  -DCMAKE_EXE_LINKER_FLAGS="$flags" -DCMAKE_MODULE_LINKER_FLAGS="$flags" > "$work/configure.log"
+cmake --build "$work/plugin"
+ctest --test-dir "$work/plugin" --output-on-failure
+
+echo "== loading limit-screen.so into payhostd"
+cat > "$work/payhostd.toml" <<CONFIG
+[host]
+shards = 1
+[listen]
+unix = ["$work/data.sock"]
+[admin]
+socket = "$work/admin.sock"
+[[plugin]]
+path = "$work/plugin/limit-screen.so"
+[plugin.config]
+max_amount = 10000
+CONFIG
+"$payhostd" --config "$work/payhostd.toml" 2> "$work/payhostd.log" &
+pid=$!
+trap 'kill -9 $pid 2>/dev/null || true' EXIT
+for _ in $(seq 200); do
+  grep -q 'event=host.ready' "$work/payhostd.log" && break
+  kill -0 $pid 2>/dev/null || { cat "$work/payhostd.log"; echo "payhostd exited early"; exit 1; }
+  sleep 0.05
+done
+grep -q 'event=plugin.loaded plugin=limit-screen' "$work/payhostd.log" || {
+  cat "$work/payhostd.log"; echo "limit-screen was not loaded"; exit 1; }
+
+verdict=$("$client" --connect "unix:$work/data.sock" --service payments.screen screen \
+  --amount 20000 --currency EUR --token tok_test)
+echo "verdict: $verdict"
+[[ $verdict == "decision=3 score=1000 rules=amount-limit" ]] || { echo "unexpected verdict"; exit 1; }
+
+kill -TERM $pid
+wait $pid
+trap - EXIT
+grep -q 'event=plugin.unloaded plugin=limit-screen version=1.0.0 result=unmapped' \
+  "$work/payhostd.log" || { cat "$work/payhostd.log"; echo "plugin not unmapped"; exit 1; }
+echo "ok: installed SDK builds, tests and serves an out-of-tree plugin"
