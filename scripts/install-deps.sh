@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what payhost needs from Debian 12's packages, skipping what is already there.
+# Run as root (apt-get). Used by scripts/demo.sh and scripts/test.sh.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build ccache pkg-config git binutils
+  capnproto libcapnp-dev          # RPC, schemas, KJ event loops
+  libboost-dev                    # Boost.DLL (plugin loading)
+  libssl-dev                      # OpenSSL: SHA-256 of plugin packages (TLS and signing to come)
+  libtomlplusplus-dev             # config files
+  libcli11-dev                    # command lines
+  libspdlog-dev libfmt-dev        # the host's log sink
+  libgtest-dev libgmock-dev       # tests
+  libbenchmark-dev                # micro-benchmarks
+  clang-format clang-tidy         # formatting and lint checks
+)
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+if ((${#missing[@]} == 0)); then
+  echo "payhost: all build dependencies are installed"
+  exit 0
+fi
+echo "payhost: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
