@@ -153,6 +153,9 @@ kj::WaitScope& TestHost::waitScope() {
 }
 
 void TestHost::advanceTime(kj::Duration delay) {
+  // A call sent but not yet delivered starts on the next turn; let it start (and arm its timers)
+  // at the current time before the clock moves.
+  impl->waitScope.poll();
   impl->clock_.timerImpl.advanceTo(impl->clock_.timerImpl.now() + delay);
   impl->waitScope.poll();
 }

@@ -1,0 +1,267 @@
+// A simulated card issuer in test mode: the business rules of the `card-processor` plugin, in
+// plain C++/KJ types so they can be tested without Cap'n Proto (card-processor.cpp is the glue).
+//
+// Test card tokens and amounts decide each outcome deterministically; README.md beside this file
+// has the table. An `Issuer` keeps the transactions and idempotency records of one plugin
+// instance (one shard) in memory. Every outcome is a value: nothing here throws for a decline or
+// a bad request. Requests are views that must outlive the call only; results own their strings.
+//
+// Shard-local.
+
+#ifndef PAYHOST_PLUGINS_CARD_PROCESSOR_ISSUER_H_
+#define PAYHOST_PLUGINS_CARD_PROCESSOR_ISSUER_H_
+
+#include <kj/array.h>
+#include <kj/common.h>
+#include <kj/map.h>
+#include <kj/one-of.h>
+#include <kj/string.h>
+#include <kj/time.h>
+
+#include <cstdint>
+
+namespace payhost::plugins::card {
+
+enum class TransactionState {
+  AUTHORIZED,
+  PARTIALLY_CAPTURED,
+  CAPTURED,
+  VOIDED,
+  PARTIALLY_REFUNDED,
+  REFUNDED,
+  EXPIRED,
+  FAILED,  // The authorization was declined.
+};
+
+enum class DeclineCode {
+  DO_NOT_HONOR,
+  INSUFFICIENT_FUNDS,
+  STOLEN_CARD,
+  EXPIRED_CARD,
+  AMOUNT_LIMIT_EXCEEDED,
+};
+
+enum class Advice { DO_NOT_RETRY, RETRY_LATER, CONTACT_ISSUER };
+
+enum class RejectCode {
+  INVALID_REQUEST,
+  IDEMPOTENCY_CONFLICT,
+  INVALID_STATE,
+  UNKNOWN_TRANSACTION,
+  AMOUNT_EXCEEDS_AVAILABLE,
+  CURRENCY_MISMATCH,
+};
+
+// The schema's enumerant names ("insufficientFunds"), so logs and the wire agree.
+kj::StringPtr nameOf(TransactionState state);
+kj::StringPtr nameOf(DeclineCode code);
+kj::StringPtr nameOf(Advice advice);
+kj::StringPtr nameOf(RejectCode code);
+inline kj::StringPtr KJ_STRINGIFY(TransactionState state) {
+  return nameOf(state);
+}
+inline kj::StringPtr KJ_STRINGIFY(DeclineCode code) {
+  return nameOf(code);
+}
+inline kj::StringPtr KJ_STRINGIFY(Advice advice) {
+  return nameOf(advice);
+}
+inline kj::StringPtr KJ_STRINGIFY(RejectCode code) {
+  return nameOf(code);
+}
+
+// Limits on requests; anything beyond them is rejected with INVALID_REQUEST.
+constexpr size_t MAX_ID_BYTES = 255;  // merchant ids, idempotency keys, transaction ids
+constexpr size_t MAX_TOKEN_BYTES = 128;
+constexpr size_t MAX_METADATA_ENTRIES = 50;
+constexpr size_t MAX_METADATA_KEY_BYTES = 64;
+constexpr size_t MAX_METADATA_VALUE_BYTES = 512;
+
+// ---------------------------------------------------------------------------------------------
+// Requests: views into the caller's data.
+
+struct MetadataEntry {
+  kj::StringPtr key;
+  kj::StringPtr value;
+};
+
+struct AuthorizeRequest {
+  kj::StringPtr merchantId;
+  int64_t amount = 0;  // Minor units of `currency`.
+  kj::StringPtr currency;
+  kj::StringPtr cardToken;
+  kj::StringPtr idempotencyKey;
+  kj::ArrayPtr<const MetadataEntry> metadata = nullptr;
+};
+
+struct CaptureRequest {
+  kj::StringPtr transactionId;
+  int64_t amount = 0;
+  kj::StringPtr currency;
+  kj::StringPtr idempotencyKey;
+};
+
+struct VoidRequest {
+  kj::StringPtr transactionId;
+  kj::StringPtr idempotencyKey;
+};
+
+struct RefundRequest {
+  kj::StringPtr transactionId;
+  int64_t amount = 0;
+  kj::StringPtr currency;
+  kj::StringPtr idempotencyKey;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Results: owned values, mirroring `PaymentResult` in payments.capnp.
+
+struct Money {
+  int64_t minorUnits = 0;
+  kj::String currency;
+};
+
+struct Approval {
+  kj::String transactionId;
+  kj::String authCode;
+  Money amount;            // What this operation approved (for `sync`, the authorized amount).
+  TransactionState state;  // The transaction's state after the operation.
+};
+
+struct Decline {
+  DeclineCode code;
+  Advice advice;
+  kj::String reason;
+  kj::String transactionId;
+};
+
+// Refused before anything happened. The message never repeats the card token.
+struct Rejection {
+  RejectCode code;
+  kj::String message;
+};
+
+// The issuer did not answer in time: the outcome is unknown to the caller, who must `sync` on
+// the transaction id rather than resubmit.
+struct Unknown {
+  kj::String transactionId;
+};
+
+using Result = kj::OneOf<Approval, Decline, Rejection, Unknown>;
+
+// Results are replayed for idempotent retries, so they must be copied out explicitly.
+Result clone(const Result& result);
+
+struct Outcome {
+  explicit Outcome(Result result) : result(kj::mv(result)) {}
+
+  Result result;
+
+  // The transaction the operation concerned when the issuer knows it (an id it issued, so safe
+  // to log); null for unknown ids and requests refused before a transaction was found.
+  kj::Maybe<kj::String> transactionId;
+
+  // How long the issuer takes to answer (the slow test card): deliver `result` only after it.
+  // The operation has already taken effect.
+  kj::Duration delay = 0 * kj::SECONDS;
+
+  // Whether `result` is the remembered result of an earlier call with the same idempotency key.
+  bool replayed = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers shared with the glue and tests.
+
+// Three upper-case ASCII letters.
+bool isValidCurrency(kj::StringPtr currency);
+
+// Digits, spaces and dashes only, with at least one digit: what a card number looks like. Such
+// a value is rejected without being echoed or logged anywhere.
+bool looksLikeCardNumber(kj::StringPtr token);
+
+// `token` when it is a well-formed vault token that cannot hold a card number (no run of 12 or
+// more digits), otherwise "[redacted]". The only form in which a token may be logged.
+kj::StringPtr tokenForLog(kj::StringPtr token) KJ_LIFETIMEBOUND;
+
+// `merchantId` when valid (so free of spaces and control characters), otherwise "[invalid]".
+kj::StringPtr merchantForLog(kj::StringPtr merchantId) KJ_LIFETIMEBOUND;
+
+// The six-character authorization code the simulated issuer derives from an idempotency key:
+// deterministic, so a test run is reproducible.
+kj::String authCodeFor(kj::StringPtr idempotencyKey);
+
+// ---------------------------------------------------------------------------------------------
+
+class Issuer final {
+public:
+  struct Options {
+    // Part of every transaction id, so ids issued by different shards never collide.
+    uint32_t shardIndex = 0;
+    // Authorizations above this many minor units are declined AMOUNT_LIMIT_EXCEEDED.
+    int64_t maxAmountMinor = 100'000'000;
+    // How long an authorization may be captured or voided.
+    kj::Duration authWindow = 7 * kj::DAYS;
+    // How long the slow test card takes to answer.
+    kj::Duration slowDelay = 2 * kj::SECONDS;
+  };
+
+  explicit Issuer(Options options);
+  KJ_DISALLOW_COPY(Issuer);
+
+  // `now` is the wall-clock time of the call: authorizations expire `authWindow` after theirs.
+  [[nodiscard]] Outcome authorize(const AuthorizeRequest& request, kj::Date now);
+  [[nodiscard]] Outcome capture(const CaptureRequest& request, kj::Date now);
+  [[nodiscard]] Outcome voidAuthorization(const VoidRequest& request, kj::Date now);
+  [[nodiscard]] Outcome refund(const RefundRequest& request, kj::Date now);
+
+  // The transaction's current state: an Approval (amount = the authorized amount) for an
+  // authorization the issuer approved, the Decline for one it declined.
+  [[nodiscard]] Outcome sync(kj::StringPtr transactionId, kj::Date now);
+
+  const Options& options() const { return options_; }
+
+private:
+  enum class Operation { AUTHORIZE, CAPTURE, VOID, REFUND };
+  static constexpr size_t OPERATION_COUNT = 4;
+
+  struct Transaction {
+    kj::String id;
+    kj::String authCode;
+    kj::String currency;
+    int64_t authorized;
+    int64_t captured = 0;
+    int64_t refunded = 0;
+    TransactionState state;
+    kj::Date authorizedAt;
+    kj::Maybe<Decline> decline;  // Set when state is FAILED.
+  };
+
+  // The first answer to an idempotency key, with the parameters it answered.
+  struct Remembered {
+    kj::String parameters;
+    Result result;
+    kj::Maybe<kj::String> transactionId;
+  };
+
+  kj::Maybe<Outcome> recall(Operation operation, kj::StringPtr key, kj::StringPtr parameters);
+  void remember(Operation operation, kj::StringPtr key, kj::String parameters,
+                const Outcome& outcome);
+
+  Outcome decideAuthorization(const AuthorizeRequest& request, kj::Date now);
+  Outcome decideCapture(const CaptureRequest& request, kj::Date now);
+  Outcome decideVoid(const VoidRequest& request, kj::Date now);
+  Outcome decideRefund(const RefundRequest& request, kj::Date now);
+
+  // Finds a transaction and moves an authorization past its window to EXPIRED.
+  kj::Maybe<Transaction&> find(kj::StringPtr transactionId, kj::Date now);
+  bool windowClosed(const Transaction& transaction, kj::Date now) const;
+
+  Options options_;
+  uint64_t transactionCount = 0;
+  kj::HashMap<kj::String, Transaction> transactions;
+  kj::HashMap<kj::String, Remembered> remembered[OPERATION_COUNT];
+};
+
+}  // namespace payhost::plugins::card
+
+#endif  // PAYHOST_PLUGINS_CARD_PROCESSOR_ISSUER_H_
