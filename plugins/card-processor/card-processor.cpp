@@ -318,8 +318,7 @@ kj::Promise<void> syncNow(Shard& shard, SyncCall call) {
   return deliver(shard, call, kj::mv(outcome));
 }
 
-// Not `final`: `payhost::serve` derives from it to count it and its calls.
-class CardServer : public Interface::Server {
+class CardServer final : public Interface::Server {
 public:
   explicit CardServer(kj::Own<Shard> shard) : shard(kj::mv(shard)) {}
 
