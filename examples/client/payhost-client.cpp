@@ -12,6 +12,7 @@
 #include <payhost/payments.capnp.h>
 
 #include <capnp/rpc-twoparty.h>
+#include <capnp/schema.h>
 #include <kj/async-io.h>
 #include <kj/debug.h>
 
@@ -26,6 +27,14 @@ namespace {
 using payhost::schema::CardProcessor;
 using payhost::schema::Gateway;
 using payhost::schema::PaymentResult;
+
+// The enumerant's name as written in the schema ("insufficientFunds").
+template <typename Enum>
+kj::StringPtr nameOf(Enum value) {
+  auto enumerants = capnp::Schema::from<Enum>().getEnumerants();
+  auto index = static_cast<uint16_t>(value);
+  return index < enumerants.size() ? enumerants[index].getProto().getName() : "unknown";
+}
 
 const char* stateName(payhost::schema::TransactionState state) {
   using S = payhost::schema::TransactionState;
@@ -64,9 +73,9 @@ std::string printResult(kj::StringPtr what, PaymentResult::Reader result) {
     }
     case PaymentResult::DECLINED: {
       auto decline = result.getDeclined();
-      printf("%-22s declined   reason=\"%s\" code=%u advice=%u\n", what.cStr(),
-             decline.getReason().cStr(), static_cast<unsigned>(decline.getCode()),
-             static_cast<unsigned>(decline.getAdvice()));
+      printf("%-22s declined   code=%s advice=%s reason=\"%s\"\n", what.cStr(),
+             nameOf(decline.getCode()).cStr(), nameOf(decline.getAdvice()).cStr(),
+             decline.getReason().cStr());
       return decline.getTransactionId();
     }
     case PaymentResult::REJECTED:
@@ -244,7 +253,7 @@ int main(int argc, char** argv) {
       auto verdict = call.send().wait(io.waitScope).getVerdict();
       kj::Vector<kj::StringPtr> rules;
       for (auto rule : verdict.getFiredRules()) rules.add(rule);
-      printf("decision=%u score=%u rules=%s\n", static_cast<unsigned>(verdict.getDecision()),
+      printf("decision=%s score=%u rules=%s\n", nameOf(verdict.getDecision()).cStr(),
              verdict.getScore(), kj::strArray(rules, ",").cStr());
       return 0;
     }

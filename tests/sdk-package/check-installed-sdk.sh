@@ -45,7 +45,7 @@ grep -q 'event=plugin.loaded plugin=limit-screen' "$work/payhostd.log" || {
 verdict=$("$client" --connect "unix:$work/data.sock" --service payments.screen screen \
   --amount 20000 --currency EUR --token tok_test)
 echo "verdict: $verdict"
-[[ $verdict == "decision=3 score=1000 rules=amount-limit" ]] || { echo "unexpected verdict"; exit 1; }
+[[ $verdict == "decision=deny score=1000 rules=amount-limit" ]] || { echo "unexpected verdict"; exit 1; }
 
 kill -TERM $pid
 wait $pid
