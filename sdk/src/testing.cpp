@@ -67,6 +67,11 @@ public:
     void* created = plugin.create(static_cast<Context*>(this), &error);
     KJ_REQUIRE(created != nullptr, "plugin constructor failed", plugin.name, message);
     instance = static_cast<Plugin*>(created);
+    // The destructor does not run when the constructor throws.
+    KJ_ON_SCOPE_FAILURE({
+      descriptor.destroy(instance);
+      instance = nullptr;
+    });
     instance->ready().wait(waitScope);
   }
 
@@ -153,6 +158,9 @@ kj::WaitScope& TestHost::waitScope() {
 }
 
 void TestHost::advanceTime(kj::Duration delay) {
+  // A call sent but not yet delivered starts on the next turn; let it start (and arm its timers)
+  // at the current time before the clock moves.
+  impl->waitScope.poll();
   impl->clock_.timerImpl.advanceTo(impl->clock_.timerImpl.now() + delay);
   impl->waitScope.poll();
 }
