@@ -133,7 +133,12 @@ kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId) 
   result->mappedName_ = kj::str("/memfd:", memfdName);
 
   auto library = kj::heap<Library>();
-  // On any failure below, `library` is closed before `memfdOwner`, for the same reason.
+  // On any failure below, `library` is closed while `memfdOwner` is still open, and if glibc
+  // keeps it mapped anyway the memfd is never closed: see the end of this function.
+  KJ_ON_SCOPE_FAILURE({
+    library = nullptr;
+    if (isMapped(result->mappedName_)) (void)memfdOwner.release();
+  });
   try {
     library->library.load(std::filesystem::path(kj::str("/proc/self/fd/", memfd).cStr()),
                            boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
@@ -180,8 +185,15 @@ PluginLibrary::UnloadResult PluginLibrary::unload() {
     result = UnloadResult::PARKED;
   } else {
     library = nullptr;
-    memfd = nullptr;
-    result = isMapped(mappedName_) ? UnloadResult::STILL_MAPPED : UnloadResult::UNMAPPED;
+    if (isMapped(mappedName_)) {
+      // glibc still knows the library by the path it was opened with (/proc/self/fd/<memfd>):
+      // the memfd stays open for good so that no later load is given this number and this code.
+      (void)memfd.release();
+      result = UnloadResult::STILL_MAPPED;
+    } else {
+      memfd = nullptr;
+      result = UnloadResult::UNMAPPED;
+    }
   }
   descriptor_ = nullptr;
   unloaded = result;

@@ -49,7 +49,14 @@ bool isValidVersion(kj::StringPtr version) {
       ++parts;
       digits = 0;
     } else if (c == '-' && digits > 0 && parts == 2) {
-      return i + 1 < version.size();
+      // A pre-release suffix, as in semver: ASCII letters, digits, '.' and '-'.
+      if (i + 1 == version.size()) return false;
+      for (size_t j = i + 1; j < version.size(); ++j) {
+        char p = version[j];
+        bool alnum = (p >= '0' && p <= '9') || (p >= 'a' && p <= 'z') || (p >= 'A' && p <= 'Z');
+        if (!alnum && p != '.' && p != '-') return false;
+      }
+      return true;
     } else {
       return false;
     }

@@ -4,7 +4,9 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <sstream>
+#include <vector>
 
 namespace payhost {
 
@@ -130,10 +132,17 @@ Config Config::section(kj::StringPtr key) const {
 }
 
 kj::Array<kj::String> Config::keys() const {
-  auto builder = kj::heapArrayBuilder<kj::String>(impl->table.size());
-  for (auto& [key, value] : impl->table) {
-    builder.add(kj::heapString(key.str().data(), key.str().size()));
-  }
+  // toml::table is a sorted map; the keys remember where they were written.
+  std::vector<const toml::key*> ordered;
+  ordered.reserve(impl->table.size());
+  for (auto& [key, value] : impl->table) ordered.push_back(&key);
+  std::stable_sort(ordered.begin(), ordered.end(), [](const toml::key* a, const toml::key* b) {
+    auto& x = a->source().begin;
+    auto& y = b->source().begin;
+    return x.line != y.line ? x.line < y.line : x.column < y.column;
+  });
+  auto builder = kj::heapArrayBuilder<kj::String>(ordered.size());
+  for (auto key : ordered) builder.add(kj::heapString(key->str().data(), key->str().size()));
   return builder.finish();
 }
 

@@ -67,6 +67,11 @@ public:
     void* created = plugin.create(static_cast<Context*>(this), &error);
     KJ_REQUIRE(created != nullptr, "plugin constructor failed", plugin.name, message);
     instance = static_cast<Plugin*>(created);
+    // The destructor does not run when the constructor throws.
+    KJ_ON_SCOPE_FAILURE({
+      descriptor.destroy(instance);
+      instance = nullptr;
+    });
     instance->ready().wait(waitScope);
   }
 

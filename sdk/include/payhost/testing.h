@@ -14,7 +14,8 @@
 // event loop on the calling thread, and gives the plugin a manual clock: timers fire only when
 // the test calls `advanceTime`. Log records are kept for assertions.
 //
-// Thread-safety: use a TestHost from the thread that created it only.
+// Thread-safety: use a TestHost from the thread that created it only. Each TestHost runs its own
+// event loop, so a thread can have only one TestHost at a time.
 
 #ifndef PAYHOST_TESTING_H_
 #define PAYHOST_TESTING_H_
@@ -52,8 +53,8 @@ public:
     return serviceCapability(name).castAs<Interface>();
   }
 
-  // Makes `capability` the service `name` for the plugin's `Context::service` calls (a fake or a
-  // second plugin's TestHost service). May be called before or after the plugin looks it up.
+  // Makes `capability` the service `name` for the plugin's `Context::service` calls (a fake
+  // server written in the test). May be called before or after the plugin looks it up.
   void provide(kj::StringPtr name, capnp::Capability::Client capability);
 
   kj::WaitScope& waitScope();
