@@ -251,24 +251,32 @@ kj::Promise<kj::String> Daemon::Impl::waitForStop() {
 
 void Daemon::Impl::shutdown(kj::StringPtr reason) {
   state = schema::HostState::DRAINING;
-  auto inFlight = counters.inFlight.load();
-  info("host.draining", {{"reason", reason}, {"calls_in_flight", kj::str(inFlight)}});
-  // Stop accepting; established connections stay open until their calls finish.
+  auto& timer = io.provider->getTimer();
+  auto deadline = timer.now() + config.drainTimeout;
+  // Stop accepting and have every shard refuse new calls before saying so: once `host.draining`
+  // is logged, new connections are refused and new calls fail with DISCONNECTED.
   acceptLoops = kj::heap<kj::TaskSet>(acceptErrors);
   listeners.clear();
+  kj::Vector<kj::Promise<void>> refusing;
+  for (auto& shard : shards) {
+    refusing.add(shard->run([](ShardState& shardState) { shardState.services().startDraining(); }));
+  }
+  kj::joinPromises(refusing.releaseAsArray()).wait(io.waitScope);
+  auto inFlight = counters.inFlight.load();
+  info("host.draining", {{"reason", reason}, {"calls_in_flight", kj::str(inFlight)}});
 
+  // A call counts as done when its answer is queued, not sent: each shard, once idle, closes its
+  // connections so that queued answers go out first.
   kj::Vector<kj::Promise<void>> idle;
   for (auto& shard : shards) {
     idle.add(shard->run([](ShardState& shardState) {
-      shardState.services().startDraining();
-      return shardState.services().whenIdle();
+      return shardState.services().whenIdle().then(
+          [&shardState]() { return shardState.closeConnections(); });
     }));
   }
   bool drained = kj::joinPromises(idle.releaseAsArray())
                      .then([]() { return true; })
-                     .exclusiveJoin(io.provider->getTimer()
-                                        .afterDelay(config.drainTimeout)
-                                        .then([]() { return false; }))
+                     .exclusiveJoin(timer.atTime(deadline).then([]() { return false; }))
                      .wait(io.waitScope);
   if (drained) {
     info("host.drained");

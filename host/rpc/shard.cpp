@@ -18,10 +18,21 @@ public:
         network(*this->stream, capnp::rpc::twoparty::Side::SERVER, readerOptions),
         rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {
     shard.connectionsOpen.fetch_add(1, std::memory_order_relaxed);
+    shard.open.insert(this);
   }
-  ~Connection() noexcept(false) { shard.connectionsOpen.fetch_sub(1, std::memory_order_relaxed); }
+  ~Connection() noexcept(false) {
+    shard.open.erase(this);
+    shard.connectionsOpen.fetch_sub(1, std::memory_order_relaxed);
+  }
 
   kj::Promise<void> onDisconnect() { return network.onDisconnect(); }
+
+  // The RPC system reads end-of-stream and disconnects as if the client had hung up: it flushes
+  // what it queued, shuts down writing and releases the network, so `onDisconnect()` resolves.
+  void stopReading() {
+    // Fails only when the socket is already disconnected, and then the read fails by itself.
+    kj::runCatchingExceptions([this]() { stream->abortRead(); });
+  }
 
 private:
   ShardState& shard;
@@ -50,6 +61,10 @@ ShardState::~ShardState() noexcept(false) {
 }
 
 void ShardState::adopt(int fd) {
+  if (closing) {
+    ::close(fd);
+    return;
+  }
   KJ_IF_MAYBE(tasks, connections) {
     auto stream = io.lowLevelProvider->wrapSocketFd(
         fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP |
@@ -62,6 +77,17 @@ void ShardState::adopt(int fd) {
   } else {
     ::close(fd);
   }
+}
+
+kj::Promise<void> ShardState::closeConnections() {
+  closing = true;
+  KJ_IF_MAYBE(tasks, connections) {
+    for (auto connection : open) {
+      connection->stopReading();
+    }
+    return (*tasks)->onEmpty();
+  }
+  return kj::READY_NOW;
 }
 
 void ShardState::close() {

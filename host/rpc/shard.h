@@ -19,6 +19,7 @@
 #include <kj/thread.h>
 
 #include <atomic>
+#include <set>
 
 namespace payhost::host {
 
@@ -33,7 +34,14 @@ public:
   // Serves the Gateway on the connected socket `fd` (owned from now on).
   void adopt(int fd);
 
-  // Closes every connection, then revokes and destroys every plugin instance.
+  // Closes every connection the way a client hanging up would: reading stops, then the RPC
+  // system sends what it has queued (answers to calls that just completed), shuts the socket's
+  // write side and drops the connection. Connections handed over afterwards are closed at once.
+  // Resolves when none is left.
+  kj::Promise<void> closeConnections();
+
+  // Closes every connection (dropping whatever it had not sent), then revokes and destroys
+  // every plugin instance.
   void close();
 
   uint32_t index() const { return index_; }
@@ -55,6 +63,9 @@ private:
   ShardServices services_;
   ErrorHandler errorHandler{log};
   kj::Maybe<kj::Own<kj::TaskSet>> connections;
+  // The connections in `connections`, to stop reading from them.
+  std::set<Connection*> open;
+  bool closing = false;
 };
 
 class Shard {
