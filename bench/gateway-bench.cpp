@@ -99,7 +99,8 @@ int serveBare(kj::StringPtr pluginPath, kj::StringPtr service) {
     printf("listening %u\n", listener->getPort());
     fflush(stdout);
     io.unixEventPort.captureSignal(SIGTERM);
-    server.listen(*listener).exclusiveJoin(io.unixEventPort.onSignal(SIGTERM).ignoreResult())
+    server.listen(*listener)
+        .exclusiveJoin(io.unixEventPort.onSignal(SIGTERM).ignoreResult())
         .wait(io.waitScope);
   }
   descriptor.destroy(instance);
@@ -123,7 +124,8 @@ Server startProcess(kj::StringPtr name, std::vector<std::string> args, kj::Strin
     dup2(log, 1);
     dup2(log, 2);
     std::vector<char*> argv;
-    for (auto& arg : args) argv.push_back(arg.data());
+    for (auto& arg : args)
+      argv.push_back(arg.data());
     argv.push_back(nullptr);
     execv(argv[0], argv.data());
     _exit(127);
@@ -135,7 +137,7 @@ Server startProcess(kj::StringPtr name, std::vector<std::string> args, kj::Strin
 uint16_t waitForPort(kj::AsyncIoContext& io, const Server& server,
                      kj::Function<kj::Maybe<uint16_t>()> ready) {
   for (int i = 0; i < 500; ++i) {
-    KJ_IF_MAYBE(port, ready()) {
+    KJ_IF_MAYBE (port, ready()) {
       return *port;
     }
     int status;
@@ -149,9 +151,8 @@ uint16_t waitForPort(kj::AsyncIoContext& io, const Server& server,
 // The TCP port payhostd listens on, from its admin interface once it is serving.
 kj::Maybe<uint16_t> payhostdPort(kj::AsyncIoContext& io, kj::StringPtr adminSocket) {
   try {
-    auto address = io.provider->getNetwork()
-                       .parseAddress(kj::str("unix:", adminSocket))
-                       .wait(io.waitScope);
+    auto address =
+        io.provider->getNetwork().parseAddress(kj::str("unix:", adminSocket)).wait(io.waitScope);
     auto connection = address->connect().wait(io.waitScope);
     capnp::TwoPartyClient client(*connection);
     auto response =
@@ -159,7 +160,7 @@ kj::Maybe<uint16_t> payhostdPort(kj::AsyncIoContext& io, kj::StringPtr adminSock
     auto status = response.getStatus();
     if (status.getState() != schema::HostState::SERVING) return nullptr;
     for (auto listener : status.getListeners()) {
-      KJ_IF_MAYBE(colon, listener.findLast(':')) {
+      KJ_IF_MAYBE (colon, listener.findLast(':')) {
         if (!listener.startsWith("unix:")) return atoi(listener.cStr() + *colon + 1);
       }
     }
@@ -212,9 +213,8 @@ struct Measurement {
 
 Measurement measure(kj::AsyncIoContext& io, const Server& server, bool throughGateway,
                     uint32_t inFlight, kj::Duration duration) {
-  auto address = io.provider->getNetwork()
-                     .parseAddress(kj::str("127.0.0.1:", server.port))
-                     .wait(io.waitScope);
+  auto address =
+      io.provider->getNetwork().parseAddress(kj::str("127.0.0.1:", server.port)).wait(io.waitScope);
   auto connection = address->connect().wait(io.waitScope);
   capnp::TwoPartyClient client(*connection);
   CardProcessor::Client card = nullptr;
@@ -313,23 +313,25 @@ int runBenchmark(const std::string& payhostd, const std::string& plugin, const s
     }
     auto column = [](const std::vector<Measurement>& runs, double Measurement::*field) {
       std::vector<double> values;
-      for (auto& run : runs) values.push_back(run.*field);
+      for (auto& run : runs)
+        values.push_back(run.*field);
       return values;
     };
     auto describe = [&](const char* server, const std::vector<Measurement>& runs) {
       auto cps = column(runs, &Measurement::callsPerSecond);
       auto cpu = column(runs, &Measurement::callsPerServerCpuSecond);
       uint64_t failed = 0;
-      for (auto& run : runs) failed += run.failed;
-      printf("  %-9s %9.0f calls/s (%.0f-%.0f)  p50 %7.1f us  p99 %7.1f us  "
-             "server %6.1f us CPU/call  %8.0f calls/server-CPU-s (%.0f-%.0f)  failed %llu\n",
-             server, median(cps), *std::min_element(cps.begin(), cps.end()),
-             *std::max_element(cps.begin(), cps.end()),
-             median(column(runs, &Measurement::p50Micros)),
-             median(column(runs, &Measurement::p99Micros)),
-             median(column(runs, &Measurement::serverCpuMicrosPerCall)), median(cpu),
-             *std::min_element(cpu.begin(), cpu.end()), *std::max_element(cpu.begin(), cpu.end()),
-             (unsigned long long)failed);
+      for (auto& run : runs)
+        failed += run.failed;
+      printf(
+          "  %-9s %9.0f calls/s (%.0f-%.0f)  p50 %7.1f us  p99 %7.1f us  "
+          "server %6.1f us CPU/call  %8.0f calls/server-CPU-s (%.0f-%.0f)  failed %llu\n",
+          server, median(cps), *std::min_element(cps.begin(), cps.end()),
+          *std::max_element(cps.begin(), cps.end()), median(column(runs, &Measurement::p50Micros)),
+          median(column(runs, &Measurement::p99Micros)),
+          median(column(runs, &Measurement::serverCpuMicrosPerCall)), median(cpu),
+          *std::min_element(cpu.begin(), cpu.end()), *std::max_element(cpu.begin(), cpu.end()),
+          (unsigned long long)failed);
     };
     printf("%s\n", c.name);
     fflush(stdout);
@@ -344,12 +346,12 @@ int runBenchmark(const std::string& payhostd, const std::string& plugin, const s
     printf("  ratio payhostd/bare: calls/s %.2fx, calls per server-CPU-s %.2fx, p50 %.2fx\n\n",
            rateRatio, cpuRatio, p50Ratio);
 
-    json << (firstCase ? "" : ",") << "\n    {\"case\": \"" << c.name << "\", \"in_flight\": "
-         << c.inFlight;
+    json << (firstCase ? "" : ",") << "\n    {\"case\": \"" << c.name
+         << "\", \"in_flight\": " << c.inFlight;
     firstCase = false;
     for (auto* side : {&hostRuns, &bareRuns}) {
-      json << ", \"" << (side == &hostRuns ? "payhostd" : "bare") << "\": {\"calls_per_s\": "
-           << median(column(*side, &Measurement::callsPerSecond))
+      json << ", \"" << (side == &hostRuns ? "payhostd" : "bare")
+           << "\": {\"calls_per_s\": " << median(column(*side, &Measurement::callsPerSecond))
            << ", \"p50_us\": " << median(column(*side, &Measurement::p50Micros))
            << ", \"p99_us\": " << median(column(*side, &Measurement::p99Micros))
            << ", \"server_cpu_us_per_call\": "

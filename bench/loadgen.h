@@ -28,6 +28,8 @@
 
 #pragma once
 
+#include "bench/histogram.h"
+
 #include <kj/async.h>
 #include <kj/function.h>
 #include <kj/string.h>
@@ -35,8 +37,6 @@
 #include <kj/timer.h>
 
 #include <cstdint>
-
-#include "bench/histogram.h"
 
 namespace payhost::bench {
 

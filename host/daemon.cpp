@@ -64,7 +64,7 @@ public:
 
   int run();
   void stop() {
-    KJ_IF_MAYBE(fulfiller, stopFulfiller) {
+    KJ_IF_MAYBE (fulfiller, stopFulfiller) {
       (*fulfiller)->fulfill(kj::str("test"));
     }
   }
@@ -160,9 +160,8 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
 kj::Promise<void> Daemon::Impl::uninstallEverywhere(Generation& generation) {
   kj::Vector<kj::Promise<void>> removals;
   for (auto& shard : shards) {
-    removals.add(shard->run([&generation](ShardState& state) {
-      state.services().uninstall(generation);
-    }));
+    removals.add(
+        shard->run([&generation](ShardState& state) { state.services().uninstall(generation); }));
   }
   return kj::joinPromises(removals.releaseAsArray());
 }
@@ -174,22 +173,24 @@ void Daemon::Impl::openListeners() {
     auto parsed = io.provider->getNetwork().parseAddress(text).wait(io.waitScope);
     auto receiver = parsed->listen();
     // With port 0 the kernel picks the port; name the listener by the port it got.
-    auto name = isUnix ? kj::str("unix:", address)
-                       : kj::str(kj::heapString(address.slice(0, KJ_ASSERT_NONNULL(
-                                                                    address.findLast(':')))),
-                                 ":", receiver->getPort());
+    auto name =
+        isUnix ? kj::str("unix:", address)
+               : kj::str(kj::heapString(address.slice(0, KJ_ASSERT_NONNULL(address.findLast(':')))),
+                         ":", receiver->getPort());
     info("listener.open", {{"address", name}});
     acceptLoops->add(acceptLoop(*receiver));
     listeners.add(kj::mv(receiver));
     listenerNames.add(kj::mv(name));
   };
-  for (auto& address : config.tcp) open(address, false);
-  for (auto& path : config.unix) open(path, true);
+  for (auto& address : config.tcp)
+    open(address, false);
+  for (auto& path : config.unix)
+    open(path, true);
 }
 
 kj::Promise<void> Daemon::Impl::acceptLoop(kj::ConnectionReceiver& receiver) {
   return receiver.accept().then([this, &receiver](kj::Own<kj::AsyncIoStream>&& stream) {
-    KJ_IF_MAYBE(fd, stream->getFd()) {
+    KJ_IF_MAYBE (fd, stream->getFd()) {
       int one = 1;
       // Fails harmlessly on unix sockets.
       setsockopt(*fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -226,7 +227,8 @@ void Daemon::Impl::fillStatus(schema::HostStatus::Builder status) {
   status.setShards(shards.size());
   status.setState(state);
   uint32_t open = 0;
-  for (auto& shard : shards) open += shard->connectionsOpen();
+  for (auto& shard : shards)
+    open += shard->connectionsOpen();
   status.setConnectionsOpen(open);
   status.setCallsInFlight(counters.inFlight.load(std::memory_order_relaxed));
   status.setCallsTotal(counters.total.load(std::memory_order_relaxed));
@@ -234,7 +236,8 @@ void Daemon::Impl::fillStatus(schema::HostStatus::Builder status) {
   status.setPluginsServing(registry.count(schema::PluginState::SERVING));
   status.setPluginsFailed(registry.count(schema::PluginState::FAILED));
   auto names = status.initListeners(listenerNames.size());
-  for (size_t i = 0; i < names.size(); ++i) names.set(i, listenerNames[i]);
+  for (size_t i = 0; i < names.size(); ++i)
+    names.set(i, listenerNames[i]);
 }
 
 kj::Promise<kj::String> Daemon::Impl::waitForStop() {
@@ -286,12 +289,13 @@ void Daemon::Impl::shutdown(kj::StringPtr reason) {
   }
 
   kj::Vector<kj::Promise<void>> stops;
-  for (auto& shard : shards) stops.add(shard->stop());
+  for (auto& shard : shards)
+    stops.add(shard->stop());
   kj::joinPromises(stops.releaseAsArray()).wait(io.waitScope);
   shards.clear();
 
   for (auto& record : registry.plugins()) {
-    KJ_IF_MAYBE(generation, record.generation) {
+    KJ_IF_MAYBE (generation, record.generation) {
       auto& g = **generation;
       auto live = g.library().liveObjects();
       auto result = g.library().unload();
@@ -311,7 +315,8 @@ void Daemon::Impl::shutdown(kj::StringPtr reason) {
   adminServer = nullptr;
   adminListener = nullptr;
   unlink(config.adminSocket.cStr());
-  for (auto& path : config.unix) unlink(path.cStr());
+  for (auto& path : config.unix)
+    unlink(path.cStr());
   info("host.stopped");
 }
 

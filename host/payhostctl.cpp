@@ -46,11 +46,12 @@ const char* hostStateName(HostState state) {
 }
 
 void printList(Admin::ListResults::Reader results) {
-  printf("%-20s %-10s %-10s %-4s %-28s %12s %8s\n", "PLUGIN", "VERSION", "STATE", "GEN",
-         "SERVICES", "CALLS", "FAILED");
+  printf("%-20s %-10s %-10s %-4s %-28s %12s %8s\n", "PLUGIN", "VERSION", "STATE", "GEN", "SERVICES",
+         "CALLS", "FAILED");
   for (auto plugin : results.getPlugins()) {
     kj::Vector<kj::StringPtr> services;
-    for (auto service : plugin.getServices()) services.add(service);
+    for (auto service : plugin.getServices())
+      services.add(service);
     auto name = plugin.getName().size() > 0 ? plugin.getName() : kj::StringPtr("-");
     printf("%-20s %-10s %-10s %-4llu %-28s %12llu %8llu\n", name.cStr(),
            plugin.getVersion().size() > 0 ? plugin.getVersion().cStr() : "-",
@@ -69,9 +70,9 @@ void printStatus(payhost::schema::HostStatus::Reader status) {
   printf("shards %u  connections %u  calls in flight %u  total %llu  failed %llu\n",
          status.getShards(), status.getConnectionsOpen(), status.getCallsInFlight(),
          (unsigned long long)status.getCallsTotal(), (unsigned long long)status.getCallsFailed());
-  printf("plugins serving %u  failed %u\n", status.getPluginsServing(),
-         status.getPluginsFailed());
-  for (auto listener : status.getListeners()) printf("listening on %s\n", listener.cStr());
+  printf("plugins serving %u  failed %u\n", status.getPluginsServing(), status.getPluginsFailed());
+  for (auto listener : status.getListeners())
+    printf("listening on %s\n", listener.cStr());
 }
 
 }  // namespace

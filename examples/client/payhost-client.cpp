@@ -252,7 +252,8 @@ int main(int argc, char** argv) {
       body.setIpCountry(ipCountry);
       auto verdict = call.send().wait(io.waitScope).getVerdict();
       kj::Vector<kj::StringPtr> rules;
-      for (auto rule : verdict.getFiredRules()) rules.add(rule);
+      for (auto rule : verdict.getFiredRules())
+        rules.add(rule);
       printf("decision=%s score=%u rules=%s\n", nameOf(verdict.getDecision()).cStr(),
              verdict.getScore(), kj::strArray(rules, ",").cStr());
       return 0;

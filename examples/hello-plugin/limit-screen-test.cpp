@@ -10,10 +10,9 @@ namespace {
 using payhost::schema::FraudDecision;
 using payhost::schema::FraudScreen;
 
-payhost::schema::FraudVerdict::Reader screen(FraudScreen::Client& client, kj::WaitScope& ws,
-                                             int64_t amount, kj::StringPtr cardCountry,
-                                             kj::StringPtr ipCountry,
-                                             kj::Own<capnp::Response<FraudScreen::ScreenResults>>& keep) {
+payhost::schema::FraudVerdict::Reader screen(
+    FraudScreen::Client& client, kj::WaitScope& ws, int64_t amount, kj::StringPtr cardCountry,
+    kj::StringPtr ipCountry, kj::Own<capnp::Response<FraudScreen::ScreenResults>>& keep) {
   auto request = client.screenRequest();
   auto body = request.initRequest();
   body.setMerchantId("m-1");

@@ -37,11 +37,12 @@ protected:
       score = kj::max(score, static_cast<uint32_t>(reviewScore));
     }
     verdict.setScore(score);
-    verdict.setDecision(score >= 1000  ? FraudDecision::DENY
-                        : score > 0    ? FraudDecision::REVIEW
-                                       : FraudDecision::ALLOW);
+    verdict.setDecision(score >= 1000 ? FraudDecision::DENY
+                        : score > 0   ? FraudDecision::REVIEW
+                                      : FraudDecision::ALLOW);
     auto rules = verdict.initFiredRules(fired.size());
-    for (size_t i = 0; i < fired.size(); ++i) rules.set(i, fired[i]);
+    for (size_t i = 0; i < fired.size(); ++i)
+      rules.set(i, fired[i]);
     // The token is a vault token, never a card number, so it may be logged.
     context.log().info("screen.verdict", {{"merchant", request.getMerchantId()},
                                           {"token", request.getCardToken()},

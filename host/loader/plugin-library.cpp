@@ -81,7 +81,7 @@ kj::String sha256Hex(kj::ArrayPtr<const kj::byte> bytes) {
 }
 
 kj::StringPtr baseName(kj::StringPtr path) {
-  KJ_IF_MAYBE(slash, path.findLast('/')) {
+  KJ_IF_MAYBE (slash, path.findLast('/')) {
     return path.slice(*slash + 1);
   }
   return path;
@@ -141,7 +141,7 @@ kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId) 
   });
   try {
     library->library.load(std::filesystem::path(kj::str("/proc/self/fd/", memfd).cStr()),
-                           boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
+                          boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local);
   } catch (const std::exception& e) {
     PAYHOST_FAIL(FAILED, path, ": cannot load plugin: ", e.what(), "");
   }
@@ -149,13 +149,13 @@ kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId) 
     PAYHOST_FAIL(FAILED, path, ": not a payhost plugin: no entry symbol '", PAYHOST_ENTRY_SYMBOL,
                  "' (declare the plugin with PAYHOST_PLUGIN from <payhost/plugin.h>)");
   }
-  auto entry = library->library.get_alias<const payhost_plugin_v1_descriptor*()>(
-      PAYHOST_ENTRY_SYMBOL);
+  auto entry =
+      library->library.get_alias<const payhost_plugin_v1_descriptor*()>(PAYHOST_ENTRY_SYMBOL);
   const payhost_plugin_v1_descriptor* descriptor = entry();
   if (descriptor == nullptr) {
     PAYHOST_FAIL(FAILED, path, ": the plugin's entry returned no descriptor");
   }
-  KJ_IF_MAYBE(problem, describeIncompatibility(*descriptor)) {
+  KJ_IF_MAYBE (problem, describeIncompatibility(*descriptor)) {
     PAYHOST_FAIL(FAILED, path, ": plugin refused: ", *problem);
   }
   result->library = kj::mv(library);
@@ -173,7 +173,7 @@ PluginLibrary::~PluginLibrary() noexcept {
 }
 
 PluginLibrary::UnloadResult PluginLibrary::unload() {
-  KJ_IF_MAYBE(result, unloaded) {
+  KJ_IF_MAYBE (result, unloaded) {
     return *result;
   }
   UnloadResult result;

@@ -64,7 +64,6 @@ public:
   explicit PluginLibrary(Token);
 
 private:
-
   kj::String path_;
   kj::String sha256_;
   kj::String mappedName_;

@@ -107,16 +107,20 @@ kj::String renderLogRecord(LogFormat format, kj::StringPtr timestamp, LogLevel l
     out += '"';
     appendJson(out, "level", logLevelName(level));
     appendJson(out, "event", event);
-    for (auto& field : fixed) appendJson(out, field.key, field.value);
-    for (auto& field : fields) appendJson(out, field.key, field.value);
+    for (auto& field : fixed)
+      appendJson(out, field.key, field.value);
+    for (auto& field : fields)
+      appendJson(out, field.key, field.value);
     out += '}';
   } else {
     out += "ts=";
     out.append(timestamp.begin(), timestamp.size());
     appendLogfmt(out, "level", logLevelName(level));
     appendLogfmt(out, "event", event);
-    for (auto& field : fixed) appendLogfmt(out, field.key, field.value);
-    for (auto& field : fields) appendLogfmt(out, field.key, field.value);
+    for (auto& field : fixed)
+      appendLogfmt(out, field.key, field.value);
+    for (auto& field : fields)
+      appendLogfmt(out, field.key, field.value);
   }
   return kj::heapString(out.data(), out.size());
 }
@@ -156,8 +160,7 @@ ScopedLogger::ScopedLogger(LogSink& sink, std::initializer_list<LogField> fields
   }
 }
 
-void ScopedLogger::write(LogLevel level, kj::StringPtr event,
-                         kj::ArrayPtr<const LogField> fields) {
+void ScopedLogger::write(LogLevel level, kj::StringPtr event, kj::ArrayPtr<const LogField> fields) {
   sink.write(level, event, fixed.asPtr(), fields);
 }
 

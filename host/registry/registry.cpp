@@ -6,7 +6,7 @@ namespace payhost::host {
 
 void Registry::checkServicesFree(const Generation& generation) const {
   for (auto& record : records) {
-    KJ_IF_MAYBE(other, record.generation) {
+    KJ_IF_MAYBE (other, record.generation) {
       for (auto& theirs : (*other)->services()) {
         for (auto& ours : generation.services()) {
           if (theirs.name == ours.name) {
@@ -22,18 +22,19 @@ void Registry::checkServicesFree(const Generation& generation) const {
 }
 
 void Registry::addServing(kj::StringPtr path, kj::Own<Generation> generation) {
-  records.add(PluginRecord{kj::heapString(path), schema::PluginState::SERVING,
-                           kj::mv(generation), kj::String()});
+  records.add(PluginRecord{kj::heapString(path), schema::PluginState::SERVING, kj::mv(generation),
+                           kj::String()});
 }
 
 void Registry::addFailed(kj::StringPtr path, kj::String error) {
-  records.add(PluginRecord{kj::heapString(path), schema::PluginState::FAILED, nullptr,
-                           kj::mv(error)});
+  records.add(
+      PluginRecord{kj::heapString(path), schema::PluginState::FAILED, nullptr, kj::mv(error)});
 }
 
 uint32_t Registry::count(schema::PluginState state) const {
   uint32_t n = 0;
-  for (auto& record : records) n += record.state == state;
+  for (auto& record : records)
+    n += record.state == state;
   return n;
 }
 
@@ -44,7 +45,7 @@ void Registry::fill(capnp::List<schema::PluginInfo>::Builder list) const {
     info.setPath(record.path);
     info.setState(record.state);
     if (record.error.size() > 0) info.setError(record.error);
-    KJ_IF_MAYBE(generation, record.generation) {
+    KJ_IF_MAYBE (generation, record.generation) {
       auto& g = **generation;
       info.setName(g.name());
       info.setVersion(g.version());
@@ -52,7 +53,8 @@ void Registry::fill(capnp::List<schema::PluginInfo>::Builder list) const {
       info.setGeneration(g.id());
       info.setLoadedAtUnixMs(g.loadedAtUnixMs());
       auto services = info.initServices(g.services().size());
-      for (size_t j = 0; j < services.size(); ++j) services.set(j, g.services()[j].name);
+      for (size_t j = 0; j < services.size(); ++j)
+        services.set(j, g.services()[j].name);
       info.setCallsTotal(g.callsTotal.load(std::memory_order_relaxed));
       info.setCallsFailed(g.callsFailed.load(std::memory_order_relaxed));
       info.setCallsInFlight(g.callsInFlight.load(std::memory_order_relaxed));

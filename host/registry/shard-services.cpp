@@ -135,7 +135,7 @@ public:
     }
     auto instance = entry->instance;
     capnp::Capability::Client* target = nullptr;
-    KJ_IF_MAYBE(capability, entry->capability) {
+    KJ_IF_MAYBE (capability, entry->capability) {
       target = capability;
     }
     if (instance == nullptr || target == nullptr) {
@@ -178,22 +178,18 @@ private:
 
 ShardServices::ShardServices(uint32_t shardIndex, uint32_t shardCount, LogSink& log,
                              kj::Timer& timer, CallCounters& counters)
-    : shardIndex(shardIndex),
-      shardCount(shardCount),
-      log(log),
-      timer(timer),
-      counters(counters) {}
+    : shardIndex(shardIndex), shardCount(shardCount), log(log), timer(timer), counters(counters) {}
 
 ShardServices::~ShardServices() noexcept(false) {
   clear();
-  for (auto& [name, entry] : entries) entry->owner = nullptr;
+  for (auto& [name, entry] : entries)
+    entry->owner = nullptr;
 }
 
 kj::Promise<void> ShardServices::install(kj::Own<Generation> generation) {
   auto& descriptor = generation->descriptor();
   auto instance = kj::heap<Instance>();
-  instance->context =
-      kj::heap<HostContext>(*generation, *this, log, timer, shardIndex, shardCount);
+  instance->context = kj::heap<HostContext>(*generation, *this, log, timer, shardIndex, shardCount);
   instance->generation = kj::mv(generation);
   char message[1024] = {0};
   payhost_error_v1 error{message, sizeof(message)};
@@ -223,9 +219,7 @@ kj::Promise<void> ShardServices::install(kj::Own<Generation> generation) {
         }
         instances.emplace(loaded.id(), kj::mv(instance));
       },
-      [](kj::Exception&& e) -> void {
-        kj::throwFatalException(copyIntoHost(kj::mv(e)));
-      });
+      [](kj::Exception&& e) -> void { kj::throwFatalException(copyIntoHost(kj::mv(e))); });
 }
 
 void ShardServices::uninstall(const Generation& generation) {
@@ -294,7 +288,7 @@ void ShardServices::callEnded() {
   --inFlight_;
   counters.inFlight.fetch_sub(1, std::memory_order_relaxed);
   if (inFlight_ == 0) {
-    KJ_IF_MAYBE(fulfiller, idleFulfiller) {
+    KJ_IF_MAYBE (fulfiller, idleFulfiller) {
       (*fulfiller)->fulfill();
       idleFulfiller = nullptr;
     }

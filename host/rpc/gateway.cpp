@@ -26,7 +26,8 @@ kj::Promise<void> GatewayServer::getService(GetServiceContext context) {
   if (!services.serves(name)) {
     kj::Vector<kj::StringPtr> known;
     auto views = services.list();
-    for (auto& view : views) known.add(view.name);
+    for (auto& view : views)
+      known.add(view.name);
     PAYHOST_FAIL(FAILED, "unknown service '", name, "'; this host serves: ",
                  known.empty() ? kj::str("nothing") : kj::strArray(known, ", "));
   }

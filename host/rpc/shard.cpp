@@ -65,13 +65,13 @@ void ShardState::adopt(int fd) {
     ::close(fd);
     return;
   }
-  KJ_IF_MAYBE(tasks, connections) {
-    auto stream = io.lowLevelProvider->wrapSocketFd(
-        fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP |
-                kj::LowLevelAsyncIoProvider::ALREADY_CLOEXEC |
-                kj::LowLevelAsyncIoProvider::ALREADY_NONBLOCK);
-    auto connection = kj::heap<Connection>(
-        kj::mv(stream), kj::heap<GatewayServer>(services_), readerOptions, *this);
+  KJ_IF_MAYBE (tasks, connections) {
+    auto stream =
+        io.lowLevelProvider->wrapSocketFd(fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP |
+                                                  kj::LowLevelAsyncIoProvider::ALREADY_CLOEXEC |
+                                                  kj::LowLevelAsyncIoProvider::ALREADY_NONBLOCK);
+    auto connection = kj::heap<Connection>(kj::mv(stream), kj::heap<GatewayServer>(services_),
+                                           readerOptions, *this);
     auto done = connection->onDisconnect();
     (*tasks)->add(done.attach(kj::mv(connection)));
   } else {
@@ -81,7 +81,7 @@ void ShardState::adopt(int fd) {
 
 kj::Promise<void> ShardState::closeConnections() {
   closing = true;
-  KJ_IF_MAYBE(tasks, connections) {
+  KJ_IF_MAYBE (tasks, connections) {
     for (auto connection : open) {
       connection->stopReading();
     }
@@ -99,9 +99,8 @@ void ShardState::close() {
 Shard::Shard(uint32_t index, uint32_t count, LogSink& log, CallCounters& counters,
              capnp::ReaderOptions readerOptions)
     : index_(index), count(count) {
-  thread = kj::heap<kj::Thread>([this, &log, &counters, readerOptions]() {
-    threadMain(log, counters, readerOptions);
-  });
+  thread = kj::heap<kj::Thread>(
+      [this, &log, &counters, readerOptions]() { threadMain(log, counters, readerOptions); });
   started.when([](const bool& ready) { return ready; }, [](const bool&) {});
 }
 
@@ -138,7 +137,8 @@ void Shard::threadMain(LogSink& log, CallCounters& counters, capnp::ReaderOption
   shardState.close();
   // Let the plugin objects that die one turn after their capabilities are dropped go now,
   // while their library is certainly loaded.
-  for (int i = 0; i < 8; ++i) io.waitScope.poll();
+  for (int i = 0; i < 8; ++i)
+    io.waitScope.poll();
 }
 
 }  // namespace payhost::host

@@ -10,6 +10,6 @@
 #include <kj/string.h>
 
 // PAYHOST_FAIL(FAILED, "plugin ", path, ": missing entry symbol")
-#define PAYHOST_FAIL(type, ...)                                                             \
-  ::kj::throwFatalException(::kj::Exception(::kj::Exception::Type::type, __FILE__, __LINE__, \
-                                            ::kj::str(__VA_ARGS__)))
+#define PAYHOST_FAIL(type, ...) \
+  ::kj::throwFatalException(    \
+      ::kj::Exception(::kj::Exception::Type::type, __FILE__, __LINE__, ::kj::str(__VA_ARGS__)))

@@ -1,5 +1,4 @@
 #include <payhost/compat.h>
-
 #include <payhost/fingerprint.h>
 
 #include <cstddef>
@@ -65,8 +64,8 @@ bool isValidVersion(kj::StringPtr version) {
 }
 
 kj::Maybe<kj::String> describeIncompatibility(const payhost_plugin_v1_descriptor& plugin) {
-  constexpr size_t V1_SIZE = offsetof(payhost_plugin_v1_descriptor, live_objects) +
-                             sizeof(plugin.live_objects);
+  constexpr size_t V1_SIZE =
+      offsetof(payhost_plugin_v1_descriptor, live_objects) + sizeof(plugin.live_objects);
   if (plugin.struct_size < V1_SIZE) {
     return kj::str("descriptor too small: plugin ", plugin.struct_size, " bytes, host needs ",
                    V1_SIZE);
@@ -79,8 +78,8 @@ kj::Maybe<kj::String> describeIncompatibility(const payhost_plugin_v1_descriptor
   auto fingerprint = boundedString(plugin.fingerprint, MAX_FINGERPRINT);
   if (fingerprint != sdkFingerprint()) {
     return kj::str("build fingerprint mismatch: plugin '",
-                   fingerprint == nullptr ? kj::StringPtr("<missing>") : fingerprint,
-                   "', host '", sdkFingerprint(), "'");
+                   fingerprint == nullptr ? kj::StringPtr("<missing>") : fingerprint, "', host '",
+                   sdkFingerprint(), "'");
   }
   auto name = boundedString(plugin.name, MAX_NAME);
   if (name == nullptr || !isValidName(name)) {
@@ -92,8 +91,8 @@ kj::Maybe<kj::String> describeIncompatibility(const payhost_plugin_v1_descriptor
   }
   if (plugin.service_count == 0 || plugin.service_count > MAX_SERVICES ||
       plugin.services == nullptr) {
-    return kj::str("plugin ", name, " declares ", plugin.service_count,
-                   " services; expected 1 to ", MAX_SERVICES);
+    return kj::str("plugin ", name, " declares ", plugin.service_count, " services; expected 1 to ",
+                   MAX_SERVICES);
   }
   for (size_t i = 0; i < plugin.service_count; ++i) {
     auto service = boundedString(plugin.services[i].name, MAX_NAME);

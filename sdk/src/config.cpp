@@ -66,8 +66,8 @@ Config Config::parse(kj::StringPtr toml, kj::StringPtr sourceName) {
                                                    std::string_view(sourceName.cStr()))));
   } catch (const toml::parse_error& e) {
     auto& where = e.source().begin;
-    KJ_FAIL_REQUIRE(kj::str(sourceName, ":", where.line, ":", where.column, ": ",
-                            e.description().data()));
+    KJ_FAIL_REQUIRE(
+        kj::str(sourceName, ":", where.line, ":", where.column, ": ", e.description().data()));
   }
 }
 
@@ -105,7 +105,7 @@ kj::Maybe<bool> Config::tryBoolean(kj::StringPtr key) const {
 }
 
 kj::String Config::string(kj::StringPtr key, kj::StringPtr defaultValue) const {
-  KJ_IF_MAYBE(value, tryString(key)) {
+  KJ_IF_MAYBE (value, tryString(key)) {
     return kj::mv(*value);
   }
   return kj::heapString(defaultValue);
@@ -135,14 +135,16 @@ kj::Array<kj::String> Config::keys() const {
   // toml::table is a sorted map; the keys remember where they were written.
   std::vector<const toml::key*> ordered;
   ordered.reserve(impl->table.size());
-  for (auto& [key, value] : impl->table) ordered.push_back(&key);
+  for (auto& [key, value] : impl->table)
+    ordered.push_back(&key);
   std::stable_sort(ordered.begin(), ordered.end(), [](const toml::key* a, const toml::key* b) {
     auto& x = a->source().begin;
     auto& y = b->source().begin;
     return x.line != y.line ? x.line < y.line : x.column < y.column;
   });
   auto builder = kj::heapArrayBuilder<kj::String>(ordered.size());
-  for (auto key : ordered) builder.add(kj::heapString(key->str().data(), key->str().size()));
+  for (auto key : ordered)
+    builder.add(kj::heapString(key->str().data(), key->str().size()));
   return builder.finish();
 }
 

@@ -24,10 +24,12 @@ kj::Maybe<LogLevel> tryParseLogLevel(kj::StringPtr name) {
 }
 
 void Logger::debug(kj::StringPtr event, std::initializer_list<LogField> fields) {
-  if (enabled(LogLevel::DEBUG)) write(LogLevel::DEBUG, event, kj::arrayPtr(fields.begin(), fields.size()));
+  if (enabled(LogLevel::DEBUG))
+    write(LogLevel::DEBUG, event, kj::arrayPtr(fields.begin(), fields.size()));
 }
 void Logger::info(kj::StringPtr event, std::initializer_list<LogField> fields) {
-  if (enabled(LogLevel::INFO)) write(LogLevel::INFO, event, kj::arrayPtr(fields.begin(), fields.size()));
+  if (enabled(LogLevel::INFO))
+    write(LogLevel::INFO, event, kj::arrayPtr(fields.begin(), fields.size()));
 }
 void Logger::warning(kj::StringPtr event, std::initializer_list<LogField> fields) {
   if (enabled(LogLevel::WARNING)) {
@@ -35,7 +37,8 @@ void Logger::warning(kj::StringPtr event, std::initializer_list<LogField> fields
   }
 }
 void Logger::error(kj::StringPtr event, std::initializer_list<LogField> fields) {
-  if (enabled(LogLevel::ERROR)) write(LogLevel::ERROR, event, kj::arrayPtr(fields.begin(), fields.size()));
+  if (enabled(LogLevel::ERROR))
+    write(LogLevel::ERROR, event, kj::arrayPtr(fields.begin(), fields.size()));
 }
 
 }  // namespace payhost

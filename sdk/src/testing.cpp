@@ -1,7 +1,6 @@
-#include <payhost/testing.h>
-
 #include <payhost/compat.h>
 #include <payhost/plugin.h>
+#include <payhost/testing.h>
 
 #include <capnp/any.h>
 #include <kj/debug.h>
@@ -45,7 +44,8 @@ public:
   void write(LogLevel level, kj::StringPtr event, kj::ArrayPtr<const LogField> fields) override {
     kj::Vector<kj::String> parts;
     parts.add(kj::heapString(event));
-    for (auto& field : fields) parts.add(kj::str(field.key, "=", field.value));
+    for (auto& field : fields)
+      parts.add(kj::str(field.key, "=", field.value));
     records.add(LogRecord{level, kj::heapString(event), kj::strArray(parts, " ")});
   }
   bool enabled(LogLevel) const override { return true; }
@@ -59,7 +59,7 @@ class TestHost::Impl final : public Context {
 public:
   Impl(const payhost_plugin_v1_descriptor& plugin, kj::StringPtr configToml)
       : descriptor(plugin), config_(Config::parse(configToml, "<test config>")) {
-    KJ_IF_MAYBE(problem, describeIncompatibility(plugin)) {
+    KJ_IF_MAYBE (problem, describeIncompatibility(plugin)) {
       KJ_FAIL_REQUIRE("plugin refused by the test host", *problem);
     }
     char message[1024] = {0};
@@ -125,7 +125,7 @@ namespace {
 capnp::Capability::Server::DispatchCallResult LateBoundService::dispatchCall(
     uint64_t interfaceId, uint16_t methodId,
     capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) {
-  KJ_IF_MAYBE(target, host.lookup(name)) {
+  KJ_IF_MAYBE (target, host.lookup(name)) {
     auto params = context.getParams();
     auto request = target->typelessRequest(interfaceId, methodId, params.targetSize());
     request.set(params);
@@ -143,7 +143,7 @@ TestHost::TestHost(const payhost_plugin_v1_descriptor& plugin, kj::StringPtr con
 TestHost::~TestHost() noexcept(false) = default;
 
 capnp::Capability::Client TestHost::serviceCapability(kj::StringPtr name) {
-  KJ_IF_MAYBE(capability, impl->lookup(name)) {
+  KJ_IF_MAYBE (capability, impl->lookup(name)) {
     return kj::mv(*capability);
   }
   KJ_FAIL_REQUIRE("the plugin does not provide this service", name, impl->descriptor.name);

@@ -315,7 +315,7 @@ public:
   ~DaemonProcess() noexcept(false) {
     if (!child->exited()) {
       child->signal(SIGTERM);
-      KJ_IF_MAYBE(code, tryWaitForExit(STEP_TIMEOUT)) {
+      KJ_IF_MAYBE (code, tryWaitForExit(STEP_TIMEOUT)) {
         if (*code != 0) ADD_FAILURE() << "payhostd exited " << *code << "\n" << s(logText());
       } else {
         ADD_FAILURE() << "payhostd did not exit after SIGTERM\n" << s(logText());
@@ -385,7 +385,7 @@ public:
 
   // Waits for the process to exit and its log to end; returns the exit code.
   int waitForExit(kj::Duration timeout) {
-    KJ_IF_MAYBE(code, tryWaitForExit(timeout)) {
+    KJ_IF_MAYBE (code, tryWaitForExit(timeout)) {
       return *code;
     }
     KJ_FAIL_ASSERT("payhostd did not exit in time", logText());
@@ -529,7 +529,7 @@ protected:
                   []() -> kj::Maybe<kj::Exception> { return nullptr; },
                   [](kj::Exception&& e) -> kj::Maybe<kj::Exception> { return kj::mv(e); }),
               timeout);
-    KJ_IF_MAYBE(e, outcome) {
+    KJ_IF_MAYBE (e, outcome) {
       return kj::mv(*e);
     }
     KJ_FAIL_ASSERT("expected a failure, but it succeeded");
@@ -608,10 +608,10 @@ protected:
     auto unloadedAt =
         daemon.indexOf("event=plugin.unloaded plugin=echo version=1.0.0 result=unmapped");
     auto stoppedAt = daemon.indexOf("event=host.stopped");
-    KJ_IF_MAYBE(draining, drainingAt) {
-      KJ_IF_MAYBE(drained, drainedAt) {
-        KJ_IF_MAYBE(unloaded, unloadedAt) {
-          KJ_IF_MAYBE(stopped, stoppedAt) {
+    KJ_IF_MAYBE (draining, drainingAt) {
+      KJ_IF_MAYBE (drained, drainedAt) {
+        KJ_IF_MAYBE (unloaded, unloadedAt) {
+          KJ_IF_MAYBE (stopped, stoppedAt) {
             EXPECT_LT(*draining, *drained);
             EXPECT_LT(*drained, *unloaded);
             EXPECT_LT(*unloaded, *stopped);

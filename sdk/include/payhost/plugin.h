@@ -78,8 +78,8 @@ public:
     context.allowCancellation();
     auto result = inner->dispatchCall(interfaceId, methodId, context);
     liveObjects.fetch_add(1, std::memory_order_relaxed);
-    return {result.promise.attach(kj::defer(
-                [] { liveObjects.fetch_sub(1, std::memory_order_release); })),
+    return {result.promise.attach(
+                kj::defer([] { liveObjects.fetch_sub(1, std::memory_order_release); })),
             result.isStreaming};
   }
 
@@ -141,35 +141,37 @@ typename Server::Serves::Client serve(Params&&... params) {
 const payhost_plugin_v1_descriptor* payhostPluginDescriptor();
 
 // One entry in `PAYHOST_PLUGIN`'s service list: a name and the Cap'n Proto interface it serves.
-#define PAYHOST_SERVICE(serviceName, Interface) \
-  ::payhost_service_v1 { serviceName, #Interface, ::capnp::typeId<Interface>() }
+#define PAYHOST_SERVICE(serviceName, Interface)           \
+  ::payhost_service_v1 {                                  \
+    serviceName, #Interface, ::capnp::typeId<Interface>() \
+  }
 
 // Declares this library's plugin: its class (constructible from `payhost::Context&`), name,
 // semantic version and services (one or more `PAYHOST_SERVICE(...)`). Use once per library, at
 // namespace scope in one source file. Exports the versioned entry symbol and nothing else.
-#define PAYHOST_PLUGIN(PluginType, pluginName, pluginVersion, ...)                              \
-  namespace payhost_plugin_ {                                                                   \
-  constexpr ::payhost_service_v1 SERVICES[] = {__VA_ARGS__};                                    \
-  constexpr ::payhost_plugin_v1_descriptor DESCRIPTOR = {                                       \
-      sizeof(::payhost_plugin_v1_descriptor),                                                   \
-      PAYHOST_ABI_MAJOR,                                                                        \
-      PAYHOST_ABI_MINOR,                                                                        \
-      PAYHOST_BUILD_FINGERPRINT,                                                                \
-      pluginName,                                                                               \
-      pluginVersion,                                                                            \
-      SERVICES,                                                                                 \
-      sizeof(SERVICES) / sizeof(SERVICES[0]),                                                   \
-      &::payhost::_::createInstance<PluginType>,                                                \
-      &::payhost::_::destroyInstance,                                                           \
-      &::payhost::_::countLiveObjects,                                                          \
-  };                                                                                            \
-  }                                                                                             \
-  const payhost_plugin_v1_descriptor* payhostPluginDescriptor() {                               \
-    return &payhost_plugin_::DESCRIPTOR;                                                        \
-  }                                                                                             \
-  extern "C" const payhost_plugin_v1_descriptor* payhost_plugin_v1_entry_() {                   \
-    return payhostPluginDescriptor();                                                           \
-  }                                                                                             \
+#define PAYHOST_PLUGIN(PluginType, pluginName, pluginVersion, ...)            \
+  namespace payhost_plugin_ {                                                 \
+  constexpr ::payhost_service_v1 SERVICES[] = {__VA_ARGS__};                  \
+  constexpr ::payhost_plugin_v1_descriptor DESCRIPTOR = {                     \
+      sizeof(::payhost_plugin_v1_descriptor),                                 \
+      PAYHOST_ABI_MAJOR,                                                      \
+      PAYHOST_ABI_MINOR,                                                      \
+      PAYHOST_BUILD_FINGERPRINT,                                              \
+      pluginName,                                                             \
+      pluginVersion,                                                          \
+      SERVICES,                                                               \
+      sizeof(SERVICES) / sizeof(SERVICES[0]),                                 \
+      &::payhost::_::createInstance<PluginType>,                              \
+      &::payhost::_::destroyInstance,                                         \
+      &::payhost::_::countLiveObjects,                                        \
+  };                                                                          \
+  }                                                                           \
+  const payhost_plugin_v1_descriptor* payhostPluginDescriptor() {             \
+    return &payhost_plugin_::DESCRIPTOR;                                      \
+  }                                                                           \
+  extern "C" const payhost_plugin_v1_descriptor* payhost_plugin_v1_entry_() { \
+    return payhostPluginDescriptor();                                         \
+  }                                                                           \
   PAYHOST_EXPORT_ENTRY_(payhost_plugin_v1_entry_)
 
 // Boost.DLL appears here only: the exported alias the host looks up by name. Boost.DLL's default
