@@ -1,10 +1,12 @@
 #include "host/daemon.h"
 
 #include "host/admin/admin-server.h"
+#include "host/admin/audit-log.h"
 #include "host/loader/generation.h"
 #include "host/loader/plugin-library.h"
 #include "host/registry/registry.h"
 #include "host/rpc/shard.h"
+#include "host/supervisor/deployer.h"
 #include "host/util/errors.h"
 
 #include <capnp/rpc-twoparty.h>
@@ -18,6 +20,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <filesystem>
 
 #ifndef PAYHOST_VERSION
 #error "PAYHOST_VERSION must be defined by the build"
@@ -98,6 +102,8 @@ private:
   CallCounters counters;
   Registry registry;
   kj::Vector<kj::Own<Shard>> shards;
+  kj::Maybe<kj::Own<AuditLog>> audit;
+  kj::Maybe<kj::Own<Deployer>> deployer;
   uint32_t nextShard = 0;
 
   LoggingErrorHandler acceptErrors{log, "listener.failed"};
@@ -109,6 +115,7 @@ private:
   kj::Own<kj::TaskSet> acceptTasks = kj::heap<kj::TaskSet>(acceptErrors);
   kj::Maybe<kj::Own<capnp::TwoPartyServer>> adminServer;
   kj::Maybe<kj::Own<kj::ConnectionReceiver>> adminListener;
+  kj::Maybe<kj::Promise<void>> adminTask;
   kj::Maybe<kj::Own<kj::PromiseFulfiller<kj::String>>> stopFulfiller;
 };
 
@@ -145,7 +152,19 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
                                    {"path", plugin.path},
                                    {"sha256", generation->library().sha256()},
                                    {"generation", kj::str(generation->id())}});
-            registry.addServing(plugin.path, kj::mv(generation));
+            // A copy of the package, so a later deploy can be rolled back to this version.
+            auto& deploys = *KJ_ASSERT_NONNULL(deployer);
+            generation->package = deploys.packagePath(*generation);
+            try {
+              generation->library().saveCopy(generation->package);
+            } catch (const kj::Exception& e) {
+              warn("plugin.package_not_kept",
+                   {{"path", plugin.path}, {"error", e.getDescription()}});
+            }
+            KJ_ASSERT_NONNULL(audit)->append({"load", generation->name(), "", generation->version(),
+                                              generation->package, plugin.path});
+            auto package = kj::heapString(generation->package);
+            registry.addServing(plugin.path, kj::mv(generation)).packages.add(kj::mv(package));
             return kj::Promise<void>(kj::READY_NOW);
           },
           [this, &plugin, failed = g.addRef()](kj::Exception&& e) mutable {
@@ -212,9 +231,12 @@ void Daemon::Impl::openAdmin() {
   auto receiver = address->listen();
   // Only the daemon's user may administer it.
   KJ_SYSCALL(chmod(config.adminSocket.cStr(), 0600), config.adminSocket);
-  auto server = kj::heap<capnp::TwoPartyServer>(kj::heap<AdminServer>(
-      registry, [this](schema::HostStatus::Builder status) { fillStatus(status); }));
-  acceptTasks->add(server->listen(*receiver));
+  auto server = kj::heap<capnp::TwoPartyServer>(
+      kj::heap<AdminServer>(registry, *KJ_ASSERT_NONNULL(deployer), *KJ_ASSERT_NONNULL(audit),
+                            [this](schema::HostStatus::Builder status) { fillStatus(status); }));
+  adminTask = server->listen(*receiver).eagerlyEvaluate([this](kj::Exception&& e) {
+    warn("admin.failed", {{"error", e.getDescription()}});
+  });
   info("admin.open", {{"socket", config.adminSocket}});
   adminServer = kj::mv(server);
   adminListener = kj::mv(receiver);
@@ -254,6 +276,9 @@ kj::Promise<kj::String> Daemon::Impl::waitForStop() {
 
 void Daemon::Impl::shutdown(kj::StringPtr reason) {
   state = schema::HostState::DRAINING;
+  KJ_IF_MAYBE (deploys, deployer) {
+    (*deploys)->stop();
+  }
   auto& timer = io.provider->getTimer();
   auto deadline = timer.now() + config.drainTimeout;
   // Stop accepting and have every shard refuse new calls before saying so: once `host.draining`
@@ -288,6 +313,11 @@ void Daemon::Impl::shutdown(kj::StringPtr reason) {
                                  {"deadline_ms", kj::str(config.drainTimeout / kj::MILLISECONDS)}});
   }
 
+  // No deploy may touch the shards from here on; one in progress is cancelled with its call.
+  adminTask = nullptr;
+  adminServer = nullptr;
+  adminListener = nullptr;
+
   kj::Vector<kj::Promise<void>> stops;
   for (auto& shard : shards)
     stops.add(shard->stop());
@@ -312,8 +342,6 @@ void Daemon::Impl::shutdown(kj::StringPtr reason) {
       }
     }
   }
-  adminServer = nullptr;
-  adminListener = nullptr;
   unlink(config.adminSocket.cStr());
   for (auto& path : config.unix)
     unlink(path.cStr());
@@ -328,10 +356,21 @@ int Daemon::Impl::run() {
   // Signals first: captured before any shard thread exists, so every thread inherits the mask.
   auto stopRequested = waitForStop();
 
+  try {
+    std::error_code ignored;
+    std::filesystem::create_directories(config.dataDir.cStr(), ignored);
+    audit = kj::heap<AuditLog>(kj::str(config.dataDir, "/audit.log"));
+  } catch (const kj::Exception& e) {
+    error("host.start_failed", {{"error", e.getDescription()}});
+    return 1;
+  }
+
   capnp::ReaderOptions readerOptions;
   for (uint32_t i = 0; i < config.shards; ++i) {
     shards.add(kj::heap<Shard>(i, config.shards, log, counters, readerOptions));
   }
+  deployer = kj::heap<Deployer>(config, log, io.provider->getTimer(), shards, registry,
+                                *KJ_ASSERT_NONNULL(audit));
   for (auto& plugin : config.plugins) {
     if (!plugin.enabled) {
       info("plugin.disabled", {{"path", plugin.path}});

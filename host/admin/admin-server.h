@@ -4,7 +4,9 @@
 
 #pragma once
 
+#include "host/admin/audit-log.h"
 #include "host/registry/registry.h"
+#include "host/supervisor/deployer.h"
 
 #include <payhost/host.capnp.h>
 
@@ -14,16 +16,22 @@ namespace payhost::host {
 
 class AdminServer final : public schema::Admin::Server {
 public:
-  // `registry` outlives the server; `fillStatus` writes the host-wide figures.
-  AdminServer(const Registry& registry, kj::Function<void(schema::HostStatus::Builder)> fillStatus)
-      : registry(registry), fillStatus(kj::mv(fillStatus)) {}
+  // Everything borrowed outlives the server; `fillStatus` writes the host-wide figures.
+  AdminServer(const Registry& registry, Deployer& deployer, const AuditLog& audit,
+              kj::Function<void(schema::HostStatus::Builder)> fillStatus)
+      : registry(registry), deployer(deployer), audit(audit), fillStatus(kj::mv(fillStatus)) {}
 
 protected:
   kj::Promise<void> list(ListContext context) override;
   kj::Promise<void> status(StatusContext context) override;
+  kj::Promise<void> deploy(DeployContext context) override;
+  kj::Promise<void> rollback(RollbackContext context) override;
+  kj::Promise<void> history(HistoryContext context) override;
 
 private:
   const Registry& registry;
+  Deployer& deployer;
+  const AuditLog& audit;
   kj::Function<void(schema::HostStatus::Builder)> fillStatus;
 };
 

@@ -138,13 +138,16 @@ public:
         haveAdmin = true;
       } else if (name == "plugin") {
         parsePlugins(*entry.value, config);
+      } else if (name == "deploy") {
+        parseDeploy(expectTable(*entry.value, name), config);
       } else {
-        unknownKey(*entry.key, name, "host, listen, admin, plugin");
+        unknownKey(*entry.key, name, "host, listen, admin, deploy, plugin");
       }
     }
     if (!haveListen) fail(root.source().begin, "listen", noListenAddress());
     if (!haveAdmin) fail(root.source().begin, "admin.socket", "missing required key");
     if (config.shards == 0) config.shards = cpuCount;
+    if (config.dataDir.size() == 0) config.dataDir = toKj((dir / "payhost-data").native());
   }
 
 private:
@@ -242,8 +245,55 @@ private:
       } else if (name == "drain_timeout_ms") {
         config.drainTimeout =
             expectInteger(value, path, 0, MAX_DRAIN_TIMEOUT_MS) * kj::MILLISECONDS;
+      } else if (name == "data_dir") {
+        config.dataDir = expectPath(value, path);
       } else {
-        unknownKey(*entry.key, path, "shards, log_level, log_format, drain_timeout_ms");
+        unknownKey(*entry.key, path, "shards, log_level, log_format, drain_timeout_ms, data_dir");
+      }
+    }
+  }
+
+  double expectNumber(const toml::node& node, kj::StringPtr path, double min, double max) {
+    double result;
+    if (auto integer = node.as_integer()) {
+      result = static_cast<double>(integer->get());
+    } else if (auto floating = node.as_floating_point()) {
+      result = floating->get();
+    } else {
+      wrongType(node, path, "a number");
+    }
+    if (!(result >= min && result <= max)) {
+      fail(node.source().begin, path, kj::str(result, " is out of range ", min, "..", max));
+    }
+    return result;
+  }
+
+  void parseDeploy(const toml::table& table, DaemonConfig& config) {
+    for (auto& entry : inFileOrder(table)) {
+      auto& value = *entry.value;
+      auto name = toKj(entry.key->str());
+      auto path = kj::str("deploy.", name);
+      auto millis = [&]() {
+        return expectInteger(value, path, 0, MAX_DRAIN_TIMEOUT_MS) * kj::MILLISECONDS;
+      };
+      if (name == "drain_timeout_ms") {
+        config.deployDrainTimeout = millis();
+      } else if (name == "ready_timeout_ms") {
+        config.readyTimeout = millis();
+      } else if (name == "unload_timeout_ms") {
+        config.unloadTimeout = millis();
+      } else if (name == "canary_window_ms") {
+        config.canaryWindow = millis();
+      } else if (name == "canary_min_calls") {
+        config.canaryMinCalls = static_cast<uint32_t>(expectInteger(value, path, 0, 1000000000));
+      } else if (name == "canary_max_error_rate") {
+        config.canaryMaxErrorRate = expectNumber(value, path, 0, 1);
+      } else if (name == "canary_max_p99_ms") {
+        config.canaryMaxP99 = millis();
+      } else {
+        unknownKey(*entry.key, path,
+                   "drain_timeout_ms, ready_timeout_ms, unload_timeout_ms, canary_window_ms, "
+                   "canary_min_calls, canary_max_error_rate, canary_max_p99_ms");
       }
     }
   }

@@ -49,6 +49,25 @@ struct DaemonConfig {
   // Absolute socket paths.
   kj::Vector<kj::String> unix;
 
+  // Where payhostd keeps what must survive a restart: the audit log and a copy of every plugin
+  // package it loaded (for rollback). Default: "payhost-data" beside the config file.
+  kj::String dataDir;
+
+  // [deploy]: hot swap.
+  // How long calls in flight on a replaced version may take before they are cut.
+  kj::Duration deployDrainTimeout = 5 * kj::SECONDS;
+  // How long a new version's readiness check may take before the deploy is refused.
+  kj::Duration readyTimeout = 10 * kj::SECONDS;
+  // How long to wait for a replaced version's objects to go before its library is parked.
+  kj::Duration unloadTimeout = 2 * kj::SECONDS;
+  // A canary is judged after this window, on at least `canaryMinCalls` calls (the window is
+  // extended up to four times to gather them): rolled back when its error rate is above
+  // `canaryMaxErrorRate` or its p99 latency above `canaryMaxP99`, promoted otherwise.
+  kj::Duration canaryWindow = 10 * kj::SECONDS;
+  uint32_t canaryMinCalls = 50;
+  double canaryMaxErrorRate = 0.01;
+  kj::Duration canaryMaxP99 = 250 * kj::MILLISECONDS;
+
   // [admin]
   // Absolute path of the admin unix socket (required).
   kj::String adminSocket;

@@ -17,6 +17,7 @@
 #include <kj/array.h>
 #include <kj/refcount.h>
 #include <kj/string.h>
+#include <kj/time.h>
 
 #include <atomic>
 #include <cstdint>
@@ -49,6 +50,17 @@ public:
   std::atomic<uint64_t> callsTotal{0};
   std::atomic<uint64_t> callsFailed{0};
   std::atomic<uint32_t> callsInFlight{0};
+
+  // Latency of calls routed to this generation, in buckets of a quarter power of two of
+  // microseconds (about 19% wide): enough to judge a canary's p99, cheap to record from any shard.
+  static constexpr size_t LATENCY_BUCKETS = 128;
+  std::atomic<uint64_t> latency[LATENCY_BUCKETS] = {};
+  void recordLatency(kj::Duration elapsed);
+  // The latency below which `percent` of recorded calls fell (upper bucket bound); 0 if none.
+  kj::Duration latencyPercentile(double percent) const;
+
+  // The copy of the package in the data directory (for rollback), once stored.
+  kj::String package;
 
 private:
   kj::Own<PluginLibrary> library_;

@@ -168,6 +168,29 @@ kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId) 
 
 PluginLibrary::PluginLibrary(Token) {}
 
+void PluginLibrary::saveCopy(kj::StringPtr target) const {
+  if (access(target.cStr(), F_OK) == 0) return;
+  auto temporary = kj::str(target, ".tmp.", getpid());
+  int out = open(temporary.cStr(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out < 0) PAYHOST_FAIL(FAILED, temporary, ": cannot write package copy: ", strerror(errno));
+  kj::AutoCloseFd owned(out);
+  struct stat info;
+  KJ_SYSCALL(fstat(memfd, &info));
+  char buffer[65536];
+  off_t offset = 0;
+  while (offset < info.st_size) {
+    ssize_t n = pread(memfd, buffer, sizeof(buffer), offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) PAYHOST_FAIL(FAILED, path_, ": cannot read the loaded bytes back");
+    kj::FdOutputStream(out).write(buffer, n);
+    offset += n;
+  }
+  KJ_SYSCALL(fsync(out), temporary);
+  if (rename(temporary.cStr(), target.cStr()) != 0) {
+    PAYHOST_FAIL(FAILED, target, ": cannot store package copy: ", strerror(errno));
+  }
+}
+
 PluginLibrary::~PluginLibrary() noexcept {
   if (library.get() != nullptr && unloaded == nullptr) unload();
 }

@@ -40,6 +40,10 @@ public:
   kj::StringPtr mappedName() const { return mappedName_; }
   uint64_t liveObjects() const { return descriptor_->live_objects(); }
 
+  // Writes the bytes that were loaded to `path` (through a temporary file and a rename, fsynced),
+  // unless a file is already there. Used to keep packages for rollback.
+  void saveCopy(kj::StringPtr path) const;
+
   enum class UnloadResult {
     // dlclose() ran and the library's mappings are gone.
     UNMAPPED,

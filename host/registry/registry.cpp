@@ -4,9 +4,13 @@
 
 namespace payhost::host {
 
-void Registry::checkServicesFree(const Generation& generation) const {
+void Registry::checkServicesFree(const Generation& generation,
+                                 kj::Maybe<const Generation&> replacing) const {
   for (auto& record : records) {
     KJ_IF_MAYBE (other, record.generation) {
+      KJ_IF_MAYBE (old, replacing) {
+        if (other->get() == old) continue;
+      }
       for (auto& theirs : (*other)->services()) {
         for (auto& ours : generation.services()) {
           if (theirs.name == ours.name) {
@@ -21,14 +25,34 @@ void Registry::checkServicesFree(const Generation& generation) const {
   }
 }
 
-void Registry::addServing(kj::StringPtr path, kj::Own<Generation> generation) {
-  records.add(PluginRecord{kj::heapString(path), schema::PluginState::SERVING, kj::mv(generation),
-                           kj::String()});
+PluginRecord& Registry::addServing(kj::StringPtr path, kj::Own<Generation> generation) {
+  return records.add(PluginRecord{
+      kj::heapString(path), schema::PluginState::SERVING, kj::mv(generation), kj::String(), {}});
+}
+
+kj::Maybe<PluginRecord&> Registry::findPlugin(kj::StringPtr name) {
+  for (auto& record : records) {
+    KJ_IF_MAYBE (generation, record.generation) {
+      if ((*generation)->name() == name) return record;
+    }
+  }
+  return nullptr;
+}
+
+kj::Maybe<PluginRecord&> Registry::findService(kj::StringPtr service) {
+  for (auto& record : records) {
+    KJ_IF_MAYBE (generation, record.generation) {
+      for (auto& declared : (*generation)->services()) {
+        if (declared.name == service) return record;
+      }
+    }
+  }
+  return nullptr;
 }
 
 void Registry::addFailed(kj::StringPtr path, kj::String error) {
   records.add(
-      PluginRecord{kj::heapString(path), schema::PluginState::FAILED, nullptr, kj::mv(error)});
+      PluginRecord{kj::heapString(path), schema::PluginState::FAILED, nullptr, kj::mv(error), {}});
 }
 
 uint32_t Registry::count(schema::PluginState state) const {

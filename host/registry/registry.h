@@ -23,6 +23,9 @@ struct PluginRecord {
   schema::PluginState state = schema::PluginState::LOADING;
   kj::Maybe<kj::Own<Generation>> generation;
   kj::String error;
+  // Copies of the packages that served this plugin, oldest first; the last is the current one.
+  // Rollback deploys the one before it.
+  kj::Vector<kj::String> packages;
 };
 
 class Registry {
@@ -30,10 +33,16 @@ public:
   // A fresh id for the next load (also names its memfd).
   uint64_t nextLoadId() { return ++lastLoadId; }
 
-  // Throws, naming both plugins, when a service of `generation` is already provided.
-  void checkServicesFree(const Generation& generation) const;
+  // Throws, naming both plugins, when a service of `generation` is already provided by a plugin
+  // other than `replacing`.
+  void checkServicesFree(const Generation& generation,
+                         kj::Maybe<const Generation&> replacing = nullptr) const;
 
-  void addServing(kj::StringPtr path, kj::Own<Generation> generation);
+  // The serving record of the plugin named `name`, or of the plugin providing `service`.
+  kj::Maybe<PluginRecord&> findPlugin(kj::StringPtr name);
+  kj::Maybe<PluginRecord&> findService(kj::StringPtr service);
+
+  PluginRecord& addServing(kj::StringPtr path, kj::Own<Generation> generation);
   void addFailed(kj::StringPtr path, kj::String error);
 
   kj::ArrayPtr<PluginRecord> plugins() { return records.asPtr(); }

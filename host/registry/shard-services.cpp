@@ -5,6 +5,7 @@
 #include <payhost/plugin.h>
 
 #include <capnp/membrane.h>
+#include <capnp/serialize.h>
 #include <kj/debug.h>
 
 namespace payhost::host {
@@ -120,6 +121,22 @@ struct ShardServices::Entry : public kj::Refcounted {
   Instance* instance = nullptr;
   const ServiceDeclaration* declaration = nullptr;
   kj::Maybe<capnp::Capability::Client> capability;
+  // A canary: `canaryPercent` of new calls go to this instance instead.
+  Instance* canary = nullptr;
+  kj::Maybe<capnp::Capability::Client> canaryCapability;
+  uint32_t canaryPercent = 0;
+  uint32_t callCounter = 0;
+
+  void route(Instance* to, kj::StringPtr service) {
+    instance = to;
+    declaration = nullptr;
+    capability = nullptr;
+    if (to == nullptr) return;
+    for (auto& declared : to->generation->services()) {
+      if (declared.name == service) declaration = &declared;
+    }
+    capability = to->capabilities.at(std::string(service.cStr()));
+  }
 };
 
 class Route final : public capnp::Capability::Server {
@@ -138,6 +155,12 @@ public:
     KJ_IF_MAYBE (capability, entry->capability) {
       target = capability;
     }
+    if (entry->canary != nullptr && ++entry->callCounter % 100 < entry->canaryPercent) {
+      KJ_IF_MAYBE (capability, entry->canaryCapability) {
+        instance = entry->canary;
+        target = capability;
+      }
+    }
     if (instance == nullptr || target == nullptr) {
       return {KJ_EXCEPTION(DISCONNECTED, "service is not available on this host", entry->name),
               false};
@@ -152,7 +175,9 @@ public:
     generation->callsInFlight.fetch_add(1, std::memory_order_relaxed);
     generation->callsTotal.fetch_add(1, std::memory_order_relaxed);
     owner->callStarted();
-    auto done = kj::defer([owner = kj::addRef(*entry), gen = generation.get()]() {
+    auto started = kj::systemPreciseMonotonicClock().now();
+    auto done = kj::defer([owner = kj::addRef(*entry), gen = generation.get(), started]() {
+      gen->recordLatency(kj::systemPreciseMonotonicClock().now() - started);
       gen->callsInFlight.fetch_sub(1, std::memory_order_relaxed);
       if (owner->owner != nullptr) owner->owner->callEnded();
     });
@@ -187,6 +212,11 @@ ShardServices::~ShardServices() noexcept(false) {
 }
 
 kj::Promise<void> ShardServices::install(kj::Own<Generation> generation) {
+  auto& loaded = *generation;
+  return prepare(kj::mv(generation)).then([this, &loaded]() { activate(loaded); });
+}
+
+kj::Promise<void> ShardServices::prepare(kj::Own<Generation> generation) {
   auto& descriptor = generation->descriptor();
   auto instance = kj::heap<Instance>();
   instance->context = kj::heap<HostContext>(*generation, *this, log, timer, shardIndex, shardCount);
@@ -205,31 +235,98 @@ kj::Promise<void> ShardServices::install(kj::Own<Generation> generation) {
     instance->capabilities.emplace(std::string(service.name.cStr()),
                                    capnp::membrane(kj::mv(inner), instance->policy->addRef()));
   }
+  auto id = instance->generation->id();
   auto ready = instance->plugin->ready();
-  return ready.then(
-      [this, instance = kj::mv(instance)]() mutable {
-        auto& loaded = *instance->generation;
-        for (auto& service : loaded.services()) {
-          auto& slot = entries[std::string(service.name.cStr())];
-          if (slot.get() == nullptr) slot = kj::refcounted<Entry>(service.name);
-          slot->owner = this;
-          slot->instance = instance.get();
-          slot->declaration = &service;
-          slot->capability = instance->capabilities.at(std::string(service.name.cStr()));
-        }
-        instances.emplace(loaded.id(), kj::mv(instance));
-      },
-      [](kj::Exception&& e) -> void { kj::throwFatalException(copyIntoHost(kj::mv(e))); });
+  // Kept in `instances` while it gets ready, so that `uninstall` can drop it on a refused deploy.
+  instances.emplace(id, kj::mv(instance));
+  return ready.catch_([this, id](kj::Exception&& e) -> kj::Promise<void> {
+    auto it = instances.find(id);
+    if (it != instances.end()) instances.erase(it);
+    return copyIntoHost(kj::mv(e));
+  });
+}
+
+ShardServices::Instance& ShardServices::instanceOf(const Generation& generation) {
+  auto it = instances.find(generation.id());
+  KJ_REQUIRE(it != instances.end(), "generation has no instance on this shard", generation.name(),
+             generation.id());
+  return *it->second;
+}
+
+void ShardServices::activate(const Generation& generation) {
+  auto& instance = instanceOf(generation);
+  for (auto& service : generation.services()) {
+    auto& slot = entries[std::string(service.name.cStr())];
+    if (slot.get() == nullptr) slot = kj::refcounted<Entry>(service.name);
+    slot->owner = this;
+    slot->route(&instance, service.name);
+    if (slot->canary == &instance) {
+      slot->canary = nullptr;
+      slot->canaryCapability = nullptr;
+      slot->canaryPercent = 0;
+    }
+  }
+}
+
+void ShardServices::setCanary(const Generation& generation, uint32_t percent) {
+  auto& instance = instanceOf(generation);
+  for (auto& service : generation.services()) {
+    auto& slot = entries[std::string(service.name.cStr())];
+    if (slot.get() == nullptr) slot = kj::refcounted<Entry>(service.name);
+    slot->owner = this;
+    if (slot->instance == nullptr) {
+      // Nothing to compare against: the canary is simply the service.
+      slot->route(&instance, service.name);
+      continue;
+    }
+    slot->canary = &instance;
+    slot->canaryCapability = instance.capabilities.at(std::string(service.name.cStr()));
+    slot->canaryPercent = percent;
+  }
+}
+
+void ShardServices::clearCanary(const Generation& generation) {
+  auto it = instances.find(generation.id());
+  if (it == instances.end()) return;
+  for (auto& [name, entry] : entries) {
+    if (entry->canary == it->second.get()) {
+      entry->canary = nullptr;
+      entry->canaryCapability = nullptr;
+      entry->canaryPercent = 0;
+    }
+  }
+}
+
+kj::Maybe<kj::Array<capnp::word>> ShardServices::exportState(const Generation& generation) {
+  auto it = instances.find(generation.id());
+  if (it == instances.end()) return nullptr;
+  KJ_IF_MAYBE (state, it->second->plugin->exportState()) {
+    // The array's disposer may live in the plugin's library: copy into host memory at once.
+    auto copy = kj::heapArray<capnp::word>(state->size());
+    memcpy(copy.begin(), state->begin(), state->size() * sizeof(capnp::word));
+    return kj::mv(copy);
+  }
+  return nullptr;
+}
+
+void ShardServices::importState(const Generation& generation,
+                                kj::ArrayPtr<const capnp::word> state) {
+  auto& instance = instanceOf(generation);
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = state.size() * 2 + 1024;
+  capnp::FlatArrayMessageReader reader(state, options);
+  instance.plugin->importState(reader.getRoot<capnp::AnyPointer>());
 }
 
 void ShardServices::uninstall(const Generation& generation) {
   auto it = instances.find(generation.id());
   if (it == instances.end()) return;
   for (auto& [name, entry] : entries) {
-    if (entry->instance == it->second.get()) {
-      entry->instance = nullptr;
-      entry->declaration = nullptr;
-      entry->capability = nullptr;
+    if (entry->instance == it->second.get()) entry->route(nullptr, name);
+    if (entry->canary == it->second.get()) {
+      entry->canary = nullptr;
+      entry->canaryCapability = nullptr;
+      entry->canaryPercent = 0;
     }
   }
   instances.erase(it);
@@ -271,9 +368,9 @@ kj::Promise<void> ShardServices::whenIdle() {
 
 void ShardServices::clear() {
   for (auto& [name, entry] : entries) {
-    entry->instance = nullptr;
-    entry->declaration = nullptr;
-    entry->capability = nullptr;
+    entry->route(nullptr, name);
+    entry->canary = nullptr;
+    entry->canaryCapability = nullptr;
   }
   instances.clear();
 }

@@ -45,6 +45,21 @@ public:
   // constructor throws or its readiness check fails.
   kj::Promise<void> install(kj::Own<Generation> generation);
 
+  // Hot swap, in steps. `prepare` creates this shard's instance of `generation` and waits for its
+  // readiness check, without routing anything to it (a rejection leaves nothing behind).
+  // `activate` routes all of the generation's services to that instance in one step; calls
+  // already in flight elsewhere finish where they are. `setCanary` routes `percent` of new calls
+  // to it instead; `clearCanary` stops that.
+  kj::Promise<void> prepare(kj::Own<Generation> generation);
+  void activate(const Generation& generation);
+  void setCanary(const Generation& generation, uint32_t percent);
+  void clearCanary(const Generation& generation);
+
+  // The state of `generation`'s instance (see Plugin::exportState), copied into host memory.
+  kj::Maybe<kj::Array<capnp::word>> exportState(const Generation& generation);
+  // Hands `state` to `generation`'s instance; throws what the plugin throws.
+  void importState(const Generation& generation, kj::ArrayPtr<const capnp::word> state);
+
   // Removes the instance of `generation` (if any) and the routes to it; its membrane is revoked,
   // so calls still in flight on it fail with DISCONNECTED.
   void uninstall(const Generation& generation);
@@ -77,6 +92,7 @@ public:
 
 private:
   friend class Route;
+  Instance& instanceOf(const Generation& generation);
   void callStarted();
   void callEnded();
 

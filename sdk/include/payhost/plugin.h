@@ -27,6 +27,7 @@
 #include <payhost/fingerprint.h>
 
 #include <capnp/capability.h>
+#include <capnp/message.h>
 #include <kj/async.h>
 #include <kj/debug.h>
 #include <kj/exception.h>
@@ -45,10 +46,23 @@ public:
   // Returns the capability for `name`, one of the services declared in `PAYHOST_PLUGIN`.
   virtual capnp::Capability::Client service(kj::StringPtr name) = 0;
 
-  // Resolves when the instance is ready to serve; a rejection refuses the plugin. The default is
-  // ready at once.
+  // Resolves when the instance is ready to serve; a rejection refuses the plugin (or the deploy
+  // of this version). The default is ready at once.
   virtual kj::Promise<void> ready();
+
+  // State handoff on a hot swap (optional). Just before the route switches to a new version, the
+  // host asks the running version's instance on each shard for its state and gives it to the new
+  // version's instance on the same shard, in the same event-loop turn, so no call falls between
+  // them. The state is a Cap'n Proto message of the plugin's own schema (`encodeState`); evolve
+  // that schema by addition only, so each version can read its predecessor's. Null (the default)
+  // hands over nothing and the new version starts fresh. A throw from `importState` refuses the
+  // deploy and leaves the running version serving.
+  virtual kj::Maybe<kj::Array<capnp::word>> exportState();
+  virtual void importState(capnp::AnyPointer::Reader state);
 };
+
+// Serializes a state message for `Plugin::exportState`.
+kj::Array<capnp::word> encodeState(capnp::MessageBuilder& message);
 
 namespace _ {  // private
 

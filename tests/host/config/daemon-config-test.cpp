@@ -187,10 +187,10 @@ TEST(DaemonConfig, RelativePathsResolveAgainstConfigDirectory) {
 TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
   EXPECT_EQ(parseError(lines({"[host]", "shards = 2", "shardz = 4"}) + REQUIRED),
             "/etc/payhost/payhostd.toml:3:1: host.shardz: unknown key "
-            "(known: shards, log_level, log_format, drain_timeout_ms)");
+            "(known: shards, log_level, log_format, drain_timeout_ms, data_dir)");
   EXPECT_EQ(parseError(lines({"[hots]"}) + REQUIRED),
             "/etc/payhost/payhostd.toml:1:2: hots: unknown key "
-            "(known: host, listen, admin, plugin)");
+            "(known: host, listen, admin, deploy, plugin)");
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"a:1\"]", "udp = [\"a:1\"]"})),
             "/etc/payhost/payhostd.toml:3:1: listen.udp: unknown key (known: tcp, unix)");
   EXPECT_EQ(parseError(lines({"[admin]", "  sockett = \"a\""})),
@@ -210,7 +210,7 @@ TEST(DaemonConfig, FirstErrorInFileIsReported) {
   // toml++ sorts keys by name; the message must still point at the earlier line.
   EXPECT_EQ(parseError(lines({"[host]", "zzz = 1", "aaa = 2"}) + REQUIRED),
             "/etc/payhost/payhostd.toml:2:1: host.zzz: unknown key "
-            "(known: shards, log_level, log_format, drain_timeout_ms)");
+            "(known: shards, log_level, log_format, drain_timeout_ms, data_dir)");
 }
 
 TEST(DaemonConfig, WrongTypeNamesExpectedAndActual) {
@@ -361,7 +361,7 @@ TEST(DaemonConfig, LoadErrorsNameTheFile) {
     EXPECT_EQ(str(exception->getDescription()),
               file.native() +
                   ":2:1: host.shardz: unknown key "
-                  "(known: shards, log_level, log_format, drain_timeout_ms)");
+                  "(known: shards, log_level, log_format, drain_timeout_ms, data_dir)");
   } else {
     ADD_FAILURE() << "no error";
   }

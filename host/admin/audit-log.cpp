@@ -1,0 +1,141 @@
+#include "host/admin/audit-log.h"
+
+#include "host/util/errors.h"
+
+#include <capnp/compat/json.h>
+#include <kj/debug.h>
+#include <kj/encoding.h>
+#include <kj/time.h>
+
+#include <openssl/evp.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace payhost::host {
+
+namespace {
+
+kj::String sha256Hex(kj::StringPtr a, kj::StringPtr b) {
+  EVP_MD_CTX* context = EVP_MD_CTX_new();
+  KJ_ASSERT(context != nullptr);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  bool ok = EVP_DigestInit_ex(context, EVP_sha256(), nullptr) == 1 &&
+            EVP_DigestUpdate(context, a.begin(), a.size()) == 1 &&
+            EVP_DigestUpdate(context, "\n", 1) == 1 &&
+            EVP_DigestUpdate(context, b.begin(), b.size()) == 1 &&
+            EVP_DigestFinal_ex(context, digest, &size) == 1;
+  EVP_MD_CTX_free(context);
+  KJ_ASSERT(ok, "SHA-256 failed");
+  return kj::encodeHex(kj::arrayPtr(digest, size));
+}
+
+// The hash of an entry: over its predecessor's hash and its JSON with `hash` empty.
+kj::String hashOf(capnp::JsonCodec& json, schema::AuditEntry::Reader entry) {
+  capnp::MallocMessageBuilder copy;
+  copy.setRoot(entry);
+  auto root = copy.getRoot<schema::AuditEntry>();
+  root.setHash("");
+  return sha256Hex(entry.getPreviousHash(), json.encode(root.asReader()));
+}
+
+}  // namespace
+
+AuditLog::AuditLog(kj::StringPtr path) : path_(kj::heapString(path)) {
+  std::error_code error;
+  std::filesystem::create_directories(std::filesystem::path(path.cStr()).parent_path(), error);
+  KJ_IF_MAYBE (problem, verify(path)) {
+    PAYHOST_FAIL(FAILED, *problem);
+  }
+  capnp::JsonCodec json;
+  std::ifstream in(path.cStr());
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    auto message = kj::heap<capnp::MallocMessageBuilder>();
+    json.decode(kj::StringPtr(line.c_str(), line.size()), message->initRoot<schema::AuditEntry>());
+    lastHash = kj::heapString(message->getRoot<schema::AuditEntry>().asReader().getHash());
+    entries.add(kj::mv(message));
+  }
+  int raw = open(path.cStr(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (raw < 0) PAYHOST_FAIL(FAILED, path, ": cannot open the audit log: ", strerror(errno));
+  fd = kj::AutoCloseFd(raw);
+}
+
+void AuditLog::append(const AuditRecord& record) {
+  auto message = kj::heap<capnp::MallocMessageBuilder>();
+  auto entry = message->initRoot<schema::AuditEntry>();
+  entry.setSequence(entries.size() + 1);
+  entry.setTimeUnixMs((kj::systemPreciseCalendarClock().now() - kj::UNIX_EPOCH) / kj::MILLISECONDS);
+  entry.setAction(record.action);
+  entry.setPlugin(record.plugin);
+  entry.setFromVersion(record.fromVersion);
+  entry.setToVersion(record.toVersion);
+  entry.setPackage(record.package);
+  entry.setDetail(record.detail);
+  entry.setPreviousHash(lastHash);
+  capnp::JsonCodec json;
+  auto hash = hashOf(json, entry.asReader());
+  entry.setHash(hash);
+  auto line = kj::str(json.encode(entry.asReader()), "\n");
+  size_t done = 0;
+  while (done < line.size()) {
+    ssize_t n = write(fd, line.begin() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) PAYHOST_FAIL(FAILED, path_, ": cannot write the audit log: ", strerror(errno));
+    done += n;
+  }
+  KJ_SYSCALL(fdatasync(fd), path_);
+  lastHash = kj::mv(hash);
+  entries.add(kj::mv(message));
+}
+
+schema::AuditEntry::Reader AuditLog::operator[](size_t i) const {
+  return const_cast<capnp::MallocMessageBuilder&>(*entries[i])
+      .getRoot<schema::AuditEntry>()
+      .asReader();
+}
+
+kj::Maybe<kj::String> AuditLog::verify(kj::StringPtr path) {
+  std::ifstream in(path.cStr());
+  if (!in) return nullptr;  // No log yet: nothing to break.
+  capnp::JsonCodec json;
+  std::string line;
+  kj::String previous = kj::heapString("");
+  uint64_t number = 0;
+  uint64_t expectedSequence = 1;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.empty()) continue;
+    capnp::MallocMessageBuilder message;
+    try {
+      json.decode(kj::StringPtr(line.c_str(), line.size()), message.initRoot<schema::AuditEntry>());
+    } catch (const kj::Exception& e) {
+      return kj::str(path, ":", number, ": unreadable audit entry: ", e.getDescription());
+    }
+    auto entry = message.getRoot<schema::AuditEntry>().asReader();
+    if (entry.getSequence() != expectedSequence) {
+      return kj::str(path, ":", number, ": sequence ", entry.getSequence(), ", expected ",
+                     expectedSequence, " (an entry was removed or reordered)");
+    }
+    if (entry.getPreviousHash() != previous) {
+      return kj::str(path, ":", number, ": does not follow the entry before it (an entry was ",
+                     "removed, reordered or edited)");
+    }
+    if (hashOf(json, entry) != entry.getHash()) {
+      return kj::str(path, ":", number, ": hash mismatch (the entry was edited)");
+    }
+    previous = kj::heapString(entry.getHash());
+    ++expectedSequence;
+  }
+  return nullptr;
+}
+
+}  // namespace payhost::host
