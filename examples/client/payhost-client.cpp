@@ -250,7 +250,8 @@ int main(int argc, char** argv) {
       body.setCardToken(payment.token);
       body.setCardCountry(cardCountry);
       body.setIpCountry(ipCountry);
-      auto verdict = call.send().wait(io.waitScope).getVerdict();
+      auto response = call.send().wait(io.waitScope);
+      auto verdict = response.getVerdict();
       kj::Vector<kj::StringPtr> rules;
       for (auto rule : verdict.getFiredRules())
         rules.add(rule);
