@@ -75,6 +75,13 @@ public:
   capnp::Capability::Client serviceCapability(kj::StringPtr name) override {
     return KJ_EXCEPTION(DISCONNECTED, "no other services in the bare server", name);
   }
+  KeyHandle& keys(kj::StringPtr name) override {
+    KJ_FAIL_REQUIRE("no keys in the bare server", name);
+  }
+  kj::Promise<void> offloadWork(kj::Function<void()> work) override {
+    work();
+    return kj::READY_NOW;
+  }
 
 private:
   BareLogger logger;

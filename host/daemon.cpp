@@ -4,6 +4,8 @@
 #include "host/admin/audit-log.h"
 #include "host/loader/generation.h"
 #include "host/loader/plugin-library.h"
+#include "host/pools/key-store.h"
+#include "host/pools/worker-pool.h"
 #include "host/registry/registry.h"
 #include "host/rpc/shard.h"
 #include "host/supervisor/deployer.h"
@@ -99,7 +101,9 @@ private:
   kj::TimePoint startedAt = io.provider->getTimer().now();
   schema::HostState state = schema::HostState::STARTING;
 
-  CallCounters counters;
+  HostShared counters;
+  kj::Maybe<kj::Own<KeyStore>> keyStore;
+  kj::Maybe<kj::Own<WorkerPool>> workers;
   Registry registry;
   kj::Vector<kj::Own<Shard>> shards;
   kj::Maybe<kj::Own<AuditLog>> audit;
@@ -128,6 +132,13 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
     generation = kj::atomicRefcounted<Generation>(registry.nextLoadId(), kj::mv(library),
                                                   kj::mv(pluginConfig));
     registry.checkServicesFree(*generation);
+    generation->keyGrants = KJ_MAP(key, plugin.keys) {
+      return kj::heapString(key);
+    };
+    generation->workersReserve = plugin.workersReserve;
+    generation->workersLimit = plugin.workersLimit;
+    KJ_ASSERT_NONNULL(workers)->setQuota(generation->name(), plugin.workersReserve,
+                                         plugin.workersLimit);
   } catch (const kj::Exception& e) {
     error("plugin.refused", {{"path", plugin.path}, {"error", e.getDescription()}});
     registry.addFailed(plugin.path, kj::heapString(e.getDescription()));
@@ -323,6 +334,9 @@ void Daemon::Impl::shutdown(kj::StringPtr reason) {
     stops.add(shard->stop());
   kj::joinPromises(stops.releaseAsArray()).wait(io.waitScope);
   shards.clear();
+  // Offloaded work runs plugin code: it finishes before any library is closed.
+  counters.workers = nullptr;
+  workers = nullptr;
 
   for (auto& record : registry.plugins()) {
     KJ_IF_MAYBE (generation, record.generation) {
@@ -360,6 +374,17 @@ int Daemon::Impl::run() {
     std::error_code ignored;
     std::filesystem::create_directories(config.dataDir.cStr(), ignored);
     audit = kj::heap<AuditLog>(kj::str(config.dataDir, "/audit.log"));
+    auto keys = kj::heap<KeyStore>(config.keys);
+    counters.keys = keys.get();
+    keyStore = kj::mv(keys);
+    WorkerPool::Options options;
+    options.minThreads = config.workersMin;
+    options.maxThreads = config.workersMax;
+    options.leaseWait = config.workersLeaseWait;
+    options.scaleInterval = config.workersScaleInterval;
+    auto pool = kj::heap<WorkerPool>(options, log);
+    counters.workers = pool.get();
+    workers = kj::mv(pool);
   } catch (const kj::Exception& e) {
     error("host.start_failed", {{"error", e.getDescription()}});
     return 1;

@@ -140,8 +140,12 @@ public:
         parsePlugins(*entry.value, config);
       } else if (name == "deploy") {
         parseDeploy(expectTable(*entry.value, name), config);
+      } else if (name == "workers") {
+        parseWorkers(expectTable(*entry.value, name), config);
+      } else if (name == "keys") {
+        parseKeys(expectTable(*entry.value, name), config);
       } else {
-        unknownKey(*entry.key, name, "host, listen, admin, deploy, plugin");
+        unknownKey(*entry.key, name, "host, listen, admin, deploy, workers, keys, plugin");
       }
     }
     if (!haveListen) fail(root.source().begin, "listen", noListenAddress());
@@ -268,6 +272,70 @@ private:
     return result;
   }
 
+  void parseWorkers(const toml::table& table, DaemonConfig& config) {
+    for (auto& entry : inFileOrder(table)) {
+      auto& value = *entry.value;
+      auto name = toKj(entry.key->str());
+      auto path = kj::str("workers.", name);
+      if (name == "min_threads") {
+        config.workersMin = static_cast<uint32_t>(expectInteger(value, path, 1, 1024));
+      } else if (name == "max_threads") {
+        config.workersMax = static_cast<uint32_t>(expectInteger(value, path, 1, 1024));
+      } else if (name == "lease_wait_ms") {
+        config.workersLeaseWait =
+            expectInteger(value, path, 0, MAX_DRAIN_TIMEOUT_MS) * kj::MILLISECONDS;
+      } else if (name == "scale_interval_ms") {
+        config.workersScaleInterval =
+            expectInteger(value, path, 10, MAX_DRAIN_TIMEOUT_MS) * kj::MILLISECONDS;
+      } else {
+        unknownKey(*entry.key, path, "min_threads, max_threads, lease_wait_ms, scale_interval_ms");
+      }
+    }
+    if (config.workersMin > config.workersMax) {
+      fail(table.source().begin, "workers",
+           kj::str("min_threads (", config.workersMin, ") is above max_threads (",
+                   config.workersMax, ")"));
+    }
+  }
+
+  void parseKeys(const toml::table& table, DaemonConfig& config) {
+    for (auto& entry : inFileOrder(table)) {
+      auto name = toKj(entry.key->str());
+      auto keyPath = kj::str("keys.", name);
+      auto& keyTable = expectTable(*entry.value, keyPath);
+      KeyEntry key{kj::mv(name), KeyType::ED25519, kj::String()};
+      bool haveType = false;
+      for (auto& field : inFileOrder(keyTable)) {
+        auto fieldName = toKj(field.key->str());
+        auto path = kj::str(keyPath, ".", fieldName);
+        if (fieldName == "type") {
+          auto type = expectString(*field.value, path);
+          if (type == "ed25519") {
+            key.type = KeyType::ED25519;
+          } else if (type == "aes-256-gcm") {
+            key.type = KeyType::AES_256_GCM;
+          } else if (type == "hmac-sha256") {
+            key.type = KeyType::HMAC_SHA256;
+          } else {
+            fail(field.value->source().begin, path,
+                 kj::str("\"", toKj(type), "\" is not one of ed25519, aes-256-gcm, hmac-sha256"));
+          }
+          haveType = true;
+        } else if (fieldName == "file") {
+          key.file = expectPath(*field.value, path);
+        } else {
+          unknownKey(*field.key, path, "type, file");
+        }
+      }
+      if (!haveType)
+        fail(keyTable.source().begin, kj::str(keyPath, ".type"), "missing required key");
+      if (key.file.size() == 0) {
+        fail(keyTable.source().begin, kj::str(keyPath, ".file"), "missing required key");
+      }
+      config.keys.add(kj::mv(key));
+    }
+  }
+
   void parseDeploy(const toml::table& table, DaemonConfig& config) {
     for (auto& entry : inFileOrder(table)) {
       auto& value = *entry.value;
@@ -384,8 +452,27 @@ private:
         auto toml = text.str();
         plugin.config =
             Config::parse(kj::StringPtr(toml.c_str(), toml.size()), kj::str(file, ": ", path));
+      } else if (name == "keys") {
+        auto& array = expectArray(*entry.value, path);
+        for (size_t i = 0; i < array.size(); ++i) {
+          plugin.keys.add(toKj(expectString(*array.get(i), kj::str(path, "[", i, "]"))));
+        }
+      } else if (name == "quota") {
+        for (auto& field : inFileOrder(expectTable(*entry.value, path))) {
+          auto fieldName = toKj(field.key->str());
+          auto fieldPath = kj::str(path, ".", fieldName);
+          if (fieldName == "workers_reserve") {
+            plugin.workersReserve =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1024));
+          } else if (fieldName == "workers_limit") {
+            plugin.workersLimit =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1024));
+          } else {
+            unknownKey(*field.key, fieldPath, "workers_reserve, workers_limit");
+          }
+        }
       } else {
-        unknownKey(*entry.key, path, "path, enabled, config");
+        unknownKey(*entry.key, path, "path, enabled, config, keys, quota");
       }
     }
     if (!havePath) fail(table.source().begin, kj::str(pluginPath, ".path"), "missing required key");

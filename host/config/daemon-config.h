@@ -10,6 +10,7 @@
 #pragma once
 
 #include <payhost/config.h>
+#include <payhost/keys.h>
 
 #include <kj/string.h>
 #include <kj/time.h>
@@ -28,6 +29,19 @@ struct PluginConfig {
   bool enabled = true;
   // The plugin's own `[plugin.config]` table, handed to it as `Context::config()`.
   Config config;
+  // Names of `[keys.NAME]` this plugin may use (`keys = ["vault"]`).
+  kj::Vector<kj::String> keys;
+  // `[plugin.quota] workers_reserve / workers_limit`: its share of the worker pool (0: none / no
+  // limit beyond the pool).
+  uint32_t workersReserve = 0;
+  uint32_t workersLimit = 0;
+};
+
+struct KeyEntry {
+  kj::String name;
+  KeyType type;
+  // Absolute path of the key file.
+  kj::String file;
 };
 
 struct DaemonConfig {
@@ -67,6 +81,15 @@ struct DaemonConfig {
   uint32_t canaryMinCalls = 50;
   double canaryMaxErrorRate = 0.01;
   kj::Duration canaryMaxP99 = 250 * kj::MILLISECONDS;
+
+  // [workers]: the worker pool behind Context::offload.
+  uint32_t workersMin = 2;
+  uint32_t workersMax = 8;
+  kj::Duration workersLeaseWait = 100 * kj::MILLISECONDS;
+  kj::Duration workersScaleInterval = 1 * kj::SECONDS;
+
+  // [keys.NAME] type = "ed25519" | "aes-256-gcm" | "hmac-sha256", file = "..."
+  kj::Vector<KeyEntry> keys;
 
   // [admin]
   // Absolute path of the admin unix socket (required).

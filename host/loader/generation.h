@@ -50,6 +50,9 @@ public:
   std::atomic<uint64_t> callsTotal{0};
   std::atomic<uint64_t> callsFailed{0};
   std::atomic<uint32_t> callsInFlight{0};
+  // Work handed to the worker pool by this generation's plugin and not yet destroyed: it runs
+  // plugin code, so the library stays loaded until it is 0.
+  std::atomic<uint32_t> offloadsPending{0};
 
   // Latency of calls routed to this generation, in buckets of a quarter power of two of
   // microseconds (about 19% wide): enough to judge a canary's p99, cheap to record from any shard.
@@ -61,6 +64,12 @@ public:
 
   // The copy of the package in the data directory (for rollback), once stored.
   kj::String package;
+
+  // What the operator granted this plugin: key names it may use, and its worker-pool quota
+  // (0/0: no reservation, no limit beyond the pool). Set before the generation is shared.
+  kj::Array<kj::String> keyGrants;
+  uint32_t workersReserve = 0;
+  uint32_t workersLimit = 0;
 
 private:
   kj::Own<PluginLibrary> library_;

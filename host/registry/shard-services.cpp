@@ -1,5 +1,7 @@
 #include "host/registry/shard-services.h"
 
+#include "host/pools/key-store.h"
+#include "host/pools/worker-pool.h"
 #include "host/util/errors.h"
 
 #include <payhost/plugin.h>
@@ -71,6 +73,7 @@ public:
                       {"version", generation.version()},
                       {"shard", kj::str(shardIndex)}}),
         clock_(timer),
+        timer(timer),
         shardIndex_(shardIndex),
         shardCount_(shardCount) {}
 
@@ -85,11 +88,44 @@ public:
     return services.route(name);
   }
 
+  KeyHandle& keys(kj::StringPtr name) override {
+    bool granted = false;
+    for (auto& key : generation.keyGrants)
+      granted = granted || key == name;
+    if (!granted) {
+      PAYHOST_FAIL(FAILED, "plugin ", generation.name(), " was not granted key '", name,
+                   "' (list it in keys = [...] of the plugin's [[plugin]] entry)");
+    }
+    KJ_IF_MAYBE (handle,
+                 services.shared().keys == nullptr ? nullptr : services.shared().keys->find(name)) {
+      return *handle;
+    }
+    PAYHOST_FAIL(FAILED, "no key '", name, "' is configured ([keys.", name, "])");
+  }
+
+  kj::Promise<void> offloadWork(kj::Function<void()> work) override {
+    auto pool = services.shared().workers;
+    if (pool == nullptr) return KJ_EXCEPTION(FAILED, "this host has no worker pool");
+    // Counted until the function (plugin code) is destroyed on the worker thread, so the library
+    // stays loaded while it may still run.
+    generation.offloadsPending.fetch_add(1, std::memory_order_relaxed);
+    auto pending = kj::defer([g = generation.addRef()]() mutable {
+      g->offloadsPending.fetch_sub(1, std::memory_order_release);
+    });
+    return pool->run(generation.name(), timer,
+                     [work = kj::mv(work), pending = kj::mv(pending)]() mutable {
+                       // The plugin's function goes before `pending` can release the library.
+                       KJ_DEFER({ auto gone = kj::mv(work); });
+                       work();
+                     });
+  }
+
 private:
   Generation& generation;
   ShardServices& services;
   ScopedLogger logger;
   ShardClock clock_;
+  kj::Timer& timer;
   uint32_t shardIndex_;
   uint32_t shardCount_;
 };
@@ -202,7 +238,7 @@ private:
 };
 
 ShardServices::ShardServices(uint32_t shardIndex, uint32_t shardCount, LogSink& log,
-                             kj::Timer& timer, CallCounters& counters)
+                             kj::Timer& timer, HostShared& counters)
     : shardIndex(shardIndex), shardCount(shardCount), log(log), timer(timer), counters(counters) {}
 
 ShardServices::~ShardServices() noexcept(false) {

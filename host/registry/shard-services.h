@@ -26,8 +26,14 @@
 
 namespace payhost::host {
 
-// Host-wide call counters, shared by the shards (for status and drain).
-struct CallCounters {
+class WorkerPool;
+class KeyStore;
+
+// What the shards share with the host: call counters (for status and drain) and the pools lent
+// to plugins. Thread-safe; outlives every shard.
+struct HostShared {
+  WorkerPool* workers = nullptr;
+  KeyStore* keys = nullptr;
   std::atomic<uint64_t> total{0};
   std::atomic<uint64_t> failed{0};
   std::atomic<int64_t> inFlight{0};
@@ -36,7 +42,7 @@ struct CallCounters {
 class ShardServices {
 public:
   ShardServices(uint32_t shardIndex, uint32_t shardCount, LogSink& log, kj::Timer& timer,
-                CallCounters& counters);
+                HostShared& counters);
   ~ShardServices() noexcept(false);
   KJ_DISALLOW_COPY(ShardServices);
 
@@ -84,6 +90,8 @@ public:
   kj::Promise<void> whenIdle();
   uint32_t inFlight() const { return inFlight_; }
 
+  HostShared& shared() { return counters; }
+
   // Revokes every membrane and destroys every instance (on shutdown).
   void clear();
 
@@ -100,7 +108,7 @@ private:
   uint32_t shardCount;
   LogSink& log;
   kj::Timer& timer;
-  CallCounters& counters;
+  HostShared& counters;
   bool draining = false;
   uint32_t inFlight_ = 0;
   kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> idleFulfiller;

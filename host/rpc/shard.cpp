@@ -48,7 +48,7 @@ void ShardState::ErrorHandler::taskFailed(kj::Exception&& exception) {
 }
 
 ShardState::ShardState(uint32_t index, uint32_t count, LogSink& log, kj::AsyncIoContext& io,
-                       CallCounters& counters, capnp::ReaderOptions readerOptions)
+                       HostShared& counters, capnp::ReaderOptions readerOptions)
     : index_(index),
       log(log),
       io(io),
@@ -96,7 +96,7 @@ void ShardState::close() {
   services_.clear();
 }
 
-Shard::Shard(uint32_t index, uint32_t count, LogSink& log, CallCounters& counters,
+Shard::Shard(uint32_t index, uint32_t count, LogSink& log, HostShared& counters,
              capnp::ReaderOptions readerOptions)
     : index_(index), count(count) {
   thread = kj::heap<kj::Thread>(
@@ -122,7 +122,7 @@ kj::Promise<void> Shard::stop() {
   });
 }
 
-void Shard::threadMain(LogSink& log, CallCounters& counters, capnp::ReaderOptions readerOptions) {
+void Shard::threadMain(LogSink& log, HostShared& counters, capnp::ReaderOptions readerOptions) {
   auto io = kj::setupAsyncIo();
   // KJ checks timers only when its queue is empty unless told to poll; under load a drain
   // deadline would stretch far past its configured value.

@@ -26,7 +26,7 @@ namespace payhost::host {
 class ShardState {
 public:
   ShardState(uint32_t index, uint32_t count, LogSink& log, kj::AsyncIoContext& io,
-             CallCounters& counters, capnp::ReaderOptions readerOptions);
+             HostShared& counters, capnp::ReaderOptions readerOptions);
   ~ShardState() noexcept(false);
 
   ShardServices& services() { return services_; }
@@ -71,7 +71,7 @@ private:
 class Shard {
 public:
   // Starts the shard's thread and waits until its loop runs.
-  Shard(uint32_t index, uint32_t count, LogSink& log, CallCounters& counters,
+  Shard(uint32_t index, uint32_t count, LogSink& log, HostShared& counters,
         capnp::ReaderOptions readerOptions);
   // Stops the loop (if `stop()` was not called) and joins the thread.
   ~Shard() noexcept(false);
@@ -92,7 +92,7 @@ public:
   uint32_t connectionsOpen() const { return state->connectionsOpen.load(); }
 
 private:
-  void threadMain(LogSink& log, CallCounters& counters, capnp::ReaderOptions readerOptions);
+  void threadMain(LogSink& log, HostShared& counters, capnp::ReaderOptions readerOptions);
 
   uint32_t index_;
   uint32_t count;

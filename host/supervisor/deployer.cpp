@@ -121,7 +121,9 @@ kj::Promise<bool> Deployer::waitForObjectsGone(Generation& generation, kj::TimeP
   // cancels what raced against revocation): let every shard's loop turn, then count again.
   return everyShard(shards, []() { return [](ShardState&) { return kj::evalLater([]() {}); }; })
       .then([this, &generation, deadline]() -> kj::Promise<bool> {
-        if (generation.library().liveObjects() == 0) return true;
+        if (generation.library().liveObjects() == 0 && generation.offloadsPending.load() == 0) {
+          return true;
+        }
         if (timer.now() >= deadline) return false;
         return timer.afterDelay(1 * kj::MILLISECONDS).then([this, &generation, deadline]() {
           return waitForObjectsGone(generation, deadline);
@@ -157,6 +159,14 @@ kj::Promise<DeployResult> Deployer::run(DeployOptions options) {
     d.fresh = kj::atomicRefcounted<Generation>(registry.nextLoadId(), kj::mv(library),
                                                kj::mv(pluginConfig));
     d.result.generation = d.fresh->id();
+    // Grants and quotas belong to the plugin, not to a version: the new one inherits them.
+    KJ_IF_MAYBE (old, d.old) {
+      d.fresh->keyGrants = KJ_MAP(key, (*old)->keyGrants) {
+        return kj::heapString(key);
+      };
+      d.fresh->workersReserve = (*old)->workersReserve;
+      d.fresh->workersLimit = (*old)->workersLimit;
+    }
     KJ_IF_MAYBE (old, d.old) {
       registry.checkServicesFree(*d.fresh, **old);
       for (auto& service : (*old)->services()) {

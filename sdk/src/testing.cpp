@@ -93,6 +93,21 @@ public:
     return kj::heap<LateBoundService>(*this, kj::heapString(name));
   }
 
+  KeyHandle& keys(kj::StringPtr name) override {
+    auto it = keyHandles.find(std::string(name.cStr()));
+    KJ_REQUIRE(it != keyHandles.end(), "no such key in the test host (TestHost::provideKey)", name);
+    return *it->second;
+  }
+
+  kj::Promise<void> offloadWork(kj::Function<void()> work) override {
+    // Deterministic: the work runs at once, on the test's thread.
+    ++offloads;
+    KJ_IF_MAYBE (exception, kj::runCatchingExceptions([&]() { work(); })) {
+      return kj::mv(*exception);
+    }
+    return kj::READY_NOW;
+  }
+
   kj::Maybe<capnp::Capability::Client> lookup(kj::StringPtr name) {
     std::string key(name.cStr());
     auto it = provided.find(key);
@@ -117,6 +132,8 @@ public:
   Config config_;
   std::map<std::string, capnp::Capability::Client> provided;
   std::map<std::string, capnp::Capability::Client> services;
+  std::map<std::string, KeyHandle*> keyHandles;
+  uint64_t offloads = 0;
   Plugin* instance = nullptr;
 };
 
@@ -147,6 +164,14 @@ capnp::Capability::Client TestHost::serviceCapability(kj::StringPtr name) {
     return kj::mv(*capability);
   }
   KJ_FAIL_REQUIRE("the plugin does not provide this service", name, impl->descriptor.name);
+}
+
+void TestHost::provideKey(kj::StringPtr name, KeyHandle& handle) {
+  impl->keyHandles.insert_or_assign(std::string(name.cStr()), &handle);
+}
+
+uint64_t TestHost::offloadCount() const {
+  return impl->offloads;
 }
 
 void TestHost::provide(kj::StringPtr name, capnp::Capability::Client capability) {

@@ -12,14 +12,18 @@
 #define PAYHOST_CONTEXT_H_
 
 #include <payhost/config.h>
+#include <payhost/keys.h>
 #include <payhost/log.h>
 
 #include <capnp/capability.h>
 #include <kj/async.h>
+#include <kj/debug.h>
+#include <kj/function.h>
 #include <kj/time.h>
 #include <kj/timer.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace payhost {
 
@@ -66,7 +70,38 @@ public:
   typename Interface::Client service(kj::StringPtr name) {
     return serviceCapability(name).castAs<Interface>();
   }
+
+  // Runs `work` on the host's worker pool, off the event loop (for blocking or CPU-heavy work),
+  // and resolves on this shard with what it returns, or rejects with what it throws. While it
+  // runs it holds one lease of the plugin's worker quota; when the quota is used up it waits up
+  // to the configured time, then fails with OVERLOADED naming the plugin and the pool. `work`
+  // runs on another thread: it must not touch this shard's objects, and what it captures must
+  // stay valid until the promise settles (move it in).
+  template <typename Func>
+  kj::Promise<kj::_::FixVoid<std::invoke_result_t<Func&>>> offload(Func&& work);
+
+  // The key named `name` in the host's config, if this plugin was granted it (`keys = [...]` in
+  // its [[plugin]] entry); throws FAILED naming the key otherwise. The handle outlives the
+  // plugin instance.
+  virtual KeyHandle& keys(kj::StringPtr name) = 0;
+
+  // What `offload` is built on: runs `work` on the worker pool, resolving on this shard.
+  virtual kj::Promise<void> offloadWork(kj::Function<void()> work) = 0;
 };
+
+template <typename Func>
+kj::Promise<kj::_::FixVoid<std::invoke_result_t<Func&>>> Context::offload(Func&& work) {
+  using Result = std::invoke_result_t<Func&>;
+  if constexpr (std::is_void_v<Result>) {
+    return offloadWork(kj::fwd<Func>(work));
+  } else {
+    // Written on the worker thread, read here after the promise resolves.
+    auto slot = kj::heap<kj::Maybe<Result>>();
+    auto& result = *slot;
+    return offloadWork([&result, work = kj::fwd<Func>(work)]() mutable { result = work(); })
+        .then([slot = kj::mv(slot)]() mutable { return kj::mv(KJ_ASSERT_NONNULL(*slot)); });
+  }
+}
 
 }  // namespace payhost
 

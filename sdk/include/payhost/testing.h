@@ -57,6 +57,14 @@ public:
   // server written in the test). May be called before or after the plugin looks it up.
   void provide(kj::StringPtr name, capnp::Capability::Client capability);
 
+  // Makes `handle` the key `name` for the plugin's `Context::keys` (the handle must outlive the
+  // test host). Without it, `keys()` throws.
+  void provideKey(kj::StringPtr name, KeyHandle& handle);
+
+  // `Context::offload` runs the work at once on the test's thread (deterministic); this counts
+  // the calls.
+  uint64_t offloadCount() const;
+
   kj::WaitScope& waitScope();
 
   // Moves the plugin's clock forward and runs what became ready.

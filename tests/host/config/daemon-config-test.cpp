@@ -190,7 +190,7 @@ TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
             "(known: shards, log_level, log_format, drain_timeout_ms, data_dir)");
   EXPECT_EQ(parseError(lines({"[hots]"}) + REQUIRED),
             "/etc/payhost/payhostd.toml:1:2: hots: unknown key "
-            "(known: host, listen, admin, deploy, plugin)");
+            "(known: host, listen, admin, deploy, workers, keys, plugin)");
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"a:1\"]", "udp = [\"a:1\"]"})),
             "/etc/payhost/payhostd.toml:3:1: listen.udp: unknown key (known: tcp, unix)");
   EXPECT_EQ(parseError(lines({"[admin]", "  sockett = \"a\""})),
@@ -203,7 +203,7 @@ TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
                                       "confg = 1",
                                   })),
             "/etc/payhost/payhostd.toml:9:1: plugin[1].confg: unknown key "
-            "(known: path, enabled, config)");
+            "(known: path, enabled, config, keys, quota)");
 }
 
 TEST(DaemonConfig, FirstErrorInFileIsReported) {

@@ -152,6 +152,13 @@ public:
   capnp::Capability::Client serviceCapability(kj::StringPtr name) override {
     return KJ_EXCEPTION(DISCONNECTED, "no services in the loader test", name);
   }
+  KeyHandle& keys(kj::StringPtr name) override {
+    KJ_FAIL_REQUIRE("no keys in the loader test", name);
+  }
+  kj::Promise<void> offloadWork(kj::Function<void()> work) override {
+    work();
+    return kj::READY_NOW;
+  }
 
   // What `payhost_plugin_v1_descriptor::create` expects as its context argument.
   void* asCreateArgument() { return static_cast<Context*>(this); }
