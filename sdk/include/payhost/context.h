@@ -78,7 +78,7 @@ public:
   // runs on another thread: it must not touch this shard's objects, and what it captures must
   // stay valid until the promise settles (move it in).
   template <typename Func>
-  kj::Promise<kj::_::FixVoid<std::invoke_result_t<Func&>>> offload(Func&& work);
+  kj::Promise<std::invoke_result_t<Func&>> offload(Func&& work);
 
   // The key named `name` in the host's config, if this plugin was granted it (`keys = [...]` in
   // its [[plugin]] entry); throws FAILED naming the key otherwise. The handle outlives the
@@ -90,7 +90,7 @@ public:
 };
 
 template <typename Func>
-kj::Promise<kj::_::FixVoid<std::invoke_result_t<Func&>>> Context::offload(Func&& work) {
+kj::Promise<std::invoke_result_t<Func&>> Context::offload(Func&& work) {
   using Result = std::invoke_result_t<Func&>;
   if constexpr (std::is_void_v<Result>) {
     return offloadWork(kj::fwd<Func>(work));
