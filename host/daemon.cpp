@@ -372,7 +372,8 @@ int Daemon::Impl::run() {
 
   try {
     std::error_code ignored;
-    std::filesystem::create_directories(config.dataDir.cStr(), ignored);
+    // packages/ too: the startup plugins' packages are copied there before any deploy makes it.
+    std::filesystem::create_directories(kj::str(config.dataDir, "/packages").cStr(), ignored);
     audit = kj::heap<AuditLog>(kj::str(config.dataDir, "/audit.log"));
     auto keys = kj::heap<KeyStore>(config.keys);
     counters.keys = keys.get();
