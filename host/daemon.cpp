@@ -358,7 +358,8 @@ int Daemon::Impl::run() {
 
   try {
     std::error_code ignored;
-    std::filesystem::create_directories(config.dataDir.cStr(), ignored);
+    // Packages are copied here as they load (for rollback), the configured ones included.
+    std::filesystem::create_directories(kj::str(config.dataDir, "/packages").cStr(), ignored);
     audit = kj::heap<AuditLog>(kj::str(config.dataDir, "/audit.log"));
   } catch (const kj::Exception& e) {
     error("host.start_failed", {{"error", e.getDescription()}});
