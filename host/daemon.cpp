@@ -372,7 +372,7 @@ int Daemon::Impl::run() {
 
   try {
     std::error_code ignored;
-    // packages/ too: the startup plugins' packages are copied there before any deploy makes it.
+    // Packages are copied here as they load (for rollback), the configured ones included.
     std::filesystem::create_directories(kj::str(config.dataDir, "/packages").cStr(), ignored);
     audit = kj::heap<AuditLog>(kj::str(config.dataDir, "/audit.log"));
     auto keys = kj::heap<KeyStore>(config.keys);

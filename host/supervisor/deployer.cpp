@@ -36,6 +36,9 @@ struct Deployer::Deployment {
   std::atomic<uint64_t> stateBytes{0};
   std::atomic<uint32_t> importFailures{0};
   kj::String importError;
+  // When every shard routed to the new version, and the old version's calls in flight then.
+  kj::TimePoint switchedAt = started;
+  uint32_t inFlightAtSwitch = 0;
 };
 
 void DeployResult::fill(schema::DeployReport::Builder report) const {
@@ -213,9 +216,10 @@ kj::Promise<DeployResult> Deployer::run(DeployOptions options) {
                                   };
                                 })
                   .then([this, &d]() {
+                    auto percentText = kj::str(d.options.canaryPercent);
                     LogField fields[] = {{"plugin", d.result.plugin},
                                          {"version", d.result.toVersion},
-                                         {"percent", kj::str(d.options.canaryPercent)}};
+                                         {"percent", percentText}};
                     log.write(LogLevel::INFO, "canary.started", nullptr, fields);
                     audit.append({"canary", d.result.plugin, d.result.fromVersion,
                                   d.result.toVersion, d.fresh->package,
@@ -285,6 +289,12 @@ kj::Promise<void> Deployer::switchOver(Deployment& d, bool handOverState) {
         }
         d.result.switchMicros = microsSince(switchStart);
         d.result.stateBytes = d.stateBytes.load() / shards.size();
+        // Measured here, not after publishing: the audit log's fsync takes long enough for the
+        // old version's short calls to finish unseen.
+        d.switchedAt = kj::systemPreciseMonotonicClock().now();
+        KJ_IF_MAYBE (old, d.old) {
+          d.inFlightAtSwitch = (*old)->callsInFlight.load();
+        }
         publish(d);
         KJ_IF_MAYBE (old, d.old) {
           return retire(d, **old);
@@ -310,14 +320,15 @@ void Deployer::publish(Deployment& d) {
     added.packages.add(kj::heapString(d.fresh->package));
   }
   d.result.outcome = schema::DeployOutcome::DEPLOYED;
-  LogField fields[] = {{"action", d.options.action},
-                       {"plugin", d.result.plugin},
-                       {"from", d.result.fromVersion},
-                       {"to", d.result.toVersion},
-                       {"generation", kj::str(d.fresh->id())},
-                       {"load_us", kj::str(d.result.loadMicros)},
-                       {"switch_us", kj::str(d.result.switchMicros)},
-                       {"state_bytes", kj::str(d.result.stateBytes)}};
+  // Named, so they outlive `fields` (a temporary would die at the end of the declaration).
+  auto generationText = kj::str(d.fresh->id());
+  auto loadText = kj::str(d.result.loadMicros);
+  auto switchText = kj::str(d.result.switchMicros);
+  auto stateText = kj::str(d.result.stateBytes);
+  LogField fields[] = {{"action", d.options.action},   {"plugin", d.result.plugin},
+                       {"from", d.result.fromVersion}, {"to", d.result.toVersion},
+                       {"generation", generationText}, {"load_us", loadText},
+                       {"switch_us", switchText},      {"state_bytes", stateText}};
   log.write(LogLevel::INFO, "deploy.switched", nullptr, fields);
   audit.append({d.options.action, d.result.plugin, d.result.fromVersion, d.result.toVersion,
                 d.fresh->package,
@@ -326,8 +337,8 @@ void Deployer::publish(Deployment& d) {
 }
 
 kj::Promise<void> Deployer::retire(Deployment& d, Generation& old) {
-  auto drainStart = kj::systemPreciseMonotonicClock().now();
-  auto inFlight = old.callsInFlight.load();
+  auto drainStart = d.switchedAt;
+  auto inFlight = d.inFlightAtSwitch;
   auto drainTimeout = d.options.drainTimeout.orDefault(config.deployDrainTimeout);
   return waitUntil([&old]() { return old.callsInFlight.load() == 0; }, timer.now() + drainTimeout)
       .then([this, &d, &old, drainStart, inFlight](bool) {
@@ -344,14 +355,15 @@ kj::Promise<void> Deployer::retire(Deployment& d, Generation& old) {
         auto live = old.library().liveObjects();
         auto result = old.library().unload();
         d.result.unloadResult = kj::heapString(unloadResultName(result));
-        LogField fields[] = {{"plugin", old.name()},
-                             {"version", old.version()},
-                             {"generation", kj::str(old.id())},
-                             {"result", d.result.unloadResult},
-                             {"live_objects", kj::str(gone ? 0 : live)},
-                             {"calls_drained", kj::str(d.result.callsDrained)},
-                             {"calls_cut", kj::str(d.result.callsCut)},
-                             {"drain_us", kj::str(d.result.drainMicros)}};
+        auto generationText = kj::str(old.id());
+        auto liveText = kj::str(gone ? 0 : live);
+        auto drainedText = kj::str(d.result.callsDrained);
+        auto cutText = kj::str(d.result.callsCut);
+        auto drainText = kj::str(d.result.drainMicros);
+        LogField fields[] = {{"plugin", old.name()},         {"version", old.version()},
+                             {"generation", generationText}, {"result", d.result.unloadResult},
+                             {"live_objects", liveText},     {"calls_drained", drainedText},
+                             {"calls_cut", cutText},         {"drain_us", drainText}};
         log.write(
             result == PluginLibrary::UnloadResult::UNMAPPED ? LogLevel::INFO : LogLevel::WARNING,
             "plugin.unloaded", nullptr, fields);
@@ -392,9 +404,22 @@ kj::Promise<void> Deployer::judgeCanary(Deployment& d, int round) {
     }
     audit.append({"canary-rollback", d.result.plugin, d.result.fromVersion, d.result.toVersion,
                   d.fresh->package, d.result.canaryDetail});
-    return everyShard(
-               shards,
-               [&d]() { return [&d](ShardState& state) { state.services().uninstall(*d.fresh); }; })
+    // New calls go to the old version only; the canary's calls in flight finish where they are
+    // (up to the drain deadline) before it is removed, as a replaced version's would.
+    auto drainTimeout = d.options.drainTimeout.orDefault(config.deployDrainTimeout);
+    return everyShard(shards,
+                      [&d]() {
+                        return [&d](ShardState& state) { state.services().clearCanary(*d.fresh); };
+                      })
+        .then([this, &d, drainTimeout]() {
+          return waitUntil([&d]() { return d.fresh->callsInFlight.load() == 0; },
+                           timer.now() + drainTimeout);
+        })
+        .then([this, &d](bool) {
+          return everyShard(shards, [&d]() {
+            return [&d](ShardState& state) { state.services().uninstall(*d.fresh); };
+          });
+        })
         .then([this, &d]() {
           return waitForObjectsGone(*d.fresh, timer.now() + config.unloadTimeout);
         })

@@ -332,6 +332,124 @@ TEST(DaemonConfig, SyntaxErrorNamesFileLineAndColumn) {
   EXPECT_EQ(message.rfind("/etc/payhost/payhostd.toml:3:", 0), 0u) << message;
 }
 
+TEST(DaemonConfig, DataDirDefaultsBesideTheConfigFile) {
+  EXPECT_EQ(str(parse(REQUIRED).dataDir), "/etc/payhost/payhost-data");
+  EXPECT_EQ(str(parse(lines({"[host]", "data_dir = \"state/payhost\""}) + REQUIRED).dataDir),
+            "/etc/payhost/state/payhost");
+  EXPECT_EQ(str(parse(lines({"[host]", "data_dir = \"/var/lib/payhost/\""}) + REQUIRED).dataDir),
+            "/var/lib/payhost/");
+}
+
+TEST(DaemonConfig, DataDirMustBeANonEmptyString) {
+  EXPECT_EQ(parseError(lines({"[host]", "data_dir = 5"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:12: host.data_dir: expected a string, got an integer");
+  EXPECT_EQ(parseError(lines({"[host]", "data_dir = \"\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:12: host.data_dir: must not be empty");
+}
+
+TEST(DaemonConfig, DeployKeysTakeDefaultsWhenAbsent) {
+  auto config = parse(REQUIRED);
+  EXPECT_EQ(config.deployDrainTimeout, 5 * kj::SECONDS);
+  EXPECT_EQ(config.readyTimeout, 10 * kj::SECONDS);
+  EXPECT_EQ(config.unloadTimeout, 2 * kj::SECONDS);
+  EXPECT_EQ(config.canaryWindow, 10 * kj::SECONDS);
+  EXPECT_EQ(config.canaryMinCalls, 50u);
+  EXPECT_EQ(config.canaryMaxErrorRate, 0.01);
+  EXPECT_EQ(config.canaryMaxP99, 250 * kj::MILLISECONDS);
+  // An empty table changes nothing either.
+  EXPECT_EQ(parse(lines({"[deploy]"}) + REQUIRED).deployDrainTimeout, 5 * kj::SECONDS);
+}
+
+TEST(DaemonConfig, ParsesEveryDeployKey) {
+  auto config = parse(lines({
+                          "[deploy]",
+                          "drain_timeout_ms = 1500",
+                          "ready_timeout_ms = 2500",
+                          "unload_timeout_ms = 300",
+                          "canary_window_ms = 60000",
+                          "canary_min_calls = 200",
+                          "canary_max_error_rate = 0.025",
+                          "canary_max_p99_ms = 40",
+                      }) +
+                      REQUIRED);
+  EXPECT_EQ(config.deployDrainTimeout, 1500 * kj::MILLISECONDS);
+  EXPECT_EQ(config.readyTimeout, 2500 * kj::MILLISECONDS);
+  EXPECT_EQ(config.unloadTimeout, 300 * kj::MILLISECONDS);
+  EXPECT_EQ(config.canaryWindow, 60 * kj::SECONDS);
+  EXPECT_EQ(config.canaryMinCalls, 200u);
+  EXPECT_EQ(config.canaryMaxErrorRate, 0.025);
+  EXPECT_EQ(config.canaryMaxP99, 40 * kj::MILLISECONDS);
+  // The host's drain deadline is a different key.
+  EXPECT_EQ(config.drainTimeout, 10 * kj::SECONDS);
+
+  // An error rate may be written as an integer; the edges of each range are accepted.
+  auto edges = parse(lines({
+                         "[deploy]",
+                         "drain_timeout_ms = 0",
+                         "ready_timeout_ms = 600000",
+                         "canary_min_calls = 0",
+                         "canary_max_error_rate = 1",
+                     }) +
+                     REQUIRED);
+  EXPECT_EQ(edges.deployDrainTimeout, 0 * kj::SECONDS);
+  EXPECT_EQ(edges.readyTimeout, 600 * kj::SECONDS);
+  EXPECT_EQ(edges.canaryMinCalls, 0u);
+  EXPECT_EQ(edges.canaryMaxErrorRate, 1.0);
+  EXPECT_EQ(parse(lines({"[deploy]", "canary_max_error_rate = 0"}) + REQUIRED).canaryMaxErrorRate,
+            0.0);
+}
+
+TEST(DaemonConfig, DeployValuesOutOfRangeNameValueAndRange) {
+  EXPECT_EQ(parseError(lines({"[deploy]", "drain_timeout_ms = -1"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:20: deploy.drain_timeout_ms: "
+            "-1 is out of range 0..600000");
+  EXPECT_EQ(parseError(lines({"[deploy]", "ready_timeout_ms = 600001"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:20: deploy.ready_timeout_ms: "
+            "600001 is out of range 0..600000");
+  EXPECT_EQ(parseError(lines({"[deploy]", "unload_timeout_ms = 9999999"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:21: deploy.unload_timeout_ms: "
+            "9999999 is out of range 0..600000");
+  EXPECT_EQ(parseError(lines({"[deploy]", "canary_window_ms = -5"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:20: deploy.canary_window_ms: "
+            "-5 is out of range 0..600000");
+  EXPECT_EQ(parseError(lines({"[deploy]", "canary_min_calls = -3"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:20: deploy.canary_min_calls: "
+            "-3 is out of range 0..1000000000");
+  EXPECT_EQ(parseError(lines({"[deploy]", "canary_max_error_rate = 1.5"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:25: deploy.canary_max_error_rate: "
+            "1.5 is out of range 0..1");
+  EXPECT_EQ(parseError(lines({"[deploy]", "canary_max_error_rate = -0.1"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:25: deploy.canary_max_error_rate: "
+            "-0.1 is out of range 0..1");
+  EXPECT_EQ(parseError(lines({"[deploy]", "canary_max_error_rate = nan"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:25: deploy.canary_max_error_rate: "
+            "nan is out of range 0..1");
+  EXPECT_EQ(parseError(lines({"[deploy]", "canary_max_p99_ms = 600001"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:21: deploy.canary_max_p99_ms: "
+            "600001 is out of range 0..600000");
+}
+
+TEST(DaemonConfig, DeployValuesOfWrongTypeNameExpectedAndActual) {
+  EXPECT_EQ(parseError(lines({"[deploy]", "ready_timeout_ms = \"5s\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:20: deploy.ready_timeout_ms: "
+            "expected an integer, got a string");
+  EXPECT_EQ(parseError(lines({"[deploy]", "drain_timeout_ms = 2.5"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:20: deploy.drain_timeout_ms: "
+            "expected an integer, got a float");
+  EXPECT_EQ(parseError(lines({"[deploy]", "canary_min_calls = true"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:20: deploy.canary_min_calls: "
+            "expected an integer, got a boolean");
+  EXPECT_EQ(parseError(lines({"[deploy]", "canary_max_error_rate = \"1%\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:25: deploy.canary_max_error_rate: "
+            "expected a number, got a string");
+  EXPECT_EQ(parseError(lines({"deploy = 3"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:1:10: deploy: expected a table, got an integer");
+  EXPECT_EQ(parseError(lines({"[deploy]", "canary_percent = 10"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:1: deploy.canary_percent: unknown key (known: "
+            "drain_timeout_ms, ready_timeout_ms, unload_timeout_ms, canary_window_ms, "
+            "canary_min_calls, canary_max_error_rate, canary_max_p99_ms)");
+}
+
 TEST(DaemonConfig, LoadReadsFileAndResolvesAgainstItsDirectory) {
   TempDir dir;
   auto file = dir.write("payhostd.toml", lines({
