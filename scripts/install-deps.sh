@@ -4,10 +4,10 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build ccache pkg-config git binutils
+  build-essential cmake ninja-build ccache pkg-config git binutils openssl
   capnproto libcapnp-dev          # RPC, schemas, KJ event loops
   libboost-dev                    # Boost.DLL (plugin loading)
-  libssl-dev                      # OpenSSL: SHA-256 of plugin packages (TLS and signing to come)
+  libssl-dev                      # OpenSSL: package and audit hashes, key handles
   libtomlplusplus-dev             # config files
   libcli11-dev                    # command lines
   libspdlog-dev libfmt-dev        # the host's log sink
