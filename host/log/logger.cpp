@@ -54,9 +54,20 @@ void appendEscaped(std::string& out, kj::StringPtr value) {
   }
 }
 
+// Keys come from plugins too: a key with a space, '=' or a newline could forge other fields or
+// records, so anything but [A-Za-z0-9_.-] becomes '_' (an empty key becomes "_").
+void appendLogfmtKey(std::string& out, kj::StringPtr key) {
+  if (key.size() == 0) out += '_';
+  for (char c : key) {
+    bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '_' || c == '.' || c == '-';
+    out += plain ? c : '_';
+  }
+}
+
 void appendLogfmt(std::string& out, kj::StringPtr key, kj::StringPtr value) {
   out += ' ';
-  out.append(key.begin(), key.size());
+  appendLogfmtKey(out, key);
   out += '=';
   if (needsQuotes(value)) {
     out += '"';

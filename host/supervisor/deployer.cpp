@@ -312,7 +312,8 @@ void Deployer::publish(Deployment& d) {
     record->state = schema::PluginState::SERVING;
     if (d.options.action == "rollback" && record->packages.size() >= 2) {
       record->packages.removeLast();
-    } else {
+    } else if (record->packages.empty() || record->packages.back() != d.fresh->package) {
+      // Redeploying the package that is already current adds no step to roll back through.
       record->packages.add(kj::heapString(d.fresh->package));
     }
   } else {

@@ -190,6 +190,15 @@ TEST(RenderLogRecord, LogfmtQuotesValuesThatNeedIt) {
   EXPECT_EQ(logfmt("e", {{"k", ""}}), prefix + "k=\"\"");
 }
 
+TEST(RenderLogRecord, LogfmtKeysCannotForgeFieldsOrRecords) {
+  const std::string prefix = "ts=2026-11-27T09:41:02.113Z level=info event=e ";
+  EXPECT_EQ(logfmt("e", {{"a b", "1"}}), prefix + "a_b=1");
+  EXPECT_EQ(logfmt("e", {{"x=1 level", "error"}}), prefix + "x_1_level=error");
+  EXPECT_EQ(logfmt("e", {{"k\nts", "2"}}), prefix + "k_ts=2");
+  EXPECT_EQ(logfmt("e", {{"", "3"}}), prefix + "_=3");
+  EXPECT_EQ(logfmt("e", {{"card.last4-x_y", "4"}}), prefix + "card.last4-x_y=4");
+}
+
 TEST(RenderLogRecord, LogfmtLeavesPlainValuesBare) {
   EXPECT_EQ(logfmt("e", {{"k", "tok_4242:last4-1234/x.y"}}),
             "ts=2026-11-27T09:41:02.113Z level=info event=e k=tok_4242:last4-1234/x.y");
