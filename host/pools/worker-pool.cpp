@@ -28,13 +28,15 @@ struct Quota {
   uint32_t inUse = 0;
 };
 
-// One place in line. Its flags are guarded by the pool's lock.
+// One call waiting for a lease: its work and where its outcome goes. Its flags are guarded by
+// the pool's lock. Granting posts the work at once from the granting thread (no trip back to the
+// caller's loop); the caller's loop only hears `granted`, in parallel, to stop its wait timer.
 struct Ticket : public kj::AtomicRefcounted {
   std::string plugin;
-  kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller;
-  bool granted = false;
-  // The waiting caller received the lease (its promise went on).
-  bool consumed = false;
+  kj::Function<void()> work;
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> granted;
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> done;
+  bool isGranted = false;
 };
 
 struct Waiter {
@@ -91,14 +93,54 @@ public:
 
   kj::Promise<void> run(kj::StringPtr plugin, kj::Timer& timer, kj::Function<void()> work) {
     auto name = std::string(plugin.cStr());
-    auto lease = acquire(name, timer);
-    return lease.then([this, name, work = kj::mv(work)]() mutable {
-      auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
-      asio::post(io, [this, name, work = kj::mv(work), done = kj::mv(paf.fulfiller)]() mutable {
-        execute(name, work, *done);
-      });
-      return kj::mv(paf.promise);
+    auto done = kj::newPromiseAndCrossThreadFulfiller<void>();
+    auto locked = state.lockExclusive();
+    // First come, first served: nobody overtakes a waiter of the same plugin.
+    bool queued = false;
+    for (auto& waiter : locked->waiters)
+      queued = queued || waiter.plugin == name;
+    if (!queued && mayTake(*locked, name)) {
+      take(*locked, name);
+      post(name, kj::mv(work), kj::mv(done.fulfiller));
+      return kj::mv(done.promise);
+    }
+    auto granted = kj::newPromiseAndCrossThreadFulfiller<void>();
+    auto& quota = locked->quotas[name];
+    auto inUse = quota.inUse;
+    auto limit = quota.limit == 0 ? options.maxThreads : quota.limit;
+    auto ticket = kj::atomicRefcounted<Ticket>();
+    ticket->plugin = name;
+    ticket->work = kj::mv(work);
+    ticket->granted = kj::mv(granted.fulfiller);
+    ticket->done = kj::mv(done.fulfiller);
+    locked->waiters.push_back(Waiter{name, kj::atomicAddRef(*ticket)});
+    // A caller that gives up before the grant leaves the line; after the grant the work runs
+    // anyway (its lease comes back when it ends).
+    auto leave = kj::defer([this, ticket = kj::atomicAddRef(*ticket)]() {
+      auto relocked = state.lockExclusive();
+      if (!ticket->isGranted) {
+        relocked->waiters.remove_if(
+            [&](const Waiter& w) { return w.ticket.get() == ticket.get(); });
+      }
     });
+    auto wait = options.leaseWait;
+    return granted.promise.then([]() { return true; })
+        .exclusiveJoin(timer.afterDelay(wait).then([]() { return false; }))
+        .then([this, ticket = kj::mv(ticket), done = kj::mv(done.promise), name, inUse, limit,
+               wait](bool grantedInTime) mutable -> kj::Promise<void> {
+          auto relocked = state.lockExclusive();
+          // Decided under the lock: a grant racing the timer either happened (wait for the
+          // work) or never will (this call leaves the line).
+          if (grantedInTime || ticket->isGranted) return kj::mv(done);
+          relocked->waiters.remove_if(
+              [&](const Waiter& w) { return w.ticket.get() == ticket.get(); });
+          relocked->timeouts++;
+          return KJ_EXCEPTION(
+              OVERLOADED,
+              kj::str("plugin ", name.c_str(), ": worker pool quota exhausted (", inUse, " of ",
+                      limit, " leases in use); waited ", wait / kj::MILLISECONDS, " ms"));
+        })
+        .attach(kj::mv(leave));
   }
 
   void setQuota(kj::StringPtr plugin, uint32_t reserve, uint32_t limit) {
@@ -160,50 +202,11 @@ private:
     ++s.totalInUse;
   }
 
-  kj::Promise<void> acquire(const std::string& plugin, kj::Timer& timer) {
-    auto locked = state.lockExclusive();
-    // First come, first served: nobody overtakes a waiter of the same plugin.
-    bool queued = false;
-    for (auto& waiter : locked->waiters)
-      queued = queued || waiter.plugin == plugin;
-    if (!queued && mayTake(*locked, plugin)) {
-      take(*locked, plugin);
-      return kj::READY_NOW;
-    }
-    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
-    auto& quota = locked->quotas[plugin];
-    auto inUse = quota.inUse;
-    auto limit = quota.limit == 0 ? options.maxThreads : quota.limit;
-    auto ticket = kj::atomicRefcounted<Ticket>();
-    ticket->plugin = plugin;
-    ticket->fulfiller = kj::mv(paf.fulfiller);
-    locked->waiters.push_back(Waiter{plugin, kj::atomicAddRef(*ticket)});
-    // When the wait ends without the caller taking the lease (timeout or cancellation): leave the
-    // line, or give back a lease granted in the meantime.
-    auto leave = kj::defer([this, ticket = kj::atomicAddRef(*ticket)]() {
-      auto relocked = state.lockExclusive();
-      if (!ticket->granted) {
-        relocked->waiters.remove_if(
-            [&](const Waiter& w) { return w.ticket.get() == ticket.get(); });
-      } else if (!ticket->consumed) {
-        release(*relocked, ticket->plugin);
-      }
+  void post(const std::string& plugin, kj::Function<void()> work,
+            kj::Own<kj::CrossThreadPromiseFulfiller<void>> done) {
+    asio::post(io, [this, plugin, work = kj::mv(work), done = kj::mv(done)]() mutable {
+      execute(plugin, work, *done);
     });
-    auto wait = options.leaseWait;
-    return paf.promise
-        .then([this, ticket = kj::mv(ticket)]() mutable {
-          auto relocked = state.lockExclusive();
-          ticket->consumed = true;
-        })
-        .attach(kj::mv(leave))
-        .exclusiveJoin(
-            timer.afterDelay(wait).then([this, plugin, inUse, limit, wait]() -> kj::Promise<void> {
-              state.lockExclusive()->timeouts++;
-              return KJ_EXCEPTION(
-                  OVERLOADED, kj::str("plugin ", plugin.c_str(), ": worker pool quota exhausted (",
-                                      inUse, " of ", limit, " leases in use); waited ",
-                                      wait / kj::MILLISECONDS, " ms"));
-            }));
   }
 
   void release(State& s, const std::string& plugin) {
@@ -217,8 +220,10 @@ private:
     for (auto it = s.waiters.begin(); it != s.waiters.end();) {
       if (mayTake(s, it->plugin)) {
         take(s, it->plugin);
-        it->ticket->granted = true;
-        it->ticket->fulfiller->fulfill();
+        auto& ticket = *it->ticket;
+        ticket.isGranted = true;
+        ticket.granted->fulfill();
+        post(ticket.plugin, kj::mv(ticket.work), kj::mv(ticket.done));
         it = s.waiters.erase(it);
       } else {
         ++it;
