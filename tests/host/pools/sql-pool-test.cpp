@@ -84,8 +84,10 @@ public:
     constexpr const char* BIN = "/usr/lib/postgresql/15/bin/";
     auto user = getpwnam("postgres");
     KJ_REQUIRE(user != nullptr, "no postgres user (apt-get install postgresql)");
-    // initdb refuses a directory it does not own, and root.
-    KJ_REQUIRE(chown(dir.path.c_str(), user->pw_uid, user->pw_gid) == 0, "chown failed");
+    // initdb refuses root, and a directory it does not own: as root, run it as postgres.
+    if (getuid() == 0) {
+      KJ_REQUIRE(chown(dir.path.c_str(), user->pw_uid, user->pw_gid) == 0, "chown failed");
+    }
     chmod(dir.path.c_str(), 0700);
     auto data = dir.path / "data";
     auto log = dir.path / "server.log";
