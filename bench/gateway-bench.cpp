@@ -78,6 +78,9 @@ public:
   KeyHandle& keys(kj::StringPtr name) override {
     KJ_FAIL_REQUIRE("no keys in the bare server", name);
   }
+  Database& sql(kj::StringPtr name) override {
+    KJ_FAIL_REQUIRE("no databases in the bare server", name);
+  }
   kj::Promise<void> offloadWork(kj::Function<void()> work) override {
     work();
     return kj::READY_NOW;

@@ -5,6 +5,7 @@
 #include "host/loader/generation.h"
 #include "host/loader/plugin-library.h"
 #include "host/pools/key-store.h"
+#include "host/pools/sql-pool.h"
 #include "host/pools/worker-pool.h"
 #include "host/registry/registry.h"
 #include "host/rpc/shard.h"
@@ -103,6 +104,8 @@ private:
 
   HostShared counters;
   kj::Maybe<kj::Own<KeyStore>> keyStore;
+  // Destroyed after the worker pool (declared before it): transactions running on it use them.
+  kj::Vector<kj::Own<SqlPool>> databases;
   kj::Maybe<kj::Own<WorkerPool>> workers;
   Registry registry;
   kj::Vector<kj::Own<Shard>> shards;
@@ -139,6 +142,21 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
     generation->workersLimit = plugin.workersLimit;
     KJ_ASSERT_NONNULL(workers)->setQuota(generation->name(), plugin.workersReserve,
                                          plugin.workersLimit);
+    for (auto& name : plugin.databases) {
+      bool found = false;
+      for (auto& pool : databases) {
+        if (pool->name() != name) continue;
+        pool->setQuota(generation->name(), plugin.databasesReserve, plugin.databasesLimit);
+        found = true;
+      }
+      if (!found) {
+        PAYHOST_FAIL(FAILED, "plugin ", generation->name(), " is granted database '", name,
+                     "', which is not configured ([databases.", name, "])");
+      }
+    }
+    generation->databaseGrants = KJ_MAP(name, plugin.databases) {
+      return kj::heapString(name);
+    };
   } catch (const kj::Exception& e) {
     error("plugin.refused", {{"path", plugin.path}, {"error", e.getDescription()}});
     registry.addFailed(plugin.path, kj::heapString(e.getDescription()));
@@ -337,6 +355,8 @@ void Daemon::Impl::shutdown(kj::StringPtr reason) {
   // Offloaded work runs plugin code: it finishes before any library is closed.
   counters.workers = nullptr;
   workers = nullptr;
+  counters.databases = nullptr;
+  databases.clear();
 
   for (auto& record : registry.plugins()) {
     KJ_IF_MAYBE (generation, record.generation) {
@@ -386,6 +406,24 @@ int Daemon::Impl::run() {
     auto pool = kj::heap<WorkerPool>(options, log);
     counters.workers = pool.get();
     workers = kj::mv(pool);
+    for (auto& database : config.databases) {
+      SqlPool::Options sqlOptions;
+      sqlOptions.name = kj::heapString(database.name);
+      if (database.driver == DatabaseDriver::SQLITE) {
+        sqlOptions.dialect = SqlDialect::SQLITE;
+        sqlOptions.target = kj::heapString(database.path);
+        auto parent = std::filesystem::path(database.path.cStr()).parent_path();
+        std::filesystem::create_directories(parent, ignored);
+      } else {
+        sqlOptions.dialect = SqlDialect::POSTGRESQL;
+        sqlOptions.target = kj::heapString(database.conninfo);
+      }
+      sqlOptions.minConnections = database.minConnections;
+      sqlOptions.maxConnections = database.maxConnections;
+      sqlOptions.leaseWait = database.leaseWait;
+      databases.add(kj::heap<SqlPool>(kj::mv(sqlOptions), *KJ_ASSERT_NONNULL(workers), log));
+    }
+    counters.databases = databases;
   } catch (const kj::Exception& e) {
     error("host.start_failed", {{"error", e.getDescription()}});
     return 1;

@@ -11,6 +11,8 @@ packages=(
   libtomlplusplus-dev             # config files
   libcli11-dev                    # command lines
   libspdlog-dev libfmt-dev        # the host's log sink
+  libsqlite3-dev libpq-dev        # database pools (Context::sql)
+  postgresql                      # the PostgreSQL server the database pool tests start
   libgtest-dev libgmock-dev       # tests
   libbenchmark-dev                # micro-benchmarks
   clang-format clang-tidy         # formatting and lint checks

@@ -144,14 +144,22 @@ public:
         parseWorkers(expectTable(*entry.value, name), config);
       } else if (name == "keys") {
         parseKeys(expectTable(*entry.value, name), config);
+      } else if (name == "databases") {
+        parseDatabases(expectTable(*entry.value, name), config);
       } else {
-        unknownKey(*entry.key, name, "host, listen, admin, deploy, workers, keys, plugin");
+        unknownKey(*entry.key, name,
+                   "host, listen, admin, deploy, workers, keys, databases, plugin");
       }
     }
     if (!haveListen) fail(root.source().begin, "listen", noListenAddress());
     if (!haveAdmin) fail(root.source().begin, "admin.socket", "missing required key");
     if (config.shards == 0) config.shards = cpuCount;
     if (config.dataDir.size() == 0) config.dataDir = toKj((dir / "payhost-data").native());
+    for (auto& database : config.databases) {
+      if (database.driver == DatabaseDriver::SQLITE && database.path.size() == 0) {
+        database.path = kj::str(config.dataDir, "/", database.name, ".sqlite");
+      }
+    }
   }
 
 private:
@@ -336,6 +344,70 @@ private:
     }
   }
 
+  void parseDatabases(const toml::table& table, DaemonConfig& config) {
+    for (auto& entry : inFileOrder(table)) {
+      auto name = toKj(entry.key->str());
+      auto databasePath = kj::str("databases.", name);
+      auto& databaseTable = expectTable(*entry.value, databasePath);
+      DatabaseEntry database;
+      database.name = kj::mv(name);
+      bool haveDriver = false;
+      for (auto& field : inFileOrder(databaseTable)) {
+        auto fieldName = toKj(field.key->str());
+        auto path = kj::str(databasePath, ".", fieldName);
+        auto& value = *field.value;
+        if (fieldName == "driver") {
+          auto driver = expectString(value, path);
+          if (driver == "sqlite") {
+            database.driver = DatabaseDriver::SQLITE;
+          } else if (driver == "postgresql") {
+            database.driver = DatabaseDriver::POSTGRESQL;
+          } else {
+            fail(value.source().begin, path,
+                 kj::str("\"", toKj(driver), "\" is not one of sqlite, postgresql"));
+          }
+          haveDriver = true;
+        } else if (fieldName == "path") {
+          database.path = expectPath(value, path);
+        } else if (fieldName == "conninfo") {
+          database.conninfo = toKj(expectString(value, path));
+        } else if (fieldName == "min_connections") {
+          database.minConnections = static_cast<uint32_t>(expectInteger(value, path, 0, 1024));
+        } else if (fieldName == "max_connections") {
+          database.maxConnections = static_cast<uint32_t>(expectInteger(value, path, 1, 1024));
+        } else if (fieldName == "lease_wait_ms") {
+          database.leaseWait =
+              expectInteger(value, path, 0, MAX_DRAIN_TIMEOUT_MS) * kj::MILLISECONDS;
+        } else {
+          unknownKey(*field.key, path,
+                     "driver, path, conninfo, min_connections, max_connections, lease_wait_ms");
+        }
+      }
+      if (!haveDriver) {
+        fail(databaseTable.source().begin, kj::str(databasePath, ".driver"),
+             "missing required key");
+      }
+      if (database.driver == DatabaseDriver::POSTGRESQL && database.conninfo.size() == 0) {
+        fail(databaseTable.source().begin, kj::str(databasePath, ".conninfo"),
+             "missing required key (driver = \"postgresql\")");
+      }
+      if (database.driver == DatabaseDriver::SQLITE && database.conninfo.size() > 0) {
+        fail(databaseTable.source().begin, kj::str(databasePath, ".conninfo"),
+             "only for driver = \"postgresql\"");
+      }
+      if (database.driver == DatabaseDriver::POSTGRESQL && database.path.size() > 0) {
+        fail(databaseTable.source().begin, kj::str(databasePath, ".path"),
+             "only for driver = \"sqlite\"");
+      }
+      if (database.minConnections > database.maxConnections) {
+        fail(databaseTable.source().begin, databasePath,
+             kj::str("min_connections (", database.minConnections, ") is above max_connections (",
+                     database.maxConnections, ")"));
+      }
+      config.databases.add(kj::mv(database));
+    }
+  }
+
   void parseDeploy(const toml::table& table, DaemonConfig& config) {
     for (auto& entry : inFileOrder(table)) {
       auto& value = *entry.value;
@@ -457,6 +529,11 @@ private:
         for (size_t i = 0; i < array.size(); ++i) {
           plugin.keys.add(toKj(expectString(*array.get(i), kj::str(path, "[", i, "]"))));
         }
+      } else if (name == "databases") {
+        auto& array = expectArray(*entry.value, path);
+        for (size_t i = 0; i < array.size(); ++i) {
+          plugin.databases.add(toKj(expectString(*array.get(i), kj::str(path, "[", i, "]"))));
+        }
       } else if (name == "quota") {
         for (auto& field : inFileOrder(expectTable(*entry.value, path))) {
           auto fieldName = toKj(field.key->str());
@@ -467,12 +544,19 @@ private:
           } else if (fieldName == "workers_limit") {
             plugin.workersLimit =
                 static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1024));
+          } else if (fieldName == "databases_reserve") {
+            plugin.databasesReserve =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1024));
+          } else if (fieldName == "databases_limit") {
+            plugin.databasesLimit =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1024));
           } else {
-            unknownKey(*field.key, fieldPath, "workers_reserve, workers_limit");
+            unknownKey(*field.key, fieldPath,
+                       "workers_reserve, workers_limit, databases_reserve, databases_limit");
           }
         }
       } else {
-        unknownKey(*entry.key, path, "path, enabled, config, keys, quota");
+        unknownKey(*entry.key, path, "path, enabled, config, keys, databases, quota");
       }
     }
     if (!havePath) fail(table.source().begin, kj::str(pluginPath, ".path"), "missing required key");

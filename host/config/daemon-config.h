@@ -35,6 +35,29 @@ struct PluginConfig {
   // limit beyond the pool).
   uint32_t workersReserve = 0;
   uint32_t workersLimit = 0;
+  // Names of `[databases.NAME]` this plugin may use (`databases = ["ledger"]`).
+  kj::Vector<kj::String> databases;
+  // `[plugin.quota] databases_reserve / databases_limit`: its connections in each granted
+  // database pool (0: none / no limit beyond the pool).
+  uint32_t databasesReserve = 0;
+  uint32_t databasesLimit = 0;
+};
+
+enum class DatabaseDriver { SQLITE, POSTGRESQL };
+
+// [databases.NAME] driver = "sqlite" | "postgresql", path = "..." (sqlite; default
+// "<data_dir>/NAME.sqlite"), conninfo = "..." (postgresql, required), min_connections,
+// max_connections, lease_wait_ms.
+struct DatabaseEntry {
+  kj::String name;
+  DatabaseDriver driver = DatabaseDriver::SQLITE;
+  // SQLite: absolute path of the database file.
+  kj::String path;
+  // PostgreSQL: the libpq connection string.
+  kj::String conninfo;
+  uint32_t minConnections = 0;
+  uint32_t maxConnections = 4;
+  kj::Duration leaseWait = 100 * kj::MILLISECONDS;
 };
 
 struct KeyEntry {
@@ -90,6 +113,9 @@ struct DaemonConfig {
 
   // [keys.NAME] type = "ed25519" | "aes-256-gcm" | "hmac-sha256", file = "..."
   kj::Vector<KeyEntry> keys;
+
+  // [databases.NAME], in file order.
+  kj::Vector<DatabaseEntry> databases;
 
   // [admin]
   // Absolute path of the admin unix socket (required).

@@ -68,6 +68,8 @@ public:
   // What the operator granted this plugin: key names it may use, and its worker-pool quota
   // (0/0: no reservation, no limit beyond the pool). Set before the generation is shared.
   kj::Array<kj::String> keyGrants;
+  // Database pools it may use (`databases = [...]`); its quota applies to each of them.
+  kj::Array<kj::String> databaseGrants;
   uint32_t workersReserve = 0;
   uint32_t workersLimit = 0;
 

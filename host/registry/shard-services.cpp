@@ -1,6 +1,7 @@
 #include "host/registry/shard-services.h"
 
 #include "host/pools/key-store.h"
+#include "host/pools/sql-pool.h"
 #include "host/pools/worker-pool.h"
 #include "host/util/errors.h"
 
@@ -60,6 +61,35 @@ kj::Exception copyIntoHost(kj::Exception&& e) {
   return copy;
 }
 
+// A plugin's view of one database pool: transactions count against its quota and keep its library
+// loaded while they may still run its code.
+class PluginDatabase final : public Database {
+public:
+  PluginDatabase(Generation& generation, SqlPool& pool, kj::Timer& timer)
+      : generation(generation), pool(pool), timer(timer) {}
+
+  kj::StringPtr name() override { return pool.name(); }
+  SqlDialect dialect() override { return pool.dialect(); }
+
+  kj::Promise<void> transactionWork(kj::Function<void(SqlTransaction&)> work) override {
+    generation.offloadsPending.fetch_add(1, std::memory_order_relaxed);
+    auto pending = kj::defer([g = generation.addRef()]() mutable {
+      g->offloadsPending.fetch_sub(1, std::memory_order_release);
+    });
+    return pool.transaction(
+        generation.name(), timer,
+        [work = kj::mv(work), pending = kj::mv(pending)](SqlTransaction& tx) mutable {
+          KJ_DEFER({ auto gone = kj::mv(work); });
+          work(tx);
+        });
+  }
+
+private:
+  Generation& generation;
+  SqlPool& pool;
+  kj::Timer& timer;
+};
+
 }  // namespace
 
 // What a plugin instance sees of the host.
@@ -103,6 +133,26 @@ public:
     PAYHOST_FAIL(FAILED, "no key '", name, "' is configured ([keys.", name, "])");
   }
 
+  Database& sql(kj::StringPtr name) override {
+    auto key = std::string(name.cStr());
+    auto it = databases.find(key);
+    if (it != databases.end()) return *it->second;
+    bool granted = false;
+    for (auto& database : generation.databaseGrants)
+      granted = granted || database == name;
+    if (!granted) {
+      PAYHOST_FAIL(FAILED, "plugin ", generation.name(), " was not granted database '", name,
+                   "' (list it in databases = [...] of the plugin's [[plugin]] entry)");
+    }
+    for (auto& pool : services.shared().databases) {
+      if (pool->name() == name) {
+        return *databases.emplace(key, kj::heap<PluginDatabase>(generation, *pool, timer))
+                    .first->second;
+      }
+    }
+    PAYHOST_FAIL(FAILED, "no database '", name, "' is configured ([databases.", name, "])");
+  }
+
   kj::Promise<void> offloadWork(kj::Function<void()> work) override {
     auto pool = services.shared().workers;
     if (pool == nullptr) return KJ_EXCEPTION(FAILED, "this host has no worker pool");
@@ -128,6 +178,7 @@ private:
   kj::Timer& timer;
   uint32_t shardIndex_;
   uint32_t shardCount_;
+  std::map<std::string, kj::Own<PluginDatabase>> databases;
 };
 
 struct ShardServices::Instance {

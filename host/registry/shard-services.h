@@ -28,12 +28,15 @@ namespace payhost::host {
 
 class WorkerPool;
 class KeyStore;
+class SqlPool;
 
 // What the shards share with the host: call counters (for status and drain) and the pools lent
 // to plugins. Thread-safe; outlives every shard.
 struct HostShared {
   WorkerPool* workers = nullptr;
   KeyStore* keys = nullptr;
+  // The `[databases.NAME]` pools.
+  kj::ArrayPtr<kj::Own<SqlPool>> databases;
   std::atomic<uint64_t> total{0};
   std::atomic<uint64_t> failed{0};
   std::atomic<int64_t> inFlight{0};

@@ -167,6 +167,9 @@ kj::Promise<DeployResult> Deployer::run(DeployOptions options) {
       d.fresh->keyGrants = KJ_MAP(key, (*old)->keyGrants) {
         return kj::heapString(key);
       };
+      d.fresh->databaseGrants = KJ_MAP(database, (*old)->databaseGrants) {
+        return kj::heapString(database);
+      };
       d.fresh->workersReserve = (*old)->workersReserve;
       d.fresh->workersLimit = (*old)->workersLimit;
     }

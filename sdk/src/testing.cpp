@@ -99,6 +99,13 @@ public:
     return *it->second;
   }
 
+  Database& sql(kj::StringPtr name) override {
+    auto it = databases.find(std::string(name.cStr()));
+    KJ_REQUIRE(it != databases.end(),
+               "no such database in the test host (TestHost::provideDatabase)", name);
+    return *it->second;
+  }
+
   kj::Promise<void> offloadWork(kj::Function<void()> work) override {
     // Deterministic: the work runs at once, on the test's thread.
     ++offloads;
@@ -133,6 +140,7 @@ public:
   std::map<std::string, capnp::Capability::Client> provided;
   std::map<std::string, capnp::Capability::Client> services;
   std::map<std::string, KeyHandle*> keyHandles;
+  std::map<std::string, Database*> databases;
   uint64_t offloads = 0;
   Plugin* instance = nullptr;
 };
@@ -168,6 +176,10 @@ capnp::Capability::Client TestHost::serviceCapability(kj::StringPtr name) {
 
 void TestHost::provideKey(kj::StringPtr name, KeyHandle& handle) {
   impl->keyHandles.insert_or_assign(std::string(name.cStr()), &handle);
+}
+
+void TestHost::provideDatabase(kj::StringPtr name, Database& database) {
+  impl->databases.insert_or_assign(std::string(name.cStr()), &database);
 }
 
 uint64_t TestHost::offloadCount() const {

@@ -1,6 +1,7 @@
 // What payhostd lends plugins, end to end: the `resources` fixture plugin offloads work to the
 // worker pool and uses key handles, through a real payhostd process, real keys and real sockets.
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdlib>
 
@@ -31,6 +32,19 @@ protected:
         kj::str("[[plugin]]\npath = \"", fixture("fixture-resources.so"),
                 "\"\nkeys = [\"vault\", \"signing\"]\n[plugin.quota]\n", "workers_limit = ", limit,
                 "\n[plugin.config]\nblock_ms = ", blockMs, "\n");
+    return kj::heap<DaemonProcess>(kj::mv(options));
+  }
+
+  // payhostd with the resources plugin granted database "store": SQLite under `dataDir`.
+  kj::Own<DaemonProcess> startWithDatabase(kj::StringPtr dataDir) {
+    DaemonOptions options;
+    options.shards = 2;
+    options.dataDir = kj::heapString(dataDir);
+    options.extra = kj::str(
+        "[workers]\nmin_threads = 1\nmax_threads = 4\n"
+        "[databases.store]\ndriver = \"sqlite\"\nmax_connections = 2\nlease_wait_ms = 200\n");
+    options.plugins = kj::str("[[plugin]]\npath = \"", fixture("fixture-resources.so"),
+                              "\"\ndatabases = [\"store\"]\n[plugin.quota]\ndatabases_limit = 2\n");
     return kj::heap<DaemonProcess>(kj::mv(options));
   }
 
@@ -112,6 +126,49 @@ TEST_F(Resources, WorkBeyondTheQuotaFailsOverloadedWithinTheWaitAndNeverHangs) {
   // The leases came back: the quota serves again.
   auto again = await(screen(service, "block", 1));
   EXPECT_EQ(rules(again)[0], "blocked");
+}
+
+TEST_F(Resources, SqlTransactionsRunOffTheShardAndSurviveARestart) {
+  auto dataDir = keys.file("data");
+  {
+    auto daemon = startWithDatabase(dataDir);
+    Connection<schema::Gateway> client(io, daemon->tcpAddress());
+    auto service = client.service("test.resources");
+    for (uint32_t i = 1; i <= 3; ++i) {
+      auto response = await(screen(service, "sql-insert", i * 100));
+      EXPECT_EQ(response.getVerdict().getScore(), i);
+      auto fired = rules(response);
+      ASSERT_EQ(fired.size(), 2u);
+      EXPECT_EQ(fired[0], "sql-inserted");
+      EXPECT_EQ(fired[1], "off-loop");
+    }
+    // Concurrent calls from both shards all commit.
+    kj::Vector<kj::Promise<ScreenResponse>> calls;
+    for (int i = 0; i < 6; ++i)
+      calls.add(screen(service, "sql-insert", 1));
+    await(kj::joinPromises(calls.releaseAsArray()));
+    auto counted = await(screen(service, "sql-count", 0));
+    EXPECT_EQ(counted.getVerdict().getScore(), 9u);
+    // Stopped (SIGTERM, clean exit) at the end of this scope.
+  }
+  // The default file is <data_dir>/store.sqlite, and what was committed is still there.
+  EXPECT_EQ(access(kj::str(dataDir, "/store.sqlite").cStr(), F_OK), 0);
+  auto daemon = startWithDatabase(dataDir);
+  Connection<schema::Gateway> client(io, daemon->tcpAddress());
+  auto service = client.service("test.resources");
+  auto counted = await(screen(service, "sql-count", 0));
+  EXPECT_EQ(counted.getVerdict().getScore(), 9u);
+  EXPECT_EQ(rules(counted)[0], "sql-counted");
+}
+
+TEST_F(Resources, ADatabaseNotGrantedFailsTheCallNamingIt) {
+  auto daemon = startWithDatabase(keys.file("data"));
+  Connection<schema::Gateway> client(io, daemon->tcpAddress());
+  auto service = client.service("test.resources");
+  auto failure = awaitFailure(screen(service, "sql-other", 1));
+  EXPECT_TRUE(
+      contains(failure.getDescription(), "plugin resources was not granted database 'missing'"))
+      << describe(failure);
 }
 
 TEST_F(Resources, KeyFileReadableByOthersStopsTheDaemonNamingIt) {

@@ -14,6 +14,7 @@
 #include <payhost/config.h>
 #include <payhost/keys.h>
 #include <payhost/log.h>
+#include <payhost/sql.h>
 
 #include <capnp/capability.h>
 #include <kj/async.h>
@@ -84,6 +85,11 @@ public:
   // its [[plugin]] entry); throws FAILED naming the key otherwise. The handle outlives the
   // plugin instance.
   virtual KeyHandle& keys(kj::StringPtr name) = 0;
+
+  // The database pool `name` in the host's config (`[databases.NAME]`), if this plugin was granted
+  // it (`databases = [...]` in its [[plugin]] entry); throws FAILED naming the database otherwise.
+  // The database outlives the plugin instance; see <payhost/sql.h> for transactions and threads.
+  virtual Database& sql(kj::StringPtr name) = 0;
 
   // What `offload` is built on: runs `work` on the worker pool, resolving on this shard.
   virtual kj::Promise<void> offloadWork(kj::Function<void()> work) = 0;

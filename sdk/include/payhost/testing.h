@@ -61,6 +61,11 @@ public:
   // test host). Without it, `keys()` throws.
   void provideKey(kj::StringPtr name, KeyHandle& handle);
 
+  // Makes `database` the database `name` for the plugin's `Context::sql` (it must outlive the test
+  // host). Without it, `sql()` throws. The test host has no database of its own: give it a fake,
+  // or a real one written for the test.
+  void provideDatabase(kj::StringPtr name, Database& database);
+
   // `Context::offload` runs the work at once on the test's thread (deterministic); this counts
   // the calls.
   uint64_t offloadCount() const;

@@ -190,7 +190,7 @@ TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
             "(known: shards, log_level, log_format, drain_timeout_ms, data_dir)");
   EXPECT_EQ(parseError(lines({"[hots]"}) + REQUIRED),
             "/etc/payhost/payhostd.toml:1:2: hots: unknown key "
-            "(known: host, listen, admin, deploy, workers, keys, plugin)");
+            "(known: host, listen, admin, deploy, workers, keys, databases, plugin)");
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"a:1\"]", "udp = [\"a:1\"]"})),
             "/etc/payhost/payhostd.toml:3:1: listen.udp: unknown key (known: tcp, unix)");
   EXPECT_EQ(parseError(lines({"[admin]", "  sockett = \"a\""})),
@@ -203,7 +203,7 @@ TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
                                       "confg = 1",
                                   })),
             "/etc/payhost/payhostd.toml:9:1: plugin[1].confg: unknown key "
-            "(known: path, enabled, config, keys, quota)");
+            "(known: path, enabled, config, keys, databases, quota)");
 }
 
 TEST(DaemonConfig, FirstErrorInFileIsReported) {
@@ -448,6 +448,82 @@ TEST(DaemonConfig, DeployValuesOfWrongTypeNameExpectedAndActual) {
             "/etc/payhost/payhostd.toml:2:1: deploy.canary_percent: unknown key (known: "
             "drain_timeout_ms, ready_timeout_ms, unload_timeout_ms, canary_window_ms, "
             "canary_min_calls, canary_max_error_rate, canary_max_p99_ms)");
+}
+
+TEST(DaemonConfig, ParsesDatabasesAndPluginGrants) {
+  auto config = parse(REQUIRED + lines({
+                                     "[databases.ledger]",
+                                     "driver = \"sqlite\"",
+                                     "[databases.shared]",
+                                     "driver = \"postgresql\"",
+                                     "conninfo = \"host=/run/pg dbname=pay\"",
+                                     "min_connections = 1",
+                                     "max_connections = 6",
+                                     "lease_wait_ms = 250",
+                                     "[databases.local]",
+                                     "driver = \"sqlite\"",
+                                     "path = \"db/local.db\"",
+                                     "[[plugin]]",
+                                     "path = \"a.so\"",
+                                     "databases = [\"ledger\", \"shared\"]",
+                                     "[plugin.quota]",
+                                     "databases_reserve = 1",
+                                     "databases_limit = 3",
+                                 }));
+  ASSERT_EQ(config.databases.size(), 3u);
+  auto& ledger = config.databases[0];
+  EXPECT_EQ(str(ledger.name), "ledger");
+  EXPECT_TRUE(ledger.driver == DatabaseDriver::SQLITE);
+  EXPECT_EQ(str(ledger.path), "/etc/payhost/payhost-data/ledger.sqlite");
+  EXPECT_EQ(ledger.minConnections, 0u);
+  EXPECT_EQ(ledger.maxConnections, 4u);
+  EXPECT_EQ(ledger.leaseWait, 100 * kj::MILLISECONDS);
+  auto& shared = config.databases[1];
+  EXPECT_TRUE(shared.driver == DatabaseDriver::POSTGRESQL);
+  EXPECT_EQ(str(shared.conninfo), "host=/run/pg dbname=pay");
+  EXPECT_EQ(shared.minConnections, 1u);
+  EXPECT_EQ(shared.maxConnections, 6u);
+  EXPECT_EQ(shared.leaseWait, 250 * kj::MILLISECONDS);
+  EXPECT_EQ(str(config.databases[2].path), "/etc/payhost/db/local.db");
+  ASSERT_EQ(config.plugins[0].databases.size(), 2u);
+  EXPECT_EQ(str(config.plugins[0].databases[1]), "shared");
+  EXPECT_EQ(config.plugins[0].databasesReserve, 1u);
+  EXPECT_EQ(config.plugins[0].databasesLimit, 3u);
+}
+
+TEST(DaemonConfig, DatabaseErrorsNameTheKey) {
+  EXPECT_EQ(parseError(lines({"[databases.ledger]", "path = \"x.db\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:1:1: databases.ledger.driver: missing required key");
+  EXPECT_EQ(parseError(lines({"[databases.ledger]", "driver = \"mysql\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:10: databases.ledger.driver: \"mysql\" is not one of "
+            "sqlite, postgresql");
+  EXPECT_EQ(parseError(lines({"[databases.ledger]", "driver = \"postgresql\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:1:1: databases.ledger.conninfo: missing required key "
+            "(driver = \"postgresql\")");
+  EXPECT_EQ(parseError(lines({"[databases.ledger]", "driver = \"sqlite\"", "conninfo = \"x\""}) +
+                       REQUIRED),
+            "/etc/payhost/payhostd.toml:1:1: databases.ledger.conninfo: only for driver = "
+            "\"postgresql\"");
+  EXPECT_EQ(
+      parseError(lines({"[databases.ledger]", "driver = \"sqlite\"", "max_conns = 2"}) + REQUIRED),
+      "/etc/payhost/payhostd.toml:3:1: databases.ledger.max_conns: unknown key (known: "
+      "driver, path, conninfo, min_connections, max_connections, lease_wait_ms)");
+  EXPECT_EQ(parseError(lines({"[databases.ledger]", "driver = \"sqlite\"", "max_connections = 0"}) +
+                       REQUIRED),
+            "/etc/payhost/payhostd.toml:3:19: databases.ledger.max_connections: 0 is out of range "
+            "1..1024");
+  EXPECT_EQ(parseError(lines({"[databases.ledger]", "driver = \"sqlite\"", "min_connections = 5",
+                              "max_connections = 2"}) +
+                       REQUIRED),
+            "/etc/payhost/payhostd.toml:1:1: databases.ledger: min_connections (5) is above "
+            "max_connections (2)");
+  EXPECT_EQ(
+      parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "databases = \"x\""})),
+      "/etc/payhost/payhostd.toml:7:13: plugin[0].databases: expected an array, got a string");
+  EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "[plugin.quota]",
+                                         "databases_limt = 1"})),
+            "/etc/payhost/payhostd.toml:8:1: plugin[0].quota.databases_limt: unknown key (known: "
+            "workers_reserve, workers_limit, databases_reserve, databases_limit)");
 }
 
 TEST(DaemonConfig, LoadReadsFileAndResolvesAgainstItsDirectory) {

@@ -155,6 +155,9 @@ public:
   KeyHandle& keys(kj::StringPtr name) override {
     KJ_FAIL_REQUIRE("no keys in the loader test", name);
   }
+  Database& sql(kj::StringPtr name) override {
+    KJ_FAIL_REQUIRE("no databases in the loader test", name);
+  }
   kj::Promise<void> offloadWork(kj::Function<void()> work) override {
     work();
     return kj::READY_NOW;
