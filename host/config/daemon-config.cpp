@@ -144,8 +144,10 @@ public:
         parseWorkers(expectTable(*entry.value, name), config);
       } else if (name == "keys") {
         parseKeys(expectTable(*entry.value, name), config);
+      } else if (name == "metrics") {
+        parseMetrics(expectTable(*entry.value, name), config);
       } else {
-        unknownKey(*entry.key, name, "host, listen, admin, deploy, workers, keys, plugin");
+        unknownKey(*entry.key, name, "host, listen, admin, deploy, workers, keys, metrics, plugin");
       }
     }
     if (!haveListen) fail(root.source().begin, "listen", noListenAddress());
@@ -403,6 +405,30 @@ private:
     }
   }
 
+  void parseMetrics(const toml::table& table, DaemonConfig& config) {
+    for (auto& entry : inFileOrder(table)) {
+      auto name = toKj(entry.key->str());
+      auto path = kj::str("metrics.", name);
+      if (name == "listen") {
+        auto address = expectString(*entry.value, path);
+        int64_t port = 0;
+        switch (checkHostPort(address, port)) {
+          case HostPort::OK:
+            break;
+          case HostPort::MALFORMED:
+            fail(entry.value->source().begin, path,
+                 kj::str("\"", toKj(address), "\" is not host:port"));
+          case HostPort::PORT_OUT_OF_RANGE:
+            fail(entry.value->source().begin, path,
+                 kj::str("port ", port, " is out of range 0..", MAX_PORT));
+        }
+        config.metricsListen = toKj(address);
+      } else {
+        unknownKey(*entry.key, path, "listen");
+      }
+    }
+  }
+
   void parseAdmin(const toml::table& table, DaemonConfig& config) {
     bool haveSocket = false;
     for (auto& entry : inFileOrder(table)) {
@@ -471,8 +497,22 @@ private:
             unknownKey(*field.key, fieldPath, "workers_reserve, workers_limit");
           }
         }
+      } else if (name == "admission") {
+        for (auto& field : inFileOrder(expectTable(*entry.value, path))) {
+          auto fieldName = toKj(field.key->str());
+          auto fieldPath = kj::str(path, ".", fieldName);
+          if (fieldName == "max_concurrent") {
+            plugin.admissionMaxConcurrent =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1000000));
+          } else if (fieldName == "max_queued") {
+            plugin.admissionMaxQueued =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1000000));
+          } else {
+            unknownKey(*field.key, fieldPath, "max_concurrent, max_queued");
+          }
+        }
       } else {
-        unknownKey(*entry.key, path, "path, enabled, config, keys, quota");
+        unknownKey(*entry.key, path, "path, enabled, config, keys, quota, admission");
       }
     }
     if (!havePath) fail(table.source().begin, kj::str(pluginPath, ".path"), "missing required key");

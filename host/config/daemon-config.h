@@ -35,6 +35,10 @@ struct PluginConfig {
   // limit beyond the pool).
   uint32_t workersReserve = 0;
   uint32_t workersLimit = 0;
+  // `[plugin.admission] max_concurrent / max_queued`, per shard: calls beyond `max_concurrent`
+  // (0: no limit) wait in a FIFO of `max_queued`; beyond that they fail OVERLOADED at once.
+  uint32_t admissionMaxConcurrent = 0;
+  uint32_t admissionMaxQueued = 0;
 };
 
 struct KeyEntry {
@@ -90,6 +94,10 @@ struct DaemonConfig {
 
   // [keys.NAME] type = "ed25519" | "aes-256-gcm" | "hmac-sha256", file = "..."
   kj::Vector<KeyEntry> keys;
+
+  // [metrics] listen = "127.0.0.1:9400": the Prometheus endpoint (/metrics, /healthz, /readyz).
+  // Empty: no metrics listener. Port 0 picks a free port.
+  kj::String metricsListen;
 
   // [admin]
   // Absolute path of the admin unix socket (required).
