@@ -152,6 +152,13 @@ struct Admission : public kj::Refcounted {
     }
     --running;
   }
+
+  // Calls cancelled while they waited leave their place in the queue only here (and in
+  // `release`), so a full queue is checked again without them.
+  void dropCancelled(Generation& generation) {
+    auto dropped = std::erase_if(queue, [](auto& waiting) { return !waiting->isWaiting(); });
+    generation.admissionQueued.fetch_sub(dropped, std::memory_order_relaxed);
+  }
 };
 
 struct ShardServices::Instance {
@@ -268,6 +275,9 @@ public:
     auto& admission = *instance->admission;
     auto maxConcurrent = instance->generation->admissionMaxConcurrent;
     bool mustWait = maxConcurrent > 0 && admission.running >= maxConcurrent;
+    if (mustWait && admission.queue.size() >= instance->generation->admissionMaxQueued) {
+      admission.dropCancelled(*instance->generation);
+    }
     if (mustWait && admission.queue.size() >= instance->generation->admissionMaxQueued) {
       auto& g = *instance->generation;
       g.callsTotal.fetch_add(1, std::memory_order_relaxed);

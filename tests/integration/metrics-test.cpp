@@ -331,5 +331,32 @@ TEST_F(Metrics, AdmissionRunsMaxConcurrentQueuesMaxQueuedAndRefusesTheRestAtOnce
   expectEcho(again, "again", 1);
 }
 
+TEST_F(Metrics, AdmissionCallCancelledWhileQueuedGivesUpItsPlace) {
+  auto daemon = start(kj::str("[[plugin]]\npath = \"", fixture("fixture-echo.so"),
+                              "\"\n[plugin.admission]\nmax_concurrent = 1\nmax_queued = 1\n"
+                              "[plugin.config]\ndelay_ms = 300\n"));
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto echo = connection.echo();
+  Connection<schema::Admin> admin(io, daemon->adminAddress());
+  auto running = screen(echo, "first", 1);
+  {
+    // Queued behind the first call (a waiting call counts as in flight), then cancelled.
+    auto queued = screen(echo, "cancelled", 2);
+    waitForCallsInFlight(admin, 2);
+  }
+  waitForCallsInFlight(admin, 1);
+  // The cancelled call's place is free again: this one waits for its turn instead of failing.
+  auto next = screen(echo, "next", 3);
+  auto first = await(kj::mv(running));
+  expectEcho(first, "first", 1);
+  auto second = await(kj::mv(next));
+  expectEcho(second, "next", 3);
+
+  auto metrics = scrape();
+  EXPECT_EQ(metrics.value("payhost_admission_rejected_total", {{"plugin", "echo"}}), 0);
+  EXPECT_EQ(metrics.value("payhost_admission_queued", {{"plugin", "echo"}}), 0);
+  EXPECT_EQ(metrics.value("payhost_calls_in_flight"), 0);
+}
+
 }  // namespace
 }  // namespace payhost::test
