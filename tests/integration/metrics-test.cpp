@@ -233,6 +233,10 @@ TEST_F(Metrics, CountsCallsErrorsAndLatencyPerMethodAsPrometheusReadsThem) {
   // Admin status names the endpoint.
   Connection<schema::Admin> admin(io, daemon->adminAddress());
   EXPECT_EQ(s(status(admin).getStatus().getMetricsAddress()), s(metricsAddress));
+  auto shown = runProcess({PAYHOSTCTL, "-s", daemon->adminSocket(), "status"});
+  ASSERT_EQ(shown.exitCode, 0) << s(shown.err);
+  EXPECT_THAT(s(shown.out),
+              HasSubstr(kj::str("metrics on http://", metricsAddress, "/metrics\n").cStr()));
 }
 
 TEST_F(Metrics, ReadyzIsOkWhileServingAndUnavailableWhileDraining) {
