@@ -4,6 +4,8 @@
 #include "host/admin/audit-log.h"
 #include "host/loader/generation.h"
 #include "host/loader/plugin-library.h"
+#include "host/metrics/host-metrics.h"
+#include "host/metrics/metrics-server.h"
 #include "host/pools/key-store.h"
 #include "host/pools/sql-pool.h"
 #include "host/pools/worker-pool.h"
@@ -64,7 +66,7 @@ private:
 
 }  // namespace
 
-class Daemon::Impl {
+class Daemon::Impl final : public MetricsSource {
 public:
   Impl(const DaemonConfig& config, LogSink& log, kj::AsyncIoContext& io)
       : config(config), log(log), io(io) {}
@@ -91,6 +93,9 @@ private:
   kj::Promise<void> uninstallEverywhere(Generation& generation);
   void openListeners();
   void openAdmin();
+  void openMetrics();
+  kj::String render() override;
+  kj::Maybe<kj::String> notReady() override;
   kj::Promise<void> acceptLoop(kj::ConnectionReceiver& receiver);
   kj::Promise<kj::String> waitForStop();
   void shutdown(kj::StringPtr reason);
@@ -124,6 +129,11 @@ private:
   kj::Maybe<kj::Own<kj::ConnectionReceiver>> adminListener;
   kj::Maybe<kj::Promise<void>> adminTask;
   kj::Maybe<kj::Own<kj::PromiseFulfiller<kj::String>>> stopFulfiller;
+  // Declared last: destroyed first, before anything it reports on.
+  kj::String metricsAddress;
+  kj::Maybe<kj::Own<kj::ConnectionReceiver>> metricsListener;
+  kj::Maybe<kj::Own<MetricsServer>> metricsServer;
+  kj::Maybe<kj::Promise<void>> metricsTask;
 };
 
 kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
@@ -140,6 +150,8 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
     };
     generation->workersReserve = plugin.workersReserve;
     generation->workersLimit = plugin.workersLimit;
+    generation->admissionMaxConcurrent = plugin.admissionMaxConcurrent;
+    generation->admissionMaxQueued = plugin.admissionMaxQueued;
     KJ_ASSERT_NONNULL(workers)->setQuota(generation->name(), plugin.workersReserve,
                                          plugin.workersLimit);
     for (auto& name : plugin.databases) {
@@ -271,6 +283,48 @@ void Daemon::Impl::openAdmin() {
   adminListener = kj::mv(receiver);
 }
 
+void Daemon::Impl::openMetrics() {
+  if (config.metricsListen.size() == 0) return;
+  auto& address = config.metricsListen;
+  auto parsed = io.provider->getNetwork().parseAddress(address).wait(io.waitScope);
+  auto receiver = parsed->listen();
+  metricsAddress =
+      kj::str(kj::heapString(address.slice(0, KJ_ASSERT_NONNULL(address.findLast(':')))), ":",
+              receiver->getPort());
+  auto server = kj::heap<MetricsServer>(io.provider->getTimer(), *this);
+  metricsTask = server->listen(*receiver).eagerlyEvaluate([this](kj::Exception&& e) {
+    warn("metrics.failed", {{"error", e.getDescription()}});
+  });
+  info("metrics.open", {{"address", metricsAddress}});
+  metricsServer = kj::mv(server);
+  metricsListener = kj::mv(receiver);
+}
+
+kj::String Daemon::Impl::render() {
+  uint32_t open = 0;
+  for (auto& shard : shards)
+    open += shard->connectionsOpen();
+  HostMetricsInput input{registry, counters, nullptr, 0, 0, false};
+  KJ_IF_MAYBE (pool, workers) {
+    input.workers = (*pool)->stats();
+  }
+  input.connectionsOpen = open;
+  input.shards = shards.size();
+  input.draining = state == schema::HostState::DRAINING;
+  return renderHostMetrics(input);
+}
+
+kj::Maybe<kj::String> Daemon::Impl::notReady() {
+  if (state == schema::HostState::DRAINING) return kj::str("host is draining");
+  if (state != schema::HostState::SERVING) return kj::str("host is starting");
+  for (auto& record : registry.plugins()) {
+    if (record.state != schema::PluginState::SERVING) {
+      return kj::str("plugin ", record.path, " is not serving: ", record.error);
+    }
+  }
+  return nullptr;
+}
+
 void Daemon::Impl::fillStatus(schema::HostStatus::Builder status) {
   status.setVersion(payhostVersion());
   status.setPid(getpid());
@@ -289,6 +343,7 @@ void Daemon::Impl::fillStatus(schema::HostStatus::Builder status) {
   auto names = status.initListeners(listenerNames.size());
   for (size_t i = 0; i < names.size(); ++i)
     names.set(i, listenerNames[i]);
+  status.setMetricsAddress(metricsAddress);
 }
 
 kj::Promise<kj::String> Daemon::Impl::waitForStop() {
@@ -376,6 +431,9 @@ void Daemon::Impl::shutdown(kj::StringPtr reason) {
       }
     }
   }
+  metricsTask = nullptr;
+  metricsServer = nullptr;
+  metricsListener = nullptr;
   unlink(config.adminSocket.cStr());
   for (auto& path : config.unix)
     unlink(path.cStr());
@@ -446,6 +504,7 @@ int Daemon::Impl::run() {
   try {
     openListeners();
     openAdmin();
+    openMetrics();
   } catch (const kj::Exception& e) {
     error("host.start_failed", {{"error", e.getDescription()}});
     shutdown("start failed");

@@ -87,6 +87,9 @@ void printStatus(payhost::schema::HostStatus::Reader status) {
   printf("plugins serving %u  failed %u\n", status.getPluginsServing(), status.getPluginsFailed());
   for (auto listener : status.getListeners())
     printf("listening on %s\n", listener.cStr());
+  if (status.getMetricsAddress().size() > 0) {
+    printf("metrics on http://%s/metrics\n", status.getMetricsAddress().cStr());
+  }
 }
 
 const char* outcomeName(payhost::schema::DeployOutcome outcome) {

@@ -146,9 +146,11 @@ public:
         parseKeys(expectTable(*entry.value, name), config);
       } else if (name == "databases") {
         parseDatabases(expectTable(*entry.value, name), config);
+      } else if (name == "metrics") {
+        parseMetrics(expectTable(*entry.value, name), config);
       } else {
         unknownKey(*entry.key, name,
-                   "host, listen, admin, deploy, workers, keys, databases, plugin");
+                   "host, listen, admin, deploy, workers, keys, databases, metrics, plugin");
       }
     }
     if (!haveListen) fail(root.source().begin, "listen", noListenAddress());
@@ -475,6 +477,30 @@ private:
     }
   }
 
+  void parseMetrics(const toml::table& table, DaemonConfig& config) {
+    for (auto& entry : inFileOrder(table)) {
+      auto name = toKj(entry.key->str());
+      auto path = kj::str("metrics.", name);
+      if (name == "listen") {
+        auto address = expectString(*entry.value, path);
+        int64_t port = 0;
+        switch (checkHostPort(address, port)) {
+          case HostPort::OK:
+            break;
+          case HostPort::MALFORMED:
+            fail(entry.value->source().begin, path,
+                 kj::str("\"", toKj(address), "\" is not host:port"));
+          case HostPort::PORT_OUT_OF_RANGE:
+            fail(entry.value->source().begin, path,
+                 kj::str("port ", port, " is out of range 0..", MAX_PORT));
+        }
+        config.metricsListen = toKj(address);
+      } else {
+        unknownKey(*entry.key, path, "listen");
+      }
+    }
+  }
+
   void parseAdmin(const toml::table& table, DaemonConfig& config) {
     bool haveSocket = false;
     for (auto& entry : inFileOrder(table)) {
@@ -555,8 +581,22 @@ private:
                        "workers_reserve, workers_limit, databases_reserve, databases_limit");
           }
         }
+      } else if (name == "admission") {
+        for (auto& field : inFileOrder(expectTable(*entry.value, path))) {
+          auto fieldName = toKj(field.key->str());
+          auto fieldPath = kj::str(path, ".", fieldName);
+          if (fieldName == "max_concurrent") {
+            plugin.admissionMaxConcurrent =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1000000));
+          } else if (fieldName == "max_queued") {
+            plugin.admissionMaxQueued =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1000000));
+          } else {
+            unknownKey(*field.key, fieldPath, "max_concurrent, max_queued");
+          }
+        }
       } else {
-        unknownKey(*entry.key, path, "path, enabled, config, keys, databases, quota");
+        unknownKey(*entry.key, path, "path, enabled, config, keys, databases, quota, admission");
       }
     }
     if (!havePath) fail(table.source().begin, kj::str(pluginPath, ".path"), "missing required key");

@@ -41,6 +41,10 @@ struct PluginConfig {
   // database pool (0: none / no limit beyond the pool).
   uint32_t databasesReserve = 0;
   uint32_t databasesLimit = 0;
+  // `[plugin.admission] max_concurrent / max_queued`, per shard: calls beyond `max_concurrent`
+  // (0: no limit) wait in a FIFO of `max_queued`; beyond that they fail OVERLOADED at once.
+  uint32_t admissionMaxConcurrent = 0;
+  uint32_t admissionMaxQueued = 0;
 };
 
 enum class DatabaseDriver { SQLITE, POSTGRESQL };
@@ -116,6 +120,10 @@ struct DaemonConfig {
 
   // [databases.NAME], in file order.
   kj::Vector<DatabaseEntry> databases;
+
+  // [metrics] listen = "127.0.0.1:9400": the Prometheus endpoint (/metrics, /healthz, /readyz).
+  // Empty: no metrics listener. Port 0 picks a free port.
+  kj::String metricsListen;
 
   // [admin]
   // Absolute path of the admin unix socket (required).

@@ -16,6 +16,7 @@ Generation::Generation(uint64_t id, kj::Own<PluginLibrary> library, Config confi
                                    kj::heapString(service.interface_name), service.interface_id});
   }
   services_ = builder.finish();
+  methodCounters_ = kj::heapArray<MethodCounters>(services_.size() * MAX_METHODS);
   loadedAtUnixMs_ = (kj::systemPreciseCalendarClock().now() - kj::UNIX_EPOCH) / kj::MILLISECONDS;
 }
 

@@ -24,6 +24,31 @@
 
 namespace payhost::host {
 
+// Per-method call counters, bumped with relaxed atomics by the shard that routes the call and
+// read (not reset) by a metrics scrape. `buckets` are not cumulative; the last is +Inf.
+struct MethodCounters {
+  static constexpr size_t BUCKETS = 14;
+  // Upper bounds of the latency buckets in microseconds (the Prometheus defaults and 1 ms).
+  static constexpr uint64_t BUCKET_MICROS[BUCKETS - 1] = {500,     1000,    2500,    5000,   10000,
+                                                          25000,   50000,   100000,  250000, 500000,
+                                                          1000000, 2500000, 10000000};
+  std::atomic<uint64_t> calls{0};
+  std::atomic<uint64_t> failed{0};
+  std::atomic<uint64_t> overloaded{0};
+  std::atomic<uint64_t> disconnected{0};
+  std::atomic<uint64_t> unimplemented{0};
+  std::atomic<uint64_t> latencyMicrosSum{0};
+  std::atomic<uint64_t> buckets[BUCKETS] = {};
+
+  void recordLatency(uint64_t micros) {
+    size_t i = 0;
+    while (i < BUCKETS - 1 && micros > BUCKET_MICROS[i])
+      ++i;
+    buckets[i].fetch_add(1, std::memory_order_relaxed);
+    latencyMicrosSum.fetch_add(micros, std::memory_order_relaxed);
+  }
+};
+
 struct ServiceDeclaration {
   kj::String name;
   kj::String interfaceName;
@@ -46,6 +71,16 @@ public:
   int64_t loadedAtUnixMs() const { return loadedAtUnixMs_; }
 
   kj::Own<Generation> addRef() { return kj::atomicAddRef(*this); }
+
+  // Methods are counted by ordinal; ordinals from MAX_METHODS - 1 up share the last slot.
+  static constexpr uint16_t MAX_METHODS = 32;
+  // The counters of method `methodId` of service number `service` (an index into services()).
+  MethodCounters& methodCounters(size_t service, uint16_t methodId) {
+    return methodCounters_[service * MAX_METHODS + kj::min(methodId, MAX_METHODS - 1)];
+  }
+  const MethodCounters& methodCounters(size_t service, uint16_t methodId) const {
+    return methodCounters_[service * MAX_METHODS + kj::min(methodId, MAX_METHODS - 1)];
+  }
 
   std::atomic<uint64_t> callsTotal{0};
   std::atomic<uint64_t> callsFailed{0};
@@ -72,6 +107,13 @@ public:
   kj::Array<kj::String> databaseGrants;
   uint32_t workersReserve = 0;
   uint32_t workersLimit = 0;
+  // `[plugin.admission]`, enforced per shard: calls running at once (0: no limit) and calls
+  // that may wait for a turn beyond them.
+  uint32_t admissionMaxConcurrent = 0;
+  uint32_t admissionMaxQueued = 0;
+  // Calls refused because the admission queue was full; calls waiting in it now (all shards).
+  std::atomic<uint64_t> admissionRejected{0};
+  std::atomic<uint32_t> admissionQueued{0};
 
 private:
   kj::Own<PluginLibrary> library_;
@@ -81,6 +123,7 @@ private:
   kj::Array<ServiceDeclaration> services_;
   Config config_;
   int64_t loadedAtUnixMs_;
+  kj::Array<MethodCounters> methodCounters_;
 };
 
 }  // namespace payhost::host

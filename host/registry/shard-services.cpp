@@ -11,6 +11,8 @@
 #include <capnp/serialize.h>
 #include <kj/debug.h>
 
+#include <deque>
+
 namespace payhost::host {
 
 namespace {
@@ -181,6 +183,35 @@ private:
   std::map<std::string, kj::Own<PluginDatabase>> databases;
 };
 
+// Shard-local. One per instance: how many of its calls run on this shard and, when the plugin
+// has an admission limit, the calls waiting for a turn, first come first served. Refcounted so
+// that a call finishing after its instance went can still give its turn back.
+struct Admission : public kj::Refcounted {
+  uint32_t running = 0;
+  std::deque<kj::Own<kj::PromiseFulfiller<void>>> queue;
+
+  // A finished call hands its turn to the first waiter still waiting, if any.
+  void release(Generation& generation) {
+    while (!queue.empty()) {
+      auto next = kj::mv(queue.front());
+      queue.pop_front();
+      generation.admissionQueued.fetch_sub(1, std::memory_order_relaxed);
+      if (next->isWaiting()) {
+        next->fulfill();
+        return;
+      }
+    }
+    --running;
+  }
+
+  // Calls cancelled while they waited leave their place in the queue only here (and in
+  // `release`), so a full queue is checked again without them.
+  void dropCancelled(Generation& generation) {
+    auto dropped = std::erase_if(queue, [](auto& waiting) { return !waiting->isWaiting(); });
+    generation.admissionQueued.fetch_sub(dropped, std::memory_order_relaxed);
+  }
+};
+
 struct ShardServices::Instance {
   // Declared first so it is destroyed last: the plugin's objects go before the generation's
   // reference (and with it, possibly, the library).
@@ -189,10 +220,17 @@ struct ShardServices::Instance {
   kj::Own<RevocablePolicy> policy = kj::refcounted<RevocablePolicy>();
   Plugin* plugin = nullptr;
   std::map<std::string, capnp::Capability::Client> capabilities;
+  kj::Own<Admission> admission = kj::refcounted<Admission>();
 
   ~Instance() noexcept(false) {
     policy->revoke(KJ_EXCEPTION(DISCONNECTED, "service was replaced or unloaded",
                                 generation->name(), generation->version()));
+    for (auto& waiting : admission->queue) {
+      if (waiting->isWaiting()) {
+        waiting->reject(KJ_EXCEPTION(DISCONNECTED, "service was replaced or unloaded",
+                                     generation->name(), generation->version()));
+      }
+    }
     capabilities.clear();
     if (plugin != nullptr) generation->descriptor().destroy(plugin);
   }
@@ -213,18 +251,45 @@ struct ShardServices::Entry : public kj::Refcounted {
   kj::Maybe<capnp::Capability::Client> canaryCapability;
   uint32_t canaryPercent = 0;
   uint32_t callCounter = 0;
+  // Which of its generation's services each instance serves here (for its method counters).
+  size_t serviceIndex = 0;
+  size_t canaryServiceIndex = 0;
 
   void route(Instance* to, kj::StringPtr service) {
     instance = to;
     declaration = nullptr;
     capability = nullptr;
+    serviceIndex = 0;
     if (to == nullptr) return;
-    for (auto& declared : to->generation->services()) {
-      if (declared.name == service) declaration = &declared;
+    auto declared = to->generation->services();
+    for (size_t i = 0; i < declared.size(); ++i) {
+      if (declared[i].name == service) {
+        declaration = &declared[i];
+        serviceIndex = i;
+      }
     }
     capability = to->capabilities.at(std::string(service.cStr()));
   }
 };
+
+// Classifies a failed call for the metrics; every failure also counts in `failed` of the
+// generation and the host.
+void countFailure(MethodCounters& method, kj::Exception::Type type) {
+  switch (type) {
+    case kj::Exception::Type::OVERLOADED:
+      method.overloaded.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case kj::Exception::Type::DISCONNECTED:
+      method.disconnected.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case kj::Exception::Type::UNIMPLEMENTED:
+      method.unimplemented.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case kj::Exception::Type::FAILED:
+      method.failed.fetch_add(1, std::memory_order_relaxed);
+      break;
+  }
+}
 
 class Route final : public capnp::Capability::Server {
 public:
@@ -238,6 +303,7 @@ public:
       return {KJ_EXCEPTION(DISCONNECTED, "payhostd is draining; retry on another host"), false};
     }
     auto instance = entry->instance;
+    auto serviceIndex = entry->serviceIndex;
     capnp::Capability::Client* target = nullptr;
     KJ_IF_MAYBE (capability, entry->capability) {
       target = capability;
@@ -245,6 +311,7 @@ public:
     if (entry->canary != nullptr && ++entry->callCounter % 100 < entry->canaryPercent) {
       KJ_IF_MAYBE (capability, entry->canaryCapability) {
         instance = entry->canary;
+        serviceIndex = entry->canaryServiceIndex;
         target = capability;
       }
     }
@@ -252,6 +319,31 @@ public:
       return {KJ_EXCEPTION(DISCONNECTED, "service is not available on this host", entry->name),
               false};
     }
+    auto& method = instance->generation->methodCounters(serviceIndex, methodId);
+    method.calls.fetch_add(1, std::memory_order_relaxed);
+
+    // Admission: with no turn free and the queue full, the call fails at once.
+    auto& admission = *instance->admission;
+    auto maxConcurrent = instance->generation->admissionMaxConcurrent;
+    bool mustWait = maxConcurrent > 0 && admission.running >= maxConcurrent;
+    if (mustWait && admission.queue.size() >= instance->generation->admissionMaxQueued) {
+      admission.dropCancelled(*instance->generation);
+    }
+    if (mustWait && admission.queue.size() >= instance->generation->admissionMaxQueued) {
+      auto& g = *instance->generation;
+      g.callsTotal.fetch_add(1, std::memory_order_relaxed);
+      g.callsFailed.fetch_add(1, std::memory_order_relaxed);
+      g.admissionRejected.fetch_add(1, std::memory_order_relaxed);
+      method.overloaded.fetch_add(1, std::memory_order_relaxed);
+      owner->counters.total.fetch_add(1, std::memory_order_relaxed);
+      owner->counters.failed.fetch_add(1, std::memory_order_relaxed);
+      return {
+          kj::Exception(kj::Exception::Type::OVERLOADED, __FILE__, __LINE__,
+                        kj::str("plugin ", g.name(), ": admission queue full (", admission.running,
+                                " running, ", admission.queue.size(), " queued)")),
+          false};
+    }
+
     context.allowCancellation();
     auto params = context.getParams();
     auto request = target->typelessRequest(interfaceId, methodId, params.targetSize());
@@ -263,24 +355,50 @@ public:
     generation->callsTotal.fetch_add(1, std::memory_order_relaxed);
     owner->callStarted();
     auto started = kj::systemPreciseMonotonicClock().now();
-    auto done = kj::defer([owner = kj::addRef(*entry), gen = generation.get(), started]() {
-      gen->recordLatency(kj::systemPreciseMonotonicClock().now() - started);
-      gen->callsInFlight.fetch_sub(1, std::memory_order_relaxed);
-      if (owner->owner != nullptr) owner->owner->callEnded();
-    });
-    auto promise =
-        request.send()
-            .then(
-                [context](capnp::Response<capnp::AnyPointer>&& response) mutable {
-                  context.getResults(response.targetSize()).set(response);
-                },
-                // The counters are host-wide and outlive every shard.
-                [generation = generation.get(), counters = &owner->counters](kj::Exception&& e) {
-                  generation->callsFailed.fetch_add(1, std::memory_order_relaxed);
-                  counters->failed.fetch_add(1, std::memory_order_relaxed);
-                  kj::throwFatalException(copyIntoHost(kj::mv(e)));
-                })
-            .attach(kj::mv(done), kj::mv(generation));
+    auto done =
+        kj::defer([owner = kj::addRef(*entry), gen = generation.get(), &method, started]() mutable {
+          auto elapsed = kj::systemPreciseMonotonicClock().now() - started;
+          gen->recordLatency(elapsed);
+          method.recordLatency(elapsed / kj::MICROSECONDS);
+          gen->callsInFlight.fetch_sub(1, std::memory_order_relaxed);
+          if (owner->owner != nullptr) owner->owner->callEnded();
+        });
+    // Held while the call has a turn: a call cancelled while it waits never had one. A waiting
+    // call runs only while its instance (which owns `admission`) lives: ~Instance rejects it.
+    auto turn = [&admission, gen = generation.get()]() {
+      return kj::defer(
+          [admission = kj::addRef(admission), gen]() mutable { admission->release(*gen); });
+    };
+
+    kj::Promise<capnp::Response<capnp::AnyPointer>> sent = nullptr;
+    if (mustWait) {
+      auto paf = kj::newPromiseAndFulfiller<void>();
+      admission.queue.push_back(kj::mv(paf.fulfiller));
+      generation->admissionQueued.fetch_add(1, std::memory_order_relaxed);
+      sent = paf.promise.then([request = kj::mv(request), turn]() mutable {
+        return kj::Promise<capnp::Response<capnp::AnyPointer>>(request.send()).attach(turn());
+      });
+    } else if (maxConcurrent > 0) {
+      ++admission.running;
+      sent = kj::Promise<capnp::Response<capnp::AnyPointer>>(request.send()).attach(turn());
+    } else {
+      // No limit: nothing to count, and nothing more to allocate per call.
+      sent = request.send();
+    }
+    auto promise = sent.then(
+                           [context](capnp::Response<capnp::AnyPointer>&& response) mutable {
+                             context.getResults(response.targetSize()).set(response);
+                           },
+                           // The counters are host-wide and outlive every shard; `method` lives as
+                           // long as the generation, which the call holds.
+                           [generation = generation.get(), counters = &owner->counters,
+                            &method](kj::Exception&& e) {
+                             generation->callsFailed.fetch_add(1, std::memory_order_relaxed);
+                             counters->failed.fetch_add(1, std::memory_order_relaxed);
+                             countFailure(method, e.getType());
+                             kj::throwFatalException(copyIntoHost(kj::mv(e)));
+                           })
+                       .attach(kj::mv(done), kj::mv(generation));
     return {kj::mv(promise), false};
   }
 
@@ -367,6 +485,7 @@ void ShardServices::setCanary(const Generation& generation, uint32_t percent) {
       continue;
     }
     slot->canary = &instance;
+    slot->canaryServiceIndex = static_cast<size_t>(&service - generation.services().begin());
     slot->canaryCapability = instance.capabilities.at(std::string(service.name.cStr()));
     slot->canaryPercent = percent;
   }

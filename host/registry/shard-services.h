@@ -1,9 +1,11 @@
 // The services of one shard: each loaded generation's instance on this shard, and the routes
 // that send calls by service name to whichever instance serves the name when the call is made.
 //
-// Every call through a route is counted (in flight, total, failed), pins the generation it went
-// to until it completes, and crosses into the plugin through the instance's membrane, so that
-// revoking the membrane cuts every capability the plugin handed out. Exceptions coming back from
+// Every call through a route is counted (in flight, total, failed; per method: calls, errors by
+// kind, latency), waits for an admission turn when its plugin has `[plugin.admission]` limits
+// (per shard), pins the generation it went to until it completes, and crosses into the plugin
+// through the instance's membrane, so that revoking the membrane cuts every capability the
+// plugin handed out. Exceptions coming back from
 // plugin code are copied into host-owned memory before they travel on.
 //
 // Shard-local: create, use and destroy on the shard's event loop thread only.

@@ -172,6 +172,8 @@ kj::Promise<DeployResult> Deployer::run(DeployOptions options) {
       };
       d.fresh->workersReserve = (*old)->workersReserve;
       d.fresh->workersLimit = (*old)->workersLimit;
+      d.fresh->admissionMaxConcurrent = (*old)->admissionMaxConcurrent;
+      d.fresh->admissionMaxQueued = (*old)->admissionMaxQueued;
     }
     KJ_IF_MAYBE (old, d.old) {
       registry.checkServicesFree(*d.fresh, **old);

@@ -71,6 +71,8 @@ struct HostStatus {
   pluginsFailed @10 :UInt32;
   listeners @11 :List(Text);
   # Bound addresses, with the real port when the config asked for port 0.
+  metricsAddress @12 :Text;
+  # Where /metrics, /healthz and /readyz are served ("127.0.0.1:PORT"); empty without [metrics].
 }
 
 struct DeployRequest {

@@ -190,7 +190,7 @@ TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
             "(known: shards, log_level, log_format, drain_timeout_ms, data_dir)");
   EXPECT_EQ(parseError(lines({"[hots]"}) + REQUIRED),
             "/etc/payhost/payhostd.toml:1:2: hots: unknown key "
-            "(known: host, listen, admin, deploy, workers, keys, databases, plugin)");
+            "(known: host, listen, admin, deploy, workers, keys, databases, metrics, plugin)");
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"a:1\"]", "udp = [\"a:1\"]"})),
             "/etc/payhost/payhostd.toml:3:1: listen.udp: unknown key (known: tcp, unix)");
   EXPECT_EQ(parseError(lines({"[admin]", "  sockett = \"a\""})),
@@ -203,7 +203,47 @@ TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
                                       "confg = 1",
                                   })),
             "/etc/payhost/payhostd.toml:9:1: plugin[1].confg: unknown key "
-            "(known: path, enabled, config, keys, databases, quota)");
+            "(known: path, enabled, config, keys, databases, quota, admission)");
+}
+
+TEST(DaemonConfig, MetricsListenIsParsedAndChecked) {
+  EXPECT_EQ(str(parse(REQUIRED).metricsListen), "");
+  EXPECT_EQ(str(parse(lines({"[metrics]", "listen = \"127.0.0.1:0\""}) + REQUIRED).metricsListen),
+            "127.0.0.1:0");
+  EXPECT_EQ(parseError(lines({"[metrics]", "listen = \"localhost\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:10: metrics.listen: \"localhost\" is not host:port");
+  EXPECT_EQ(parseError(lines({"[metrics]", "listen = \"127.0.0.1:70000\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:10: metrics.listen: port 70000 is out of range 0..65535");
+  EXPECT_EQ(parseError(lines({"[metrics]", "listen = 9400"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:10: metrics.listen: expected a string, got an integer");
+  EXPECT_EQ(parseError(lines({"[metrics]", "port = 9400"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:1: metrics.port: unknown key (known: listen)");
+}
+
+TEST(DaemonConfig, PluginAdmissionIsParsedAndChecked) {
+  auto config = parse(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "[plugin.admission]",
+                                        "max_concurrent = 2", "max_queued = 1"}));
+  ASSERT_EQ(config.plugins.size(), 1u);
+  EXPECT_EQ(config.plugins[0].admissionMaxConcurrent, 2u);
+  EXPECT_EQ(config.plugins[0].admissionMaxQueued, 1u);
+  auto defaults = parse(REQUIRED + lines({"[[plugin]]", "path = \"a.so\""}));
+  EXPECT_EQ(defaults.plugins[0].admissionMaxConcurrent, 0u);
+  EXPECT_EQ(defaults.plugins[0].admissionMaxQueued, 0u);
+  EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "[plugin.admission]",
+                                         "max_concurrent = -1"})),
+            "/etc/payhost/payhostd.toml:8:18: plugin[0].admission.max_concurrent: "
+            "-1 is out of range 0..1000000");
+  EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "[plugin.admission]",
+                                         "max_queued = \"1\""})),
+            "/etc/payhost/payhostd.toml:8:14: plugin[0].admission.max_queued: "
+            "expected an integer, got a string");
+  EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "[plugin.admission]",
+                                         "max_waiting = 1"})),
+            "/etc/payhost/payhostd.toml:8:1: plugin[0].admission.max_waiting: unknown key "
+            "(known: max_concurrent, max_queued)");
+  EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "admission = 3"})),
+            "/etc/payhost/payhostd.toml:7:13: plugin[0].admission: "
+            "expected a table, got an integer");
 }
 
 TEST(DaemonConfig, FirstErrorInFileIsReported) {
