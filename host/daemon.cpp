@@ -304,9 +304,12 @@ kj::String Daemon::Impl::render() {
   uint32_t open = 0;
   for (auto& shard : shards)
     open += shard->connectionsOpen();
-  HostMetricsInput input{registry, counters, nullptr, 0, 0, false};
+  HostMetricsInput input{registry, counters, nullptr, {}, 0, 0, false};
   KJ_IF_MAYBE (pool, workers) {
     input.workers = (*pool)->stats();
+  }
+  for (auto& database : databases) {
+    input.databases.add(HostMetricsInput::Database{database->name(), database->stats()});
   }
   input.connectionsOpen = open;
   input.shards = shards.size();

@@ -52,6 +52,16 @@ void declareFamilies(Exposition& out) {
              "Offloaded work refused after waiting for a lease.");
   out.family("payhost_workers_grown_total", Type::COUNTER, "Worker pool threads added.");
   out.family("payhost_workers_shrunk_total", Type::COUNTER, "Worker pool threads removed.");
+  out.family("payhost_db_connections", Type::GAUGE, "Database pool connections open.");
+  out.family("payhost_db_in_use", Type::GAUGE, "Database pool connections in a transaction.");
+  out.family("payhost_db_waiting", Type::GAUGE, "Transactions waiting for a connection lease.");
+  out.family("payhost_db_transactions_total", Type::COUNTER, "Database transactions run.");
+  out.family("payhost_db_timeouts_total", Type::COUNTER,
+             "Transactions refused OVERLOADED after waiting for a lease.");
+  out.family("payhost_db_discarded_total", Type::COUNTER,
+             "Connections discarded because they broke.");
+  out.family("payhost_db_wait_seconds_total", Type::COUNTER,
+             "Time transactions spent waiting for a connection lease.");
   out.family("payhost_calls_in_flight", Type::GAUGE, "Calls in flight on every shard.");
   out.family("payhost_host_calls_total", Type::COUNTER, "Calls routed, host-wide.");
   out.family("payhost_host_calls_failed_total", Type::COUNTER, "Calls failed, host-wide.");
@@ -161,6 +171,20 @@ kj::String renderHostMetrics(const HostMetricsInput& input) {
     out.sample("payhost_workers_timeouts_total", {}, static_cast<double>(workers->timeouts));
     out.sample("payhost_workers_grown_total", {}, static_cast<double>(workers->grown));
     out.sample("payhost_workers_shrunk_total", {}, static_cast<double>(workers->shrunk));
+  }
+  for (auto& database : input.databases) {
+    auto& stats = database.stats;
+    kj::StringPtr pool = database.name;
+    out.sample("payhost_db_connections", {{"pool", pool}}, stats.size);
+    out.sample("payhost_db_in_use", {{"pool", pool}}, stats.inUse);
+    out.sample("payhost_db_waiting", {{"pool", pool}}, stats.waiting);
+    out.sample("payhost_db_transactions_total", {{"pool", pool}},
+               static_cast<double>(stats.transactions));
+    out.sample("payhost_db_timeouts_total", {{"pool", pool}}, static_cast<double>(stats.timeouts));
+    out.sample("payhost_db_discarded_total", {{"pool", pool}},
+               static_cast<double>(stats.discarded));
+    out.sample("payhost_db_wait_seconds_total", {{"pool", pool}},
+               static_cast<double>(stats.waitTime / kj::MICROSECONDS) / 1e6);
   }
   auto& shared = input.shared;
   out.sample("payhost_calls_in_flight", {},

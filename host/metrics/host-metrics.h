@@ -1,5 +1,6 @@
 // What payhostd exports on /metrics: per plugin, service and method call counts, errors by
-// kind and a latency histogram; each loaded plugin version; admission; the worker pool; and
+// kind and a latency histogram; each loaded plugin version; admission; the worker pool and the
+// database pools; and
 // host-wide calls in flight and connections. Read from the counters the shards bump (relaxed
 // atomics on each Generation and in HostShared), so a scrape never stops a shard.
 //
@@ -10,11 +11,13 @@
 
 #pragma once
 
+#include "host/pools/sql-pool.h"
 #include "host/pools/worker-pool.h"
 #include "host/registry/registry.h"
 #include "host/registry/shard-services.h"
 
 #include <kj/string.h>
+#include <kj/vector.h>
 
 namespace payhost::host {
 
@@ -23,6 +26,12 @@ struct HostMetricsInput {
   const HostShared& shared;
   // Null once the pool is gone (shutdown).
   kj::Maybe<WorkerPool::Stats> workers;
+  // One entry per database pool ([databases.NAME]).
+  struct Database {
+    kj::StringPtr name;
+    SqlPool::Stats stats;
+  };
+  kj::Vector<Database> databases;
   uint32_t connectionsOpen = 0;
   uint32_t shards = 0;
   bool draining = false;
