@@ -13,6 +13,7 @@
 // from /proc), calls per server-CPU-second, and the ratio payhostd / bare of the medians.
 
 #include "bench/loadgen.h"
+#include "bench/server-process.h"
 #include "host/loader/plugin-library.h"
 
 #include <payhost/host.capnp.h>
@@ -125,59 +126,8 @@ struct Server {
   kj::String name;
 };
 
-// Starts `args` with stdout and stderr to `logPath`; the caller finds out when it is ready.
-Server startProcess(kj::StringPtr name, std::vector<std::string> args, kj::StringPtr logPath) {
-  pid_t pid = fork();
-  KJ_ASSERT(pid >= 0);
-  if (pid == 0) {
-    int log = open(logPath.cStr(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(log, 1);
-    dup2(log, 2);
-    std::vector<char*> argv;
-    for (auto& arg : args)
-      argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return Server{pid, 0, kj::heapString(name)};
-}
-
-// Waits up to 10 s for `ready()` to return a port, checking every 20 ms.
-uint16_t waitForPort(kj::AsyncIoContext& io, const Server& server,
-                     kj::Function<kj::Maybe<uint16_t>()> ready) {
-  for (int i = 0; i < 500; ++i) {
-    KJ_IF_MAYBE (port, ready()) {
-      return *port;
-    }
-    int status;
-    KJ_REQUIRE(waitpid(server.pid, &status, WNOHANG) == 0, "server exited while starting",
-               server.name);
-    io.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
-  }
-  KJ_FAIL_REQUIRE("server did not start within 10 s", server.name);
-}
-
-// The TCP port payhostd listens on, from its admin interface once it is serving.
-kj::Maybe<uint16_t> payhostdPort(kj::AsyncIoContext& io, kj::StringPtr adminSocket) {
-  try {
-    auto address =
-        io.provider->getNetwork().parseAddress(kj::str("unix:", adminSocket)).wait(io.waitScope);
-    auto connection = address->connect().wait(io.waitScope);
-    capnp::TwoPartyClient client(*connection);
-    auto response =
-        client.bootstrap().castAs<schema::Admin>().statusRequest().send().wait(io.waitScope);
-    auto status = response.getStatus();
-    if (status.getState() != schema::HostState::SERVING) return nullptr;
-    for (auto listener : status.getListeners()) {
-      KJ_IF_MAYBE (colon, listener.findLast(':')) {
-        if (!listener.startsWith("unix:")) return atoi(listener.cStr() + *colon + 1);
-      }
-    }
-  } catch (const kj::Exception&) {
-    // Not listening yet.
-  }
-  return nullptr;
+Server startServer(kj::StringPtr name, std::vector<std::string> args, kj::StringPtr logPath) {
+  return Server{startProcess(kj::mv(args), logPath), 0, kj::heapString(name)};
 }
 
 // The port the bare server printed ("listening PORT") into its log.
@@ -193,21 +143,6 @@ void stopServer(Server& server) {
   kill(server.pid, SIGTERM);
   int status = 0;
   waitpid(server.pid, &status, 0);
-}
-
-// CPU time (user + system, all threads) used so far by `pid`, in microseconds.
-double processCpuMicros(pid_t pid) {
-  std::ifstream file(kj::str("/proc/", pid, "/stat").cStr());
-  std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  // Fields after the command name, which is in parentheses and may contain spaces.
-  std::istringstream rest(text.substr(text.rfind(')') + 2));
-  std::string field;
-  double utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14) utime = std::stod(field);
-    if (i == 15) stime = std::stod(field);
-  }
-  return (utime + stime) * 1e6 / sysconf(_SC_CLK_TCK);
 }
 
 // --- the client -------------------------------------------------------------------------------
@@ -297,11 +232,11 @@ int runBenchmark(const std::string& payhostd, const std::string& plugin, const s
   auto io = kj::setupAsyncIo();
   auto adminSocket = kj::str(dir, "/admin.sock");
   auto bareLog = kj::str(dir, "/bare.log");
-  auto host = startProcess("payhostd", {payhostd, "--config", configPath.cStr()},
-                           kj::str(dir, "/payhostd.log"));
-  host.port = waitForPort(io, host, [&]() { return payhostdPort(io, adminSocket); });
-  auto bare = startProcess("bare", {self, "--serve-bare", "--plugin", plugin}, bareLog);
-  bare.port = waitForPort(io, bare, [&]() { return barePort(bareLog); });
+  auto host = startServer("payhostd", {payhostd, "--config", configPath.cStr()},
+                          kj::str(dir, "/payhostd.log"));
+  host.port = waitForPort(io, host.pid, host.name, [&]() { return payhostdPort(io, adminSocket); });
+  auto bare = startServer("bare", {self, "--serve-bare", "--plugin", plugin}, bareLog);
+  bare.port = waitForPort(io, bare.pid, bare.name, [&]() { return barePort(bareLog); });
 
   struct Case {
     const char* name;

@@ -24,6 +24,7 @@
 // Single-threaded: the load, the deploys and the polling share the bench's one event loop.
 
 #include "bench/loadgen.h"
+#include "bench/server-process.h"
 
 #include <payhost/host.capnp.h>
 #include <payhost/payments.capnp.h>
@@ -64,71 +65,9 @@ constexpr const char* MEMFD_PREFIX = "/memfd:payhost:";
 
 // --- payhostd as a process ----------------------------------------------------------------------
 
-pid_t startProcess(std::vector<std::string> args, kj::StringPtr logPath) {
-  pid_t pid = fork();
-  KJ_ASSERT(pid >= 0);
-  if (pid == 0) {
-    int log = open(logPath.cStr(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(log, 1);
-    dup2(log, 2);
-    std::vector<char*> argv;
-    for (auto& arg : args)
-      argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  return pid;
-}
-
-// The TCP port payhostd listens on, from its admin interface once it is serving.
-kj::Maybe<uint16_t> payhostdPort(kj::AsyncIoContext& io, kj::StringPtr adminSocket) {
-  try {
-    auto address =
-        io.provider->getNetwork().parseAddress(kj::str("unix:", adminSocket)).wait(io.waitScope);
-    auto connection = address->connect().wait(io.waitScope);
-    capnp::TwoPartyClient client(*connection);
-    auto response =
-        client.bootstrap().castAs<schema::Admin>().statusRequest().send().wait(io.waitScope);
-    auto status = response.getStatus();
-    if (status.getState() != schema::HostState::SERVING) return nullptr;
-    for (auto listener : status.getListeners()) {
-      KJ_IF_MAYBE (colon, listener.findLast(':')) {
-        if (!listener.startsWith("unix:")) return atoi(listener.cStr() + *colon + 1);
-      }
-    }
-  } catch (const kj::Exception&) {
-    // Not listening yet.
-  }
-  return nullptr;
-}
-
-// Waits up to 10 s for payhostd to serve, checking every 20 ms.
-uint16_t waitForPort(kj::AsyncIoContext& io, pid_t pid, kj::StringPtr adminSocket) {
-  for (int i = 0; i < 500; ++i) {
-    KJ_IF_MAYBE (port, payhostdPort(io, adminSocket)) {
-      return *port;
-    }
-    int status;
-    KJ_REQUIRE(waitpid(pid, &status, WNOHANG) == 0, "payhostd exited while starting");
-    io.provider->getTimer().afterDelay(20 * kj::MILLISECONDS).wait(io.waitScope);
-  }
-  KJ_FAIL_REQUIRE("payhostd did not start within 10 s");
-}
-
-// CPU time (user + system, all threads) used so far by `pid`, in microseconds.
-double processCpuMicros(pid_t pid) {
-  std::ifstream file(kj::str("/proc/", pid, "/stat").cStr());
-  std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  // Fields after the command name, which is in parentheses and may contain spaces.
-  std::istringstream rest(text.substr(text.rfind(')') + 2));
-  std::string field;
-  double utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14) utime = std::stod(field);
-    if (i == 15) stime = std::stod(field);
-  }
-  return (utime + stime) * 1e6 / sysconf(_SC_CLK_TCK);
+// Waits up to 10 s for payhostd to serve.
+uint16_t waitForPayhostd(kj::AsyncIoContext& io, pid_t pid, kj::StringPtr adminSocket) {
+  return waitForPort(io, pid, "payhostd", [&]() { return payhostdPort(io, adminSocket); });
 }
 
 // The names of the plugin libraries `pid` has mapped ("/memfd:payhost:<file>:<id>"), read from
@@ -630,7 +569,7 @@ int runBenchmark(const Options& options) {
     kill(pid, SIGKILL);
     waitpid(pid, nullptr, 0);
   });
-  uint16_t port = waitForPort(io, pid, adminSocket);
+  uint16_t port = waitForPayhostd(io, pid, adminSocket);
   auto initial = readMappings(pid).plugins;
   KJ_REQUIRE(initial.size() == 1, "expected one plugin library mapped in payhostd", initial.size());
 

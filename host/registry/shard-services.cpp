@@ -63,6 +63,16 @@ kj::Exception copyIntoHost(kj::Exception&& e) {
   return copy;
 }
 
+// Counts plugin code handed to another thread (offloaded work, a transaction) until the returned
+// object goes: the deployer closes the library only once `offloadsPending` is 0, so destroy the
+// plugin's function before this.
+auto pinPendingWork(Generation& generation) {
+  generation.offloadsPending.fetch_add(1, std::memory_order_relaxed);
+  return kj::defer([g = generation.addRef()]() mutable {
+    g->offloadsPending.fetch_sub(1, std::memory_order_release);
+  });
+}
+
 // A plugin's view of one database pool: transactions count against its quota and keep its library
 // loaded while they may still run its code.
 class PluginDatabase final : public Database {
@@ -74,10 +84,7 @@ public:
   SqlDialect dialect() override { return pool.dialect(); }
 
   kj::Promise<void> transactionWork(kj::Function<void(SqlTransaction&)> work) override {
-    generation.offloadsPending.fetch_add(1, std::memory_order_relaxed);
-    auto pending = kj::defer([g = generation.addRef()]() mutable {
-      g->offloadsPending.fetch_sub(1, std::memory_order_release);
-    });
+    auto pending = pinPendingWork(generation);
     return pool.transaction(
         generation.name(), timer,
         [work = kj::mv(work), pending = kj::mv(pending)](SqlTransaction& tx) mutable {
@@ -158,12 +165,7 @@ public:
   kj::Promise<void> offloadWork(kj::Function<void()> work) override {
     auto pool = services.shared().workers;
     if (pool == nullptr) return KJ_EXCEPTION(FAILED, "this host has no worker pool");
-    // Counted until the function (plugin code) is destroyed on the worker thread, so the library
-    // stays loaded while it may still run.
-    generation.offloadsPending.fetch_add(1, std::memory_order_relaxed);
-    auto pending = kj::defer([g = generation.addRef()]() mutable {
-      g->offloadsPending.fetch_sub(1, std::memory_order_release);
-    });
+    auto pending = pinPendingWork(generation);
     return pool->run(generation.name(), timer,
                      [work = kj::mv(work), pending = kj::mv(pending)]() mutable {
                        // The plugin's function goes before `pending` can release the library.
