@@ -15,6 +15,10 @@ packages=(
   postgresql                      # the PostgreSQL server the database pool tests start
   libgtest-dev libgmock-dev       # tests
   libbenchmark-dev                # micro-benchmarks
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+                                  # the gRPC baseline of the benchmark suite (bench/grpc; optional:
+                                  # the build skips it when they are missing)
+  gnuplot-nox                     # the benchmark suite's plot (bench/run.sh only)
   clang-format clang-tidy         # formatting and lint checks
 )
 missing=()

@@ -1,5 +1,6 @@
 #include "host/rpc/shard.h"
 
+#include "host/rpc/buffered-stream.h"
 #include "host/rpc/gateway.h"
 
 #include <capnp/rpc-twoparty.h>
@@ -66,10 +67,11 @@ void ShardState::adopt(int fd) {
     return;
   }
   KJ_IF_MAYBE (tasks, connections) {
-    auto stream =
+    // Buffered: reads and writes of a burst of calls coalesce into one system call each.
+    auto stream = bufferStream(
         io.lowLevelProvider->wrapSocketFd(fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP |
                                                   kj::LowLevelAsyncIoProvider::ALREADY_CLOEXEC |
-                                                  kj::LowLevelAsyncIoProvider::ALREADY_NONBLOCK);
+                                                  kj::LowLevelAsyncIoProvider::ALREADY_NONBLOCK));
     auto connection = kj::heap<Connection>(kj::mv(stream), kj::heap<GatewayServer>(services_),
                                            readerOptions, *this);
     auto done = connection->onDisconnect();

@@ -1,0 +1,26 @@
+# The benchmark suite's plot (bench/run.sh): throughput, calls per server-CPU-second and p50
+# latency per case, one bar per server. Variables: data (folder of the suite's --plot-data
+# tables), output (PNG path), subtitle.
+set terminal pngcairo size 1400,1300 font "sans,10"
+set output output
+set multiplot layout 3,1 title "payhost-bench-suite: authorize, payhostd vs baselines (" . subtitle . ")"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set key top left horizontal
+set grid ytics
+set xtics nomirror noenhanced
+set ytics nomirror
+set yrange [0:*]
+set format y "%.0f"
+set title "throughput: calls per second (client and servers share the cores)"
+plot for [i=2:*] data."/throughput.tsv" using i:xtic(1) title columnheader(i)
+set title "efficiency: calls per server-CPU-second (higher is better)"
+plot for [i=2:*] data."/cpu.tsv" using i:xtic(1) title columnheader(i)
+set title "latency: p50 in microseconds, log scale (lower is better)"
+set logscale y
+set yrange [*:*]
+set format y "%g"
+plot for [i=2:*] data."/latency.tsv" using i:xtic(1) title columnheader(i)
+unset multiplot

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The benchmark suite in one command: payhostd beside bare Cap'n Proto, gRPC and the raw socket
+# floor, interleaved, then the plot.
+#
+#   bash bench/run.sh [BUILD_DIR] [payhost-bench-suite options...]
+#
+# BUILD_DIR defaults to ./build (configure with -DCMAKE_BUILD_TYPE=RelWithDebInfo; the gRPC
+# baseline needs libgrpc++-dev, protobuf-compiler-grpc and libprotobuf-dev, the plot gnuplot:
+# scripts/install-deps.sh installs them). Writes bench/results/suite-DATE.json and
+# bench/results/suite-DATE.png. Defaults: 5 rounds of 3 s per server and case, 4 connections in
+# the multi-connection case, 1 payhostd shard; any option given here is passed on (e.g.
+# `--rounds 3 --seconds 2`, `--shards 2`, `--connections 8`, `--case "64 in flight"`).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+build="${1:-build}"
+if [[ $# -gt 0 && "$1" != --* ]]; then shift; fi
+suite="$build/bench/payhost-bench-suite"
+if [[ ! -x "$suite" ]]; then
+  echo "run.sh: $suite not found; build it: ninja -C $build payhost-bench-suite payhostd card-processor payhost-bench-grpc-server" >&2
+  exit 2
+fi
+grpc=()
+if [[ -x "$build/bench/grpc/payhost-bench-grpc-server" ]]; then
+  grpc=(--grpc-server "$build/bench/grpc/payhost-bench-grpc-server")
+fi
+date="$(date -u +%Y-%m-%d)"
+results="$here/results"
+plotdata="$(mktemp -d /tmp/payhost-bench-plot-XXXXXX)"
+trap 'rm -rf "$plotdata"' EXIT
+"$suite" --payhostd "$build/host/payhostd" \
+  --plugin "$build/plugins/card-processor/card-processor.so" "${grpc[@]}" \
+  --rounds 5 --seconds 3 --json "$results/suite-$date.json" --plot-data "$plotdata" "$@"
+if command -v gnuplot > /dev/null; then
+  gnuplot -e "data='$plotdata'; output='$results/suite-$date.png'; subtitle='$(nproc) CPUs, $date'" \
+    "$here/plot.gp"
+  echo "plot written to $results/suite-$date.png"
+else
+  echo "run.sh: gnuplot not installed (apt-get install gnuplot-nox); no plot" >&2
+fi
