@@ -12,15 +12,12 @@ set key top left horizontal
 set grid ytics
 set xtics nomirror noenhanced
 set ytics nomirror
-set yrange [0:*]
-set format y "%.0f"
-set title "throughput: calls per second (client and servers share the cores)"
+set logscale y
+set format y "%g"
+set title "throughput: calls per second, log scale (client and servers share the cores)"
 plot for [i=2:*] data."/throughput.tsv" using i:xtic(1) title columnheader(i)
-set title "efficiency: calls per server-CPU-second (higher is better)"
+set title "efficiency: calls per server-CPU-second, log scale (higher is better)"
 plot for [i=2:*] data."/cpu.tsv" using i:xtic(1) title columnheader(i)
 set title "latency: p50 in microseconds, log scale (lower is better)"
-set logscale y
-set yrange [*:*]
-set format y "%g"
 plot for [i=2:*] data."/latency.tsv" using i:xtic(1) title columnheader(i)
 unset multiplot

@@ -29,7 +29,7 @@ plotdata="$(mktemp -d /tmp/payhost-bench-plot-XXXXXX)"
 trap 'rm -rf "$plotdata"' EXIT
 "$suite" --payhostd "$build/host/payhostd" \
   --plugin "$build/plugins/card-processor/card-processor.so" "${grpc[@]}" \
-  --rounds 5 --seconds 3 --json "$results/suite-$date.json" --plot-data "$plotdata" "$@"
+  --json "$results/suite-$date.json" --plot-data "$plotdata" "$@"
 if command -v gnuplot > /dev/null; then
   gnuplot -e "data='$plotdata'; output='$results/suite-$date.png'; subtitle='$(nproc) CPUs, $date'" \
     "$here/plot.gp"

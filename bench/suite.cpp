@@ -640,40 +640,49 @@ struct Options {
   bool check = false;
   uint32_t shards = 1, connections = 4;
   std::vector<std::string> only;
+  std::string otherPayhostd;
+  std::vector<std::string> baselines{"bare", "bare-buf", "grpc", "raw"};
 };
 
 int runSuite(const Options& options) {
   char dir[] = "/tmp/payhost-bench-XXXXXX";
   KJ_ASSERT(mkdtemp(dir) != nullptr);
-  auto configPath = kj::str(dir, "/payhostd.toml");
-  auto hostUnix = kj::str(dir, "/payhostd.sock");
-  {
-    // Warning level: per-call log lines would be a cost the baselines do not pay. The port
-    // payhostd picked comes from its admin interface.
-    std::ofstream config(configPath.cStr());
-    config << "[host]\nshards = " << options.shards
-           << "\nlog_level = \"warning\"\n[listen]\ntcp = [\"127.0.0.1:0\"]\nunix = [\""
-           << hostUnix.cStr() << "\"]\n[admin]\nsocket = \"" << dir
-           << "/admin.sock\"\n[[plugin]]\npath = \"" << options.plugin << "\"\n";
-  }
   auto io = kj::setupAsyncIo();
   auto sizes = capnpMessageSizes();
   std::vector<Server> servers;
   // Every server started is stopped, also when a measurement throws.
   KJ_DEFER(for (auto& server : servers) stopServer(server));
-  auto adminSocket = kj::str(dir, "/admin.sock");
-  {
+  auto startPayhostd = [&](kj::StringPtr name, const std::string& path) {
+    auto configPath = kj::str(dir, "/", name, ".toml");
+    auto adminSocket = kj::str(dir, "/", name, "-admin.sock");
     Server host;
     host.kind = Kind::PAYHOSTD;
-    host.name = kj::str("payhostd");
-    host.pid = startProcess({options.payhostd, "--config", configPath.cStr()},
-                            kj::str(dir, "/payhostd.log"));
+    host.name = kj::heapString(name);
+    host.unixPath = kj::str(dir, "/", name, ".sock");
+    {
+      // Warning level: per-call log lines would be a cost the baselines do not pay. The port
+      // payhostd picked comes from its admin interface.
+      std::ofstream config(configPath.cStr());
+      config << "[host]\nshards = " << options.shards
+             << "\nlog_level = \"warning\"\n[listen]\ntcp = [\"127.0.0.1:0\"]\nunix = [\""
+             << host.unixPath.cStr() << "\"]\n[admin]\nsocket = \"" << adminSocket.cStr()
+             << "\"\n[[plugin]]\npath = \"" << options.plugin << "\"\n";
+    }
+    host.pid = startProcess({path, "--config", configPath.cStr()}, kj::str(dir, "/", name, ".log"));
     host.port =
         waitForPort(io, host.pid, host.name, [&]() { return payhostdPort(io, adminSocket); });
-    host.unixPath = kj::heapString(hostUnix);
     servers.push_back(kj::mv(host));
+  };
+  startPayhostd("payhostd", options.payhostd);
+  if (!options.otherPayhostd.empty()) {
+    // Another build of payhostd as one more baseline: what a change to the host bought.
+    startPayhostd("payhostd-b", options.otherPayhostd);
   }
   auto startBaseline = [&](Kind kind, kj::StringPtr name, std::vector<std::string> args) {
+    if (std::find(options.baselines.begin(), options.baselines.end(), name.cStr()) ==
+        options.baselines.end()) {
+      return false;
+    }
     Server server;
     server.kind = kind;
     server.name = kj::heapString(name);
@@ -689,6 +698,7 @@ int runSuite(const Options& options) {
     server.pid = startProcess(kj::mv(args), log);
     server.port = waitForPort(io, server.pid, server.name, [&]() { return printedPort(log); });
     servers.push_back(kj::mv(server));
+    return true;
   };
   startBaseline(Kind::BARE, "bare", {options.self, "--serve-bare", "--plugin", options.plugin});
   startBaseline(Kind::BARE_BUFFERED, "bare-buf",
@@ -697,8 +707,7 @@ int runSuite(const Options& options) {
 #ifdef PAYHOST_BENCH_GRPC
   if (!options.grpcServer.empty()) {
     // The gRPC server takes one address per flag; TCP comes first and is the port it prints.
-    startBaseline(Kind::GRPC, "grpc", {options.grpcServer, "--listen", "127.0.0.1:0"});
-    haveGrpc = true;
+    haveGrpc = startBaseline(Kind::GRPC, "grpc", {options.grpcServer, "--listen", "127.0.0.1:0"});
   }
 #endif
   startBaseline(Kind::RAW, "raw", {options.self, "--serve-raw"});
@@ -868,6 +877,10 @@ int main(int argc, char** argv) {
   app.add_option("--case", options.only, "run only the cases whose name contains this (repeat)");
   app.add_flag("--check", options.check,
                "exit 1 when any server failed a call or completed none (the smoke test)");
+  app.add_option("--payhostd-b", options.otherPayhostd,
+                 "another payhostd build measured as one more baseline (payhostd-b)");
+  app.add_option("--baseline", options.baselines,
+                 "the baselines to run beside payhostd (repeat; default: bare bare-buf grpc raw)");
   app.add_option("--json", options.json, "write the results as JSON to this file");
   app.add_option("--plot-data", options.plotData, "write TSV tables for the plot to this folder");
   app.add_flag("--serve-bare", serveBare, "internal: serve the plugin bare and print the port");
@@ -889,7 +902,8 @@ int main(int argc, char** argv) {
     self[n] = '\0';
     options.self = self;
     // Servers run from a temporary folder: paths must not be relative.
-    for (auto* path : {&options.payhostd, &options.plugin, &options.grpcServer}) {
+    for (auto* path :
+         {&options.payhostd, &options.plugin, &options.grpcServer, &options.otherPayhostd}) {
       if (path->empty()) continue;
       char* absolute = realpath(path->c_str(), nullptr);
       if (absolute == nullptr) {
