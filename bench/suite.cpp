@@ -71,6 +71,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -233,7 +234,7 @@ void writeAll(int fd, const char* data, size_t size) {
 }
 
 void serveRawConnection(int fd, MessageSizes sizes) {
-  std::vector<char> in(64 * 1024);
+  std::vector<char> in(size_t{64} * 1024);
   std::vector<char> out;
   size_t partial = 0;
   for (;;) {
@@ -322,7 +323,7 @@ void rawConnectionLoop(int fd, MessageSizes sizes, uint32_t inFlight,
                        LoadResult& result) {
   std::deque<SteadyClock::time_point> started;
   std::vector<char> out(sizes.request * inFlight, 'q');
-  std::vector<char> in(64 * 1024);
+  std::vector<char> in(size_t{64} * 1024);
   auto send = [&](size_t count) {
     auto now = SteadyClock::now();
     for (size_t i = 0; i < count; ++i)
@@ -385,7 +386,7 @@ LoadResult runRawClosedLoop(uint16_t port, kj::StringPtr unixPath, MessageSizes 
     if (total.firstError == nullptr) total.firstError = kj::mv(result.firstError);
   }
   total.elapsedSeconds = std::chrono::duration<double>(SteadyClock::now() - windowStart).count();
-  total.callsPerSecond = total.completed / total.elapsedSeconds;
+  total.callsPerSecond = static_cast<double>(total.completed) / total.elapsedSeconds;
   return total;
 }
 
@@ -506,7 +507,8 @@ LoadResult runCapnpClosedLoop(kj::AsyncIoContext& io, const Server& server, cons
     total.elapsedSeconds = std::max(total.elapsedSeconds, result.elapsedSeconds);
     if (total.firstError == nullptr) total.firstError = kj::mv(result.firstError);
   }
-  total.callsPerSecond = total.elapsedSeconds > 0 ? total.completed / total.elapsedSeconds : 0;
+  total.callsPerSecond =
+      total.elapsedSeconds > 0 ? static_cast<double>(total.completed) / total.elapsedSeconds : 0;
   return total;
 }
 
@@ -544,9 +546,9 @@ Measurement measure(kj::AsyncIoContext& io, const Server& server, const Case& c,
   double clientCpu = clientCpuMicros() - clientBefore;
   Measurement m;
   m.callsPerSecond = result.callsPerSecond;
-  m.p50Micros = result.latency.percentile(50) / 1e3;
-  m.p99Micros = result.latency.percentile(99) / 1e3;
-  m.p999Micros = result.latency.percentile(99.9) / 1e3;
+  m.p50Micros = static_cast<double>(result.latency.percentile(50)) / 1e3;
+  m.p99Micros = static_cast<double>(result.latency.percentile(99)) / 1e3;
+  m.p999Micros = static_cast<double>(result.latency.percentile(99.9)) / 1e3;
   double calls = static_cast<double>(result.completed);
   m.serverCpuMicrosPerCall = calls > 0 ? serverCpu / calls : 0;
   m.clientCpuMicrosPerCall = calls > 0 ? clientCpu / calls : 0;
@@ -577,6 +579,7 @@ Stat stat(std::vector<double> values) {
 
 std::vector<double> column(const std::vector<Measurement>& runs, double Measurement::*field) {
   std::vector<double> values;
+  values.reserve(runs.size());
   for (auto& run : runs)
     values.push_back(run.*field);
   return values;
@@ -907,7 +910,8 @@ int main(int argc, char** argv) {
       if (path->empty()) continue;
       char* absolute = realpath(path->c_str(), nullptr);
       if (absolute == nullptr) {
-        fprintf(stderr, "payhost-bench-suite: %s: %s\n", path->c_str(), strerror(errno));
+        fprintf(stderr, "payhost-bench-suite: %s: %s\n", path->c_str(),
+                std::system_category().message(errno).c_str());
         return 2;
       }
       *path = absolute;

@@ -62,8 +62,9 @@ public:
     slot.response.Clear();
     slot.context.emplace();
     slot.started = now;
-    slot.stub->async()->Authorize(&*slot.context, &slot.request, &slot.response,
-                                  [this, &slot](::grpc::Status status) { finish(slot, status); });
+    slot.stub->async()->Authorize(
+        &*slot.context, &slot.request, &slot.response,
+        [this, &slot](const ::grpc::Status& status) { finish(slot, status); });
   }
 
   void finish(Slot& slot, const ::grpc::Status& status) {
@@ -89,7 +90,7 @@ public:
     done.wait(lock, [&]() { return active == 0; });
     auto elapsed = std::chrono::duration<double>(Clock::now() - windowStart).count();
     result.elapsedSeconds = elapsed;
-    result.callsPerSecond = elapsed > 0 ? result.completed / elapsed : 0;
+    result.callsPerSecond = elapsed > 0 ? static_cast<double>(result.completed) / elapsed : 0;
     return kj::mv(result);
   }
 
@@ -126,7 +127,7 @@ LoadResult runGrpcClosedLoop(const std::string& address, uint32_t connections, u
   }
   auto now = Clock::now();
   Loop loop(now + warmUp, now + warmUp + duration);
-  std::vector<Slot> slots(connections * inFlight);
+  std::vector<Slot> slots(static_cast<size_t>(connections) * inFlight);
   loop.setActive(static_cast<uint32_t>(slots.size()));
   for (size_t i = 0; i < slots.size(); ++i) {
     slots[i].loop = &loop;

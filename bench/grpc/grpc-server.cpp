@@ -133,7 +133,7 @@ int serve(const std::vector<std::string>& addresses) {
   std::signal(SIGTERM, onSignal);
   std::signal(SIGINT, onSignal);
   while (!stopRequested) {
-    struct timespec tick = {0, 20 * 1000 * 1000};
+    struct timespec tick = {0, 20L * 1000 * 1000};
     nanosleep(&tick, nullptr);
   }
   server->Shutdown();

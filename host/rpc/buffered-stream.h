@@ -26,11 +26,11 @@ namespace payhost::host {
 
 class BufferedStream final : public kj::AsyncIoStream, private kj::TaskSet::ErrorHandler {
 public:
-  static constexpr size_t READ_BUFFER_BYTES = 64 * 1024;
+  static constexpr size_t READ_BUFFER_BYTES = size_t{64} * 1024;
   // Pending bytes that start a send at once instead of at the end of the event-loop turn.
-  static constexpr size_t FLUSH_BYTES = 64 * 1024;
+  static constexpr size_t FLUSH_BYTES = size_t{64} * 1024;
   // Pending bytes above which writes wait for the socket.
-  static constexpr size_t MAX_PENDING_BYTES = 4 * 1024 * 1024;
+  static constexpr size_t MAX_PENDING_BYTES = size_t{4} * 1024 * 1024;
 
   explicit BufferedStream(kj::Own<kj::AsyncIoStream> inner);
   ~BufferedStream() noexcept(false);
