@@ -122,7 +122,7 @@ private:
 class FraudPlugin final : public Plugin {
 public:
   explicit FraudPlugin(Context& context) : shard(kj::refcounted<Shard>(context)) {}
-  ~FraudPlugin() noexcept(false) { shard->detach(); }
+  ~FraudPlugin() noexcept(false) override { shard->detach(); }
   KJ_DISALLOW_COPY(FraudPlugin);
 
   capnp::Capability::Client service(kj::StringPtr name) override {

@@ -13,7 +13,7 @@ namespace {
 constexpr size_t MAX_ID_BYTES = 255;
 constexpr size_t MAX_TOKEN_BYTES = 128;
 constexpr uint32_t MAX_SCORE = 1000;
-constexpr int64_t MAX_WINDOW_S = 30 * 24 * 3600;
+constexpr int64_t MAX_WINDOW_S = int64_t{30} * 24 * 3600;
 constexpr int64_t MAX_LIMIT = 1'000'000;
 
 bool isPrintableId(kj::StringPtr id) {

@@ -24,7 +24,7 @@ namespace {
 namespace schema = payhost::schema;
 
 constexpr kj::StringPtr SERVICE_NAME = "payments.fx"_kj;
-constexpr int64_t MAX_TTL_S = 24 * 3600;
+constexpr int64_t MAX_TTL_S = int64_t{24} * 3600;
 constexpr int64_t MAX_QUOTES_LIMIT = 10'000'000;
 
 struct Pair {
@@ -300,7 +300,7 @@ private:
 class FxPlugin final : public Plugin {
 public:
   explicit FxPlugin(Context& context) : desk(kj::refcounted<Desk>(context)) {}
-  ~FxPlugin() noexcept(false) { desk->detach(); }
+  ~FxPlugin() noexcept(false) override { desk->detach(); }
   KJ_DISALLOW_COPY(FxPlugin);
 
   capnp::Capability::Client service(kj::StringPtr name) override {

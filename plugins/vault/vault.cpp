@@ -323,7 +323,8 @@ public:
               // The row or the key was changed behind the vault's back: never guess.
               log.error("vault.reveal",
                         {{"token", token}, {"purpose", purpose}, {"outcome", "tampered"}});
-              KJ_FAIL_REQUIRE("the stored card failed authentication (tampered row or wrong key)");
+              kj::throwFatalException(KJ_EXCEPTION(
+                  FAILED, "the stored card failed authentication (tampered row or wrong key)"));
             }
           } else {
             setRejected(result.initRejected(), schema::RejectCode::UNKNOWN_TOKEN,
@@ -343,7 +344,7 @@ public:
   explicit VaultPlugin(Context& context)
       : shard(kj::refcounted<Shard>(context, context.config().string("key", "vault"),
                                     context.config().string("database", "vault"))) {}
-  ~VaultPlugin() noexcept(false) { shard->detach(); }
+  ~VaultPlugin() noexcept(false) override { shard->detach(); }
   KJ_DISALLOW_COPY(VaultPlugin);
 
   capnp::Capability::Client service(kj::StringPtr name) override {
