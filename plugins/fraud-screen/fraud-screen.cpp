@@ -35,7 +35,8 @@ schema::FraudDecision toSchema(Decision decision) {
 // outlives the instance, not the servers, so the instance detaches on destruction. Shard-local.
 class Shard final : public kj::Refcounted {
 public:
-  Shard(Context& context) : screen(Settings::fromConfig(context.config())), context_(context) {}
+  explicit Shard(Context& context)
+      : screen(Settings::fromConfig(context.config())), context_(context) {}
 
   Context& context() {
     KJ_IF_MAYBE (borrowed, context_) {

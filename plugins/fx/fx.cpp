@@ -103,7 +103,7 @@ void fillQuote(schema::FxQuote::Builder out, const Quote& quote, int64_t sourceM
 // conversion must reach the shard that quoted. Shard-local.
 class Desk final : public kj::Refcounted {
 public:
-  Desk(Context& context)
+  explicit Desk(Context& context)
       : pairs(readRates(context.config())),
         ttl(configInteger(context.config(), "quote_ttl_s", 60, 1, MAX_TTL_S) * kj::SECONDS),
         maxQuotes(static_cast<size_t>(
