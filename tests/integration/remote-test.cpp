@@ -37,13 +37,13 @@ kj::String remote(kj::StringPtr name, kj::StringPtr address, kj::StringPtr setti
 // backlog, and nothing ever answers.
 class SilentListener {
 public:
-  SilentListener() : fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+  explicit SilentListener(int backlog = 16) : fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
     KJ_ASSERT(fd.get() >= 0);
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     KJ_SYSCALL(bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)));
-    KJ_SYSCALL(listen(fd, 16));
+    KJ_SYSCALL(listen(fd, backlog));
     socklen_t size = sizeof(address);
     KJ_SYSCALL(getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size));
     port = ntohs(address.sin_port);
@@ -54,6 +54,17 @@ public:
 };
 
 // A loopback port with nothing listening on it (bound, then closed).
+// Connects a socket to 127.0.0.1:`port` and keeps it (to fill a listener's accept queue).
+kj::AutoCloseFd connectLoopback(uint16_t port) {
+  kj::AutoCloseFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(port);
+  KJ_SYSCALL(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)));
+  return fd;
+}
+
 uint16_t closedPort() {
   SilentListener listener;
   return listener.port;
@@ -74,9 +85,9 @@ protected:
     return daemon;
   }
 
-  kj::Own<DaemonProcess> startB() {
+  kj::Own<DaemonProcess> startB(kj::String plugins = echoPlugin()) {
     DaemonOptions options;
-    options.plugins = echoPlugin();
+    options.plugins = kj::mv(plugins);
     return kj::heap<DaemonProcess>(kj::mv(options));
   }
 
@@ -215,6 +226,72 @@ TEST_F(RemoteServices, ARefusedConnectionFailsDisconnectedNamingTheRemote) {
   }
   a->waitForLog("event=remote.connect_failed");
   EXPECT_GE(metric("payhost_remote_connect_failures_total{remote=\"gone\"}"), 1);
+}
+
+TEST_F(RemoteServices, ACallBeyondMaxCallsInFlightIsRefusedAtOnceAndATimeoutCancelsOnTheRemote) {
+  auto b = startB(echoPlugin("slow_token = \"slow\"\nslow_ms = 60000"));
+  auto a = startA(remote("b", kj::str("tcp:", b->tcpAddress()),
+                         "max_calls_in_flight = 2\ncall_timeout_ms = 2000"));
+  Connection<schema::Gateway> gateway(io, a->tcpAddress());
+  Connection<schema::Admin> adminB(io, b->adminAddress());
+  auto forward = gateway.service("test.forward");
+  auto slow1 = screen(forward, "slow", 1);
+  auto slow2 = screen(forward, "slow", 2);
+  waitForCallsInFlight(adminB, 2);
+
+  auto refused = awaitFailure(screen(forward, "fast", 3));
+  EXPECT_EQ(typeOf(refused), "overloaded") << describe(refused);
+  EXPECT_THAT(
+      describe(refused),
+      HasSubstr("remote b (tcp:127.0.0.1:" +
+                s(b->tcpAddress().slice(KJ_ASSERT_NONNULL(b->tcpAddress().findLast(':')) + 1)) +
+                "): 2 calls in flight on this shard (max_calls_in_flight)"));
+
+  // The held calls end at the call timeout, and are cancelled on B.
+  for (auto* held : {&slow1, &slow2}) {
+    auto failure = awaitFailure(kj::mv(*held));
+    EXPECT_EQ(typeOf(failure), "overloaded") << describe(failure);
+    EXPECT_THAT(describe(failure), HasSubstr("no answer within 2000 ms (call_timeout_ms)"));
+  }
+  waitForCallsInFlight(adminB, 0);
+  auto answered = await(screen(forward, "fast", 4));
+  expectForwarded(answered, "fast", 4);
+  EXPECT_EQ(metric("payhost_remote_call_failures_total{remote=\"b\",kind=\"overloaded\"}"), 1);
+  EXPECT_EQ(metric("payhost_remote_call_failures_total{remote=\"b\",kind=\"timeout\"}"), 2);
+}
+
+TEST_F(RemoteServices, AConnectThatHangsFailsAtTheConnectTimeout) {
+  // Backlog 0 admits one connection; with it taken, the kernel drops further connects' SYNs.
+  SilentListener full(0);
+  auto taken = connectLoopback(full.port);
+  auto a = startA(remote("full", kj::str("tcp:127.0.0.1:", full.port),
+                         "connect_timeout_ms = 200\ncall_timeout_ms = 60000"));
+  Connection<schema::Gateway> gateway(io, a->tcpAddress());
+  auto forward = gateway.service("test.forward");
+  auto failure = awaitFailure(screen(forward, "tok", 1));
+  EXPECT_EQ(typeOf(failure), "disconnected") << describe(failure);
+  EXPECT_THAT(describe(failure),
+              HasSubstr(s(kj::str("remote full (tcp:127.0.0.1:", full.port,
+                                  "): connect timed out after 200 ms (connect_timeout_ms)"))));
+}
+
+TEST_F(RemoteServices, AServiceTheRemoteLacksFailsAndIsLookedUpAgainOnTheNextCall) {
+  auto b = startB(kj::str(""));
+  auto a = startA(remote("b", b->unixAddress()));
+  Connection<schema::Gateway> gateway(io, a->tcpAddress());
+  auto forward = gateway.service("test.forward");
+  auto failure = awaitFailure(screen(forward, "tok", 1));
+  EXPECT_EQ(typeOf(failure), "failed") << describe(failure);
+  EXPECT_THAT(describe(failure), HasSubstr("remote b ("));
+  EXPECT_THAT(describe(failure), HasSubstr("unknown service 'test.echo'"));
+
+  auto deployed =
+      runProcess({PAYHOSTCTL, "-s", b->adminSocket(), "deploy", fixture("fixture-echo.so")});
+  ASSERT_EQ(deployed.exitCode, 0) << s(deployed.out) << s(deployed.err);
+  auto answered = await(screen(forward, "tok", 2));
+  expectForwarded(answered, "tok", 2);
+  // On the same connection: the service was looked up again, not the host reconnected.
+  EXPECT_EQ(metric("payhost_remote_connects_total{remote=\"b\"}"), 1);
 }
 
 TEST_F(RemoteServices, APluginProvidingARemoteServiceIsRefusedNamingBoth) {
