@@ -173,6 +173,9 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
     generation->databaseGrants = KJ_MAP(name, plugin.databases) {
       return kj::heapString(name);
     };
+    KJ_IF_MAYBE (remotes, outbound) {
+      (*remotes)->setQuota(generation->name(), plugin.remoteCallsReserve, plugin.remoteCallsLimit);
+    }
   } catch (const kj::Exception& e) {
     error("plugin.refused", {{"path", plugin.path}, {"error", e.getDescription()}});
     registry.addFailed(plugin.path, kj::heapString(e.getDescription()));

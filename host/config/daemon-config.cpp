@@ -682,9 +682,16 @@ private:
           } else if (fieldName == "databases_limit") {
             plugin.databasesLimit =
                 static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1024));
+          } else if (fieldName == "remote_calls_reserve") {
+            plugin.remoteCallsReserve =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1000000));
+          } else if (fieldName == "remote_calls_limit") {
+            plugin.remoteCallsLimit =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1000000));
           } else {
             unknownKey(*field.key, fieldPath,
-                       "workers_reserve, workers_limit, databases_reserve, databases_limit");
+                       "workers_reserve, workers_limit, databases_reserve, databases_limit, "
+                       "remote_calls_reserve, remote_calls_limit");
           }
         }
       } else if (name == "admission") {

@@ -41,6 +41,11 @@ struct PluginConfig {
   // database pool (0: none / no limit beyond the pool).
   uint32_t databasesReserve = 0;
   uint32_t databasesLimit = 0;
+  // `[plugin.quota] remote_calls_reserve / remote_calls_limit`: its calls in flight to each
+  // `[remotes.NAME]`, per shard: reserved out of the remote's max_calls_in_flight / at most (0:
+  // none / no limit beyond the remote's).
+  uint32_t remoteCallsReserve = 0;
+  uint32_t remoteCallsLimit = 0;
   // `[plugin.admission] max_concurrent / max_queued`, per shard: calls beyond `max_concurrent`
   // (0: no limit) wait in a FIFO of `max_queued`; beyond that they fail OVERLOADED at once.
   uint32_t admissionMaxConcurrent = 0;

@@ -45,6 +45,10 @@ public:
   kj::Timer& shardTimer() { return timer; }
   bool closed() const { return closed_; }
   uint32_t inFlight = 0;
+  // Calls beyond their plugin's reservation, which share what no plugin reserved.
+  uint32_t unreservedInFlight = 0;
+  // Calls in flight per plugin.
+  std::map<std::string, uint32_t> pluginInFlight;
 
   // The service `name` on a connected connection, once there is one.
   kj::Promise<capnp::Capability::Client> service(kj::StringPtr name);
@@ -253,8 +257,15 @@ namespace {
 // shard's connections to its remote. Shard-local.
 class RemoteRoute final : public capnp::Capability::Server {
 public:
-  RemoteRoute(kj::Own<RemoteChannel> channel, kj::StringPtr service)
-      : channel(kj::mv(channel)), service(kj::heapString(service)) {}
+  RemoteRoute(kj::Own<RemoteChannel> channel, kj::StringPtr service, kj::StringPtr plugin,
+              Outbound& outbound)
+      : channel(kj::mv(channel)),
+        service(kj::heapString(service)),
+        plugin(kj::heapString(plugin)),
+        pluginKey(plugin.cStr()),
+        // Quotas are set before a plugin's instances are created, and kept across its versions.
+        quota(outbound.quota(plugin)),
+        outbound(outbound) {}
 
   DispatchCallResult dispatchCall(
       uint64_t interfaceId, uint16_t methodId,
@@ -262,18 +273,39 @@ public:
     auto& stats = channel->counters();
     auto& config = channel->entry();
     stats.calls.fetch_add(1, std::memory_order_relaxed);
-    if (config.maxCallsInFlight > 0 && channel->inFlight >= config.maxCallsInFlight) {
+    auto& mine = channel->pluginInFlight[pluginKey];
+    kj::Maybe<kj::String> refused;
+    bool unreserved = mine >= quota.reserve;
+    if (quota.limit > 0 && mine >= quota.limit) {
+      refused = kj::str("plugin ", plugin, " has ", mine,
+                        " calls in flight to this remote on this shard (remote_calls_limit ",
+                        quota.limit, ")");
+    } else if (unreserved && config.maxCallsInFlight > 0) {
+      auto reserved = outbound.reserved();
+      auto shared = config.maxCallsInFlight > reserved ? config.maxCallsInFlight - reserved : 0;
+      if (channel->unreservedInFlight >= shared) {
+        refused = kj::str(
+            channel->inFlight, " calls in flight on this shard (max_calls_in_flight ",
+            config.maxCallsInFlight,
+            reserved > 0 ? kj::str(", ", reserved, " reserved by plugins") : kj::String(), ")");
+      }
+    }
+    KJ_IF_MAYBE (reason, refused) {
       stats.failures.fetch_add(1, std::memory_order_relaxed);
       stats.failedOverloaded.fetch_add(1, std::memory_order_relaxed);
       return {kj::Exception(kj::Exception::Type::OVERLOADED, __FILE__, __LINE__,
-                            kj::str(channel->prefix(), channel->inFlight,
-                                    " calls in flight on this shard (max_calls_in_flight)")),
+                            kj::str(channel->prefix(), *reason)),
               false};
     }
+    ++mine;
+    if (unreserved) ++channel->unreservedInFlight;
     context.allowCancellation();
     ++channel->inFlight;
     stats.callsInFlight.fetch_add(1, std::memory_order_relaxed);
-    auto done = kj::defer([channel = kj::addRef(*channel)]() mutable {
+    // `mine` is a value in `pluginInFlight`, which never erases one.
+    auto done = kj::defer([channel = kj::addRef(*channel), &mine, unreserved]() mutable {
+      --mine;
+      if (unreserved) --channel->unreservedInFlight;
       --channel->inFlight;
       channel->counters().callsInFlight.fetch_sub(1, std::memory_order_relaxed);
     });
@@ -322,6 +354,10 @@ public:
 private:
   kj::Own<RemoteChannel> channel;
   kj::String service;
+  kj::String plugin;
+  std::string pluginKey;
+  Outbound::Quota quota;
+  Outbound& outbound;
 };
 
 }  // namespace
@@ -329,9 +365,33 @@ private:
 Outbound::Outbound(kj::ArrayPtr<const RemoteEntry> remotes)
     : remotes_(KJ_MAP(entry, remotes) { return kj::heap<Remote>(entry); }) {}
 
+void Outbound::setQuota(kj::StringPtr plugin, uint32_t reserve, uint32_t limit) {
+  auto locked = quotas.lockExclusive();
+  uint32_t total = reserve;
+  for (auto& [name, quota] : *locked) {
+    if (name != plugin.cStr()) total += quota.reserve;
+  }
+  for (auto& remote : remotes_) {
+    auto max = remote->config.maxCallsInFlight;
+    if (max > 0 && total > max) {
+      PAYHOST_FAIL(FAILED, "plugin ", plugin, ": remote_calls_reserve ", reserve,
+                   " brings the plugins' reservations to ", total, ", above max_calls_in_flight ",
+                   max, " of [remotes.", remote->config.name, "]");
+    }
+  }
+  (*locked)[std::string(plugin.cStr())] = Quota{reserve, limit};
+  reserved_.store(total, std::memory_order_relaxed);
+}
+
+Outbound::Quota Outbound::quota(kj::StringPtr plugin) const {
+  auto locked = quotas.lockShared();
+  auto found = locked->find(std::string(plugin.cStr()));
+  return found == locked->end() ? Quota{} : found->second;
+}
+
 ShardOutbound::ShardOutbound(Outbound& outbound, uint32_t shardIndex, LogSink& log,
                              kj::AsyncIoProvider& io)
-    : channels(KJ_MAP(remote, outbound.remotes()) {
+    : outbound(outbound), channels(KJ_MAP(remote, outbound.remotes()) {
         return kj::refcounted<RemoteChannel>(*remote, shardIndex, log, io);
       }) {}
 
@@ -339,11 +399,13 @@ ShardOutbound::~ShardOutbound() noexcept(false) {
   close();
 }
 
-kj::Maybe<capnp::Capability::Client> ShardOutbound::tryRoute(kj::StringPtr service) {
+kj::Maybe<capnp::Capability::Client> ShardOutbound::tryRoute(kj::StringPtr service,
+                                                             kj::StringPtr plugin) {
   for (auto& channel : channels) {
     for (auto& name : channel->entry().services) {
       if (name == service) {
-        return capnp::Capability::Client(kj::heap<RemoteRoute>(kj::addRef(*channel), service));
+        return capnp::Capability::Client(
+            kj::heap<RemoteRoute>(kj::addRef(*channel), service, plugin, outbound));
       }
     }
   }

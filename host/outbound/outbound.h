@@ -15,6 +15,11 @@
 //     and when the connection is lost during the call;
 //   - OVERLOADED at once beyond `max_calls_in_flight` calls on the shard, and when no answer came
 //     within `call_timeout_ms` (the call is cancelled on the remote).
+//
+// Per-plugin quotas (`[plugin.quota] remote_calls_reserve / remote_calls_limit`) apply per remote
+// and per shard: a plugin never has more than its limit of calls in flight to one remote, and
+// its reservation of each remote's `max_calls_in_flight` stays free for it however many calls
+// other plugins make. A call refused by a quota fails OVERLOADED naming the plugin and the remote.
 
 #pragma once
 
@@ -23,10 +28,13 @@
 
 #include <capnp/capability.h>
 #include <kj/async-io.h>
+#include <kj/mutex.h>
 #include <kj/refcount.h>
 
 #include <atomic>
 #include <cstdint>
+#include <map>
+#include <string>
 
 namespace payhost::host {
 
@@ -64,8 +72,22 @@ public:
   kj::ArrayPtr<kj::Own<Remote>> remotes() { return remotes_; }
   kj::ArrayPtr<const kj::Own<Remote>> remotes() const { return remotes_; }
 
+  struct Quota {
+    uint32_t reserve = 0;
+    // 0: no limit beyond the remote's max_calls_in_flight.
+    uint32_t limit = 0;
+  };
+  // Sets `plugin`'s quota of calls in flight to each remote, per shard. Throws when the
+  // reservations of all plugins would exceed a remote's `max_calls_in_flight`.
+  void setQuota(kj::StringPtr plugin, uint32_t reserve, uint32_t limit);
+  Quota quota(kj::StringPtr plugin) const;
+  // The sum of every plugin's reservation.
+  uint32_t reserved() const { return reserved_.load(std::memory_order_relaxed); }
+
 private:
   kj::Array<kj::Own<Remote>> remotes_;
+  kj::MutexGuarded<std::map<std::string, Quota>> quotas;
+  std::atomic<uint32_t> reserved_{0};
 };
 
 class RemoteChannel;
@@ -78,15 +100,16 @@ public:
   ~ShardOutbound() noexcept(false);
   KJ_DISALLOW_COPY(ShardOutbound);
 
-  // A capability to `service` on its remote, or null when no remote serves it. Nothing connects
-  // until the first call. The capability stays valid after this object is gone (its calls then
-  // fail DISCONNECTED).
-  kj::Maybe<capnp::Capability::Client> tryRoute(kj::StringPtr service);
+  // A capability to `service` on its remote for the plugin named `plugin` (whose quota its calls
+  // count against), or null when no remote serves it. Nothing connects until the first call. The
+  // capability stays valid after this object is gone (its calls then fail DISCONNECTED).
+  kj::Maybe<capnp::Capability::Client> tryRoute(kj::StringPtr service, kj::StringPtr plugin);
 
   // Closes every connection; later calls fail DISCONNECTED ("payhostd is shutting down").
   void close();
 
 private:
+  Outbound& outbound;
   kj::Array<kj::Own<RemoteChannel>> channels;
 };
 

@@ -127,7 +127,7 @@ public:
   capnp::Capability::Client serviceCapability(kj::StringPtr name) override {
     // A name is either remote or local (the registry refuses a plugin providing a remote name).
     KJ_IF_MAYBE (outbound, services.outbound()) {
-      KJ_IF_MAYBE (remote, outbound->tryRoute(name)) {
+      KJ_IF_MAYBE (remote, outbound->tryRoute(name, generation.name())) {
         return kj::mv(*remote);
       }
     }

@@ -22,9 +22,10 @@ namespace {
 
 using testing::HasSubstr;
 
-kj::String forwardPlugin() {
-  return kj::str("[[plugin]]\npath = \"", fixture("fixture-forward.so"),
-                 "\"\n[plugin.config]\ntarget = \"test.echo\"\n");
+kj::String forwardPlugin(kj::StringPtr file = "fixture-forward.so", kj::StringPtr quota = "") {
+  return kj::str("[[plugin]]\npath = \"", fixture(file), "\"\n",
+                 quota.size() > 0 ? kj::str("[plugin.quota]\n", quota, "\n") : kj::String(),
+                 "[plugin.config]\ntarget = \"test.echo\"\n");
 }
 
 // `[remotes.NAME]` serving test.echo at `address`, plus any further `settings` lines.
@@ -75,10 +76,10 @@ protected:
   ~RemoteServices() noexcept override {}
 
   // Host A: the forward fixture, `remotes` tables and /metrics on port 0.
-  kj::Own<DaemonProcess> startA(kj::String remotes) {
+  kj::Own<DaemonProcess> startA(kj::String remotes, kj::String plugins = forwardPlugin()) {
     DaemonOptions options;
     options.extra = kj::str("[metrics]\nlisten = \"127.0.0.1:0\"\n", remotes);
-    options.plugins = forwardPlugin();
+    options.plugins = kj::mv(plugins);
     auto daemon = kj::heap<DaemonProcess>(kj::mv(options));
     metricsAddress =
         KJ_ASSERT_NONNULL(logField(daemon->waitForLog("event=metrics.open"), "address"));
@@ -245,7 +246,7 @@ TEST_F(RemoteServices, ACallBeyondMaxCallsInFlightIsRefusedAtOnceAndATimeoutCanc
       describe(refused),
       HasSubstr("remote b (tcp:127.0.0.1:" +
                 s(b->tcpAddress().slice(KJ_ASSERT_NONNULL(b->tcpAddress().findLast(':')) + 1)) +
-                "): 2 calls in flight on this shard (max_calls_in_flight)"));
+                "): 2 calls in flight on this shard (max_calls_in_flight 2)"));
 
   // The held calls end at the call timeout, and are cancelled on B.
   for (auto* held : {&slow1, &slow2}) {
@@ -258,6 +259,40 @@ TEST_F(RemoteServices, ACallBeyondMaxCallsInFlightIsRefusedAtOnceAndATimeoutCanc
   expectForwarded(answered, "fast", 4);
   EXPECT_EQ(metric("payhost_remote_call_failures_total{remote=\"b\",kind=\"overloaded\"}"), 1);
   EXPECT_EQ(metric("payhost_remote_call_failures_total{remote=\"b\",kind=\"timeout\"}"), 2);
+}
+
+TEST_F(RemoteServices, AGreedyPluginCannotTakeAnotherPluginsReservationOrExceedItsLimit) {
+  // B holds "slow" calls for 3 s: long enough to look at them, short enough to end by themselves.
+  auto b = startB(echoPlugin("slow_token = \"slow\"\nslow_ms = 3000"));
+  auto a = startA(
+      remote("b", kj::str("tcp:", b->tcpAddress()), "max_calls_in_flight = 2"),
+      kj::str(forwardPlugin(), forwardPlugin("fixture-forward-2.so",
+                                             "remote_calls_reserve = 1\nremote_calls_limit = 1")));
+  Connection<schema::Gateway> gateway(io, a->tcpAddress());
+  Connection<schema::Admin> adminB(io, b->adminAddress());
+  auto greedy = gateway.service("test.forward");
+  auto reserved = gateway.service("test.forward2");
+
+  // Of max_calls_in_flight = 2, forward2 reserved 1: the greedy plugin gets the other one only.
+  auto held = screen(greedy, "slow", 1);
+  waitForCallsInFlight(adminB, 1);
+  auto refused = awaitFailure(screen(greedy, "slow", 2));
+  EXPECT_EQ(typeOf(refused), "overloaded") << describe(refused);
+  EXPECT_THAT(describe(refused),
+              HasSubstr("1 calls in flight on this shard (max_calls_in_flight 2, 1 reserved by "
+                        "plugins)"));
+  // forward2's reservation is still there for it, and its limit (1) holds too.
+  auto mine = screen(reserved, "slow", 3);
+  waitForCallsInFlight(adminB, 2);
+  auto limited = awaitFailure(screen(reserved, "fast", 4));
+  EXPECT_EQ(typeOf(limited), "overloaded") << describe(limited);
+  EXPECT_THAT(describe(limited),
+              HasSubstr("plugin forward2 has 1 calls in flight to this remote on this shard "
+                        "(remote_calls_limit 1)"));
+  auto first = await(kj::mv(held));
+  expectForwarded(first, "slow", 1);
+  auto second = await(kj::mv(mine));
+  expectForwarded(second, "slow", 3);
 }
 
 TEST_F(RemoteServices, AConnectThatHangsFailsAtTheConnectTimeout) {

@@ -286,6 +286,20 @@ TEST(DaemonConfig, RemotesAreParsedWithDefaults) {
   EXPECT_EQ(ledger.backoffMax, 5 * kj::SECONDS);
 }
 
+TEST(DaemonConfig, PluginRemoteCallQuotaIsParsed) {
+  auto config = parse(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "[plugin.quota]",
+                                        "remote_calls_reserve = 2", "remote_calls_limit = 5"}));
+  EXPECT_EQ(config.plugins[0].remoteCallsReserve, 2u);
+  EXPECT_EQ(config.plugins[0].remoteCallsLimit, 5u);
+  auto defaults = parse(REQUIRED + lines({"[[plugin]]", "path = \"a.so\""}));
+  EXPECT_EQ(defaults.plugins[0].remoteCallsReserve, 0u);
+  EXPECT_EQ(defaults.plugins[0].remoteCallsLimit, 0u);
+  EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "[plugin.quota]",
+                                         "remote_calls_limit = -2"})),
+            "/etc/payhost/payhostd.toml:8:22: plugin[0].quota.remote_calls_limit: -2 is out of "
+            "range 0..1000000");
+}
+
 TEST(DaemonConfig, RemoteErrorsNameFileLineAndKey) {
   EXPECT_EQ(
       parseError(lines({"[remotes.a]", "address = \"tcp:h:1\"", "services = [\"x\"]", "[remotes.b]",
@@ -642,7 +656,8 @@ TEST(DaemonConfig, DatabaseErrorsNameTheKey) {
   EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "[plugin.quota]",
                                          "databases_limt = 1"})),
             "/etc/payhost/payhostd.toml:8:1: plugin[0].quota.databases_limt: unknown key (known: "
-            "workers_reserve, workers_limit, databases_reserve, databases_limit)");
+            "workers_reserve, workers_limit, databases_reserve, databases_limit, "
+            "remote_calls_reserve, remote_calls_limit)");
 }
 
 TEST(DaemonConfig, LoadReadsFileAndResolvesAgainstItsDirectory) {
