@@ -38,7 +38,7 @@ public:
         timer(io.getTimer()),
         slots(kj::heapArray<Slot>(config.connectionsPerShard)) {}
 
-  ~RemoteChannel() noexcept(false) { close(); }
+  ~RemoteChannel() noexcept(false) override { close(); }
 
   const RemoteEntry& entry() const { return config; }
   RemoteStats& counters() { return stats; }
