@@ -13,17 +13,6 @@
 
 namespace payhost::host {
 
-namespace {
-
-class IgnoreErrors final : public kj::TaskSet::ErrorHandler {
-public:
-  void taskFailed(kj::Exception&&) override {}
-};
-
-IgnoreErrors ignoreErrors;
-
-}  // namespace
-
 // One remote as seen from one shard: its connections and what each has resolved. Shard-local;
 // refcounted so that capabilities held by plugins stay valid after the shard closes it.
 class RemoteChannel final : public kj::Refcounted {
@@ -36,7 +25,10 @@ public:
         log(log),
         network(io.getNetwork()),
         timer(io.getTimer()),
-        slots(kj::heapArray<Slot>(config.connectionsPerShard)) {}
+        slots(kj::heapArray<Slot>(config.connectionsPerShard)) {
+    for (auto& slot : slots)
+      slot.resolutions = kj::heap<kj::TaskSet>(ignoreErrors);
+  }
 
   ~RemoteChannel() noexcept(false) override { close(); }
 
@@ -70,7 +62,7 @@ private:
     // Services resolved on this connection; an entry goes when its getService fails, and all go
     // with the connection.
     std::map<std::string, capnp::Capability::Client> services;
-    kj::Own<kj::TaskSet> resolutions = kj::heap<kj::TaskSet>(ignoreErrors);
+    kj::Own<kj::TaskSet> resolutions;
     // While CONNECTING: calls waiting for the connection.
     kj::Maybe<kj::ForkedPromise<void>> connected;
     kj::Own<kj::PromiseFulfiller<void>> connectedFulfiller;
@@ -95,6 +87,12 @@ private:
   LogSink& log;
   kj::Network& network;
   kj::Timer& timer;
+  // A failed getService is seen by the calls made on its answer; the task only drops the entry.
+  class IgnoreErrors final : public kj::TaskSet::ErrorHandler {
+  public:
+    void taskFailed(kj::Exception&&) override {}
+  };
+  IgnoreErrors ignoreErrors;
   kj::Array<Slot> slots;
   uint32_t next = 0;
   bool closed_ = false;
