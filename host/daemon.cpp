@@ -6,6 +6,8 @@
 #include "host/loader/plugin-library.h"
 #include "host/metrics/host-metrics.h"
 #include "host/metrics/metrics-server.h"
+#include "host/metrics/outbound-metrics.h"
+#include "host/outbound/outbound.h"
 #include "host/pools/key-store.h"
 #include "host/pools/sql-pool.h"
 #include "host/pools/worker-pool.h"
@@ -108,6 +110,8 @@ private:
   schema::HostState state = schema::HostState::STARTING;
 
   HostShared counters;
+  // Outlives the shards, whose connections count in it.
+  kj::Maybe<kj::Own<Outbound>> outbound;
   kj::Maybe<kj::Own<KeyStore>> keyStore;
   // Destroyed after the worker pool (declared before it): transactions running on it use them.
   kj::Vector<kj::Own<SqlPool>> databases;
@@ -169,6 +173,9 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
     generation->databaseGrants = KJ_MAP(name, plugin.databases) {
       return kj::heapString(name);
     };
+    KJ_IF_MAYBE (remotes, outbound) {
+      (*remotes)->setQuota(generation->name(), plugin.remoteCallsReserve, plugin.remoteCallsLimit);
+    }
   } catch (const kj::Exception& e) {
     error("plugin.refused", {{"path", plugin.path}, {"error", e.getDescription()}});
     registry.addFailed(plugin.path, kj::heapString(e.getDescription()));
@@ -314,6 +321,9 @@ kj::String Daemon::Impl::render() {
   input.connectionsOpen = open;
   input.shards = shards.size();
   input.draining = state == schema::HostState::DRAINING;
+  KJ_IF_MAYBE (remotes, outbound) {
+    return kj::str(renderHostMetrics(input), renderOutboundMetrics(**remotes));
+  }
   return renderHostMetrics(input);
 }
 
@@ -485,6 +495,18 @@ int Daemon::Impl::run() {
       databases.add(kj::heap<SqlPool>(kj::mv(sqlOptions), *KJ_ASSERT_NONNULL(workers), log));
     }
     counters.databases = databases;
+    if (config.remotes.size() > 0) {
+      auto remotes = kj::heap<Outbound>(config.remotes);
+      for (auto& remote : config.remotes) {
+        for (auto& service : remote.services)
+          registry.addRemoteService(service, remote.name);
+        auto services = kj::strArray(remote.services, ",");
+        info("remote.configured",
+             {{"remote", remote.name}, {"address", remote.address}, {"services", services}});
+      }
+      counters.outbound = remotes.get();
+      outbound = kj::mv(remotes);
+    }
   } catch (const kj::Exception& e) {
     error("host.start_failed", {{"error", e.getDescription()}});
     return 1;

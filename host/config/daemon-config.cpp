@@ -148,9 +148,12 @@ public:
         parseDatabases(expectTable(*entry.value, name), config);
       } else if (name == "metrics") {
         parseMetrics(expectTable(*entry.value, name), config);
+      } else if (name == "remotes") {
+        parseRemotes(expectTable(*entry.value, name), config);
       } else {
         unknownKey(*entry.key, name,
-                   "host, listen, admin, deploy, workers, keys, databases, metrics, plugin");
+                   "host, listen, admin, deploy, workers, keys, databases, metrics, remotes, "
+                   "plugin");
       }
     }
     if (!haveListen) fail(root.source().begin, "listen", noListenAddress());
@@ -410,6 +413,109 @@ private:
     }
   }
 
+  void parseRemotes(const toml::table& table, DaemonConfig& config) {
+    for (auto& entry : inFileOrder(table)) {
+      auto name = toKj(entry.key->str());
+      auto remotePath = kj::str("remotes.", name);
+      auto& remoteTable = expectTable(*entry.value, remotePath);
+      RemoteEntry remote;
+      remote.name = kj::mv(name);
+      bool haveServices = false;
+      for (auto& field : inFileOrder(remoteTable)) {
+        auto fieldName = toKj(field.key->str());
+        auto path = kj::str(remotePath, ".", fieldName);
+        auto& value = *field.value;
+        auto millis = [&](int64_t min) {
+          return expectInteger(value, path, min, MAX_DRAIN_TIMEOUT_MS) * kj::MILLISECONDS;
+        };
+        if (fieldName == "address") {
+          remote.address = parseRemoteAddress(value, path);
+        } else if (fieldName == "services") {
+          auto& array = expectArray(value, path);
+          for (size_t i = 0; i < array.size(); ++i) {
+            auto& element = *array.get(i);
+            auto elementPath = kj::str(path, "[", i, "]");
+            auto service = toKj(expectString(element, elementPath));
+            if (service.size() == 0) fail(element.source().begin, elementPath, "must not be empty");
+            for (auto& other : config.remotes) {
+              for (auto& taken : other.services) {
+                if (taken == service) {
+                  fail(element.source().begin, elementPath,
+                       kj::str("service '", service, "' is already mapped to remote '", other.name,
+                               "'; a service resolves to one remote"));
+                }
+              }
+            }
+            for (auto& taken : remote.services) {
+              if (taken == service) {
+                fail(element.source().begin, elementPath,
+                     kj::str("service '", service, "' is listed twice"));
+              }
+            }
+            remote.services.add(kj::mv(service));
+          }
+          haveServices = true;
+        } else if (fieldName == "connections_per_shard") {
+          remote.connectionsPerShard = static_cast<uint32_t>(expectInteger(value, path, 1, 64));
+        } else if (fieldName == "connect_timeout_ms") {
+          remote.connectTimeout = millis(1);
+        } else if (fieldName == "call_timeout_ms") {
+          remote.callTimeout = millis(1);
+        } else if (fieldName == "max_calls_in_flight") {
+          remote.maxCallsInFlight = static_cast<uint32_t>(expectInteger(value, path, 0, 1000000));
+        } else if (fieldName == "backoff_min_ms") {
+          remote.backoffMin = millis(1);
+        } else if (fieldName == "backoff_max_ms") {
+          remote.backoffMax = millis(1);
+        } else {
+          unknownKey(*field.key, path,
+                     "address, services, connections_per_shard, connect_timeout_ms, "
+                     "call_timeout_ms, max_calls_in_flight, backoff_min_ms, backoff_max_ms");
+        }
+      }
+      if (remote.address.size() == 0) {
+        fail(remoteTable.source().begin, kj::str(remotePath, ".address"), "missing required key");
+      }
+      if (!haveServices) {
+        fail(remoteTable.source().begin, kj::str(remotePath, ".services"), "missing required key");
+      }
+      if (remote.backoffMin > remote.backoffMax) {
+        fail(remoteTable.source().begin, remotePath,
+             kj::str("backoff_min_ms (", remote.backoffMin / kj::MILLISECONDS,
+                     ") is above backoff_max_ms (", remote.backoffMax / kj::MILLISECONDS, ")"));
+      }
+      config.remotes.add(kj::mv(remote));
+    }
+  }
+
+  // "tcp:host:port" or "unix:/path" (a relative path is made absolute like other paths).
+  kj::String parseRemoteAddress(const toml::node& node, kj::StringPtr path) {
+    auto text = expectString(node, path);
+    if (text.starts_with("tcp:")) {
+      auto hostPort = text.substr(4);
+      int64_t port = 0;
+      switch (checkHostPort(hostPort, port)) {
+        case HostPort::OK:
+          break;
+        case HostPort::MALFORMED:
+          fail(node.source().begin, path,
+               kj::str("\"", toKj(text), "\" is not tcp:host:port or unix:/path"));
+        case HostPort::PORT_OUT_OF_RANGE:
+          fail(node.source().begin, path, kj::str("port ", port, " is out of range 1..", MAX_PORT));
+      }
+      if (port == 0) fail(node.source().begin, path, "port 0 cannot be connected to");
+      return toKj(text);
+    }
+    if (text.starts_with("unix:") && text.size() > 5) {
+      fs::path value(text.substr(5));
+      auto resolved =
+          value.is_absolute() ? value.lexically_normal() : (dir / value).lexically_normal();
+      return kj::str("unix:", toKj(resolved.native()));
+    }
+    fail(node.source().begin, path,
+         kj::str("\"", toKj(text), "\" is not tcp:host:port or unix:/path"));
+  }
+
   void parseDeploy(const toml::table& table, DaemonConfig& config) {
     for (auto& entry : inFileOrder(table)) {
       auto& value = *entry.value;
@@ -576,9 +682,16 @@ private:
           } else if (fieldName == "databases_limit") {
             plugin.databasesLimit =
                 static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1024));
+          } else if (fieldName == "remote_calls_reserve") {
+            plugin.remoteCallsReserve =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1000000));
+          } else if (fieldName == "remote_calls_limit") {
+            plugin.remoteCallsLimit =
+                static_cast<uint32_t>(expectInteger(*field.value, fieldPath, 0, 1000000));
           } else {
             unknownKey(*field.key, fieldPath,
-                       "workers_reserve, workers_limit, databases_reserve, databases_limit");
+                       "workers_reserve, workers_limit, databases_reserve, databases_limit, "
+                       "remote_calls_reserve, remote_calls_limit");
           }
         }
       } else if (name == "admission") {

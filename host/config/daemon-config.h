@@ -41,6 +41,11 @@ struct PluginConfig {
   // database pool (0: none / no limit beyond the pool).
   uint32_t databasesReserve = 0;
   uint32_t databasesLimit = 0;
+  // `[plugin.quota] remote_calls_reserve / remote_calls_limit`: its calls in flight to each
+  // `[remotes.NAME]`, per shard: reserved out of the remote's max_calls_in_flight / at most (0:
+  // none / no limit beyond the remote's).
+  uint32_t remoteCallsReserve = 0;
+  uint32_t remoteCallsLimit = 0;
   // `[plugin.admission] max_concurrent / max_queued`, per shard: calls beyond `max_concurrent`
   // (0: no limit) wait in a FIFO of `max_queued`; beyond that they fail OVERLOADED at once.
   uint32_t admissionMaxConcurrent = 0;
@@ -62,6 +67,28 @@ struct DatabaseEntry {
   uint32_t minConnections = 0;
   uint32_t maxConnections = 4;
   kj::Duration leaseWait = 100 * kj::MILLISECONDS;
+};
+
+// [remotes.NAME]: another payhostd whose services this host's plugins reach through
+// `Context::service`. See host/config/README.md.
+struct RemoteEntry {
+  kj::String name;
+  // "tcp:host:port" or "unix:/absolute/path" (a relative unix path is resolved against the config
+  // file's directory).
+  kj::String address;
+  // The service names that resolve to this remote; each names at most one remote.
+  kj::Vector<kj::String> services;
+  // Connections each shard keeps open to the remote (opened on the first call, then reused).
+  uint32_t connectionsPerShard = 1;
+  kj::Duration connectTimeout = 1 * kj::SECONDS;
+  // A call that has no answer within this fails OVERLOADED naming the remote.
+  kj::Duration callTimeout = 5 * kj::SECONDS;
+  // Calls in flight to the remote per shard; beyond, calls fail OVERLOADED at once (0: no limit).
+  uint32_t maxCallsInFlight = 1024;
+  // After a lost connection or a failed connect, wait from `backoffMin`, doubling up to
+  // `backoffMax`, before connecting again; calls meanwhile fail DISCONNECTED at once.
+  kj::Duration backoffMin = 100 * kj::MILLISECONDS;
+  kj::Duration backoffMax = 5 * kj::SECONDS;
 };
 
 struct KeyEntry {
@@ -120,6 +147,9 @@ struct DaemonConfig {
 
   // [databases.NAME], in file order.
   kj::Vector<DatabaseEntry> databases;
+
+  // [remotes.NAME], in file order.
+  kj::Vector<RemoteEntry> remotes;
 
   // [metrics] listen = "127.0.0.1:9400": the Prometheus endpoint (/metrics, /healthz, /readyz).
   // Empty: no metrics listener. Port 0 picks a free port.

@@ -4,8 +4,22 @@
 
 namespace payhost::host {
 
+void Registry::addRemoteService(kj::StringPtr service, kj::StringPtr remote) {
+  remoteServices.add(RemoteService{kj::heapString(service), kj::heapString(remote)});
+}
+
 void Registry::checkServicesFree(const Generation& generation,
                                  kj::Maybe<const Generation&> replacing) const {
+  for (auto& remote : remoteServices) {
+    for (auto& ours : generation.services()) {
+      if (remote.service == ours.name) {
+        PAYHOST_FAIL(FAILED, generation.library().path(), ": service '", ours.name, "' of plugin ",
+                     generation.name(), " ", generation.version(), " is mapped to remote host '",
+                     remote.remote, "' by [remotes.", remote.remote,
+                     "] services in the config; a service is either local or remote");
+      }
+    }
+  }
   for (auto& record : records) {
     KJ_IF_MAYBE (other, record.generation) {
       KJ_IF_MAYBE (old, replacing) {

@@ -33,8 +33,12 @@ public:
   // A fresh id for the next load (also names its memfd).
   uint64_t nextLoadId() { return ++lastLoadId; }
 
+  // Records that `service` resolves to the remote host `remote` ([remotes.NAME] in the config):
+  // no plugin of this host may then provide it.
+  void addRemoteService(kj::StringPtr service, kj::StringPtr remote);
+
   // Throws, naming both plugins, when a service of `generation` is already provided by a plugin
-  // other than `replacing`.
+  // other than `replacing`, and naming the remote when the config maps it to a remote host.
   void checkServicesFree(const Generation& generation,
                          kj::Maybe<const Generation&> replacing = nullptr) const;
 
@@ -56,6 +60,11 @@ public:
 private:
   uint64_t lastLoadId = 0;
   kj::Vector<PluginRecord> records;
+  struct RemoteService {
+    kj::String service;
+    kj::String remote;
+  };
+  kj::Vector<RemoteService> remoteServices;
 };
 
 }  // namespace payhost::host

@@ -1,5 +1,6 @@
 #include "host/registry/shard-services.h"
 
+#include "host/outbound/outbound.h"
 #include "host/pools/key-store.h"
 #include "host/pools/sql-pool.h"
 #include "host/pools/worker-pool.h"
@@ -124,6 +125,12 @@ public:
   const Config& config() override { return generation.config(); }
   Clock& clock() override { return clock_; }
   capnp::Capability::Client serviceCapability(kj::StringPtr name) override {
+    // A name is either remote or local (the registry refuses a plugin providing a remote name).
+    KJ_IF_MAYBE (outbound, services.outbound()) {
+      KJ_IF_MAYBE (remote, outbound->tryRoute(name, generation.name())) {
+        return kj::mv(*remote);
+      }
+    }
     return services.route(name);
   }
 

@@ -31,6 +31,8 @@ namespace payhost::host {
 class WorkerPool;
 class KeyStore;
 class SqlPool;
+class Outbound;
+class ShardOutbound;
 
 // What the shards share with the host: call counters (for status and drain) and the pools lent
 // to plugins. Thread-safe; outlives every shard.
@@ -39,6 +41,8 @@ struct HostShared {
   KeyStore* keys = nullptr;
   // The `[databases.NAME]` pools.
   kj::ArrayPtr<kj::Own<SqlPool>> databases;
+  // The `[remotes.NAME]` services; null when the config names none.
+  Outbound* outbound = nullptr;
   std::atomic<uint64_t> total{0};
   std::atomic<uint64_t> failed{0};
   std::atomic<int64_t> inFlight{0};
@@ -97,6 +101,11 @@ public:
 
   HostShared& shared() { return counters; }
 
+  // This shard's connections to remote hosts, for `Context::service` of a name that a
+  // `[remotes.NAME]` table maps there. `outbound` outlives every plugin instance on the shard.
+  void setOutbound(ShardOutbound& outbound) { outbound_ = &outbound; }
+  kj::Maybe<ShardOutbound&> outbound() { return outbound_; }
+
   // Revokes every membrane and destroys every instance (on shutdown).
   void clear();
 
@@ -115,6 +124,7 @@ private:
   kj::Timer& timer;
   HostShared& counters;
   bool draining = false;
+  ShardOutbound* outbound_ = nullptr;
   uint32_t inFlight_ = 0;
   kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> idleFulfiller;
   std::map<std::string, kj::Own<Entry>> entries;

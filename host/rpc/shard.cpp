@@ -55,7 +55,13 @@ ShardState::ShardState(uint32_t index, uint32_t count, LogSink& log, kj::AsyncIo
       io(io),
       readerOptions(readerOptions),
       services_(index, count, log, io.provider->getTimer(), counters),
-      connections(kj::heap<kj::TaskSet>(errorHandler)) {}
+      connections(kj::heap<kj::TaskSet>(errorHandler)) {
+  if (counters.outbound != nullptr) {
+    auto shardOutbound = kj::heap<ShardOutbound>(*counters.outbound, index, log, *io.provider);
+    services_.setOutbound(*shardOutbound);
+    outbound = kj::mv(shardOutbound);
+  }
+}
 
 ShardState::~ShardState() noexcept(false) {
   close();
@@ -96,6 +102,11 @@ void ShardState::close() {
   // Connections first: they hold routes and gateways that point into `services_`.
   connections = nullptr;
   services_.clear();
+  // After the instances: a plugin's last calls to a remote fail DISCONNECTED, not on a dangling
+  // pointer. The capabilities themselves stay valid.
+  KJ_IF_MAYBE (remotes, outbound) {
+    (*remotes)->close();
+  }
 }
 
 Shard::Shard(uint32_t index, uint32_t count, LogSink& log, HostShared& counters,

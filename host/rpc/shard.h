@@ -10,6 +10,7 @@
 #pragma once
 
 #include "host/log/logger.h"
+#include "host/outbound/outbound.h"
 #include "host/registry/shard-services.h"
 
 #include <capnp/message.h>
@@ -60,6 +61,8 @@ private:
   LogSink& log;
   kj::AsyncIoContext& io;
   capnp::ReaderOptions readerOptions;
+  // Before `services_`: plugin instances hold capabilities that use it.
+  kj::Maybe<kj::Own<ShardOutbound>> outbound;
   ShardServices services_;
   ErrorHandler errorHandler{log};
   kj::Maybe<kj::Own<kj::TaskSet>> connections;

@@ -207,6 +207,10 @@ DaemonProcess::DaemonProcess(DaemonOptions options)
   if (options.extra.size() > 0) config.add(kj::mv(options.extra));
   config.add(kj::mv(options.plugins));
   writeFile(configPath_, kj::strArray(config, "\n"));
+  start();
+}
+
+void DaemonProcess::start() {
   auto pipe = makePipe();
   kj::StringPtr argv[] = {PAYHOSTD, "-c", configPath_};
   child = kj::heap<Child>(argv, pipe.write, pipe.write);
@@ -229,6 +233,19 @@ DaemonProcess::~DaemonProcess() noexcept(false) {
       ADD_FAILURE() << "payhostd did not exit after SIGTERM\n" << s(logText());
     }
   }
+  checkSanitizerReports();
+}
+
+void DaemonProcess::restart() {
+  KJ_REQUIRE(child->exited(), "restart() needs the daemon to have exited");
+  checkSanitizerReports();
+  lines.clear();
+  partial.clear();
+  log = nullptr;
+  start();
+}
+
+void DaemonProcess::checkSanitizerReports() {
   for (auto& line : lines) {
     if (contains(line, "ERROR: AddressSanitizer") || contains(line, "ERROR: LeakSanitizer") ||
         contains(line, "runtime error:")) {

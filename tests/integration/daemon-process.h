@@ -171,9 +171,17 @@ public:
   // Waits for the process to exit and its log to end; returns the exit code.
   int waitForExit(kj::Duration timeout);
 
+  // Starts payhostd again, with the same config and directory, after it exited (e.g. after
+  // SIGKILL and `waitForExit`); returns once it has logged `host.ready`. The log starts afresh.
+  // TCP port 0 gets a new port: a peer that must find it again uses `unixAddress()`.
+  void restart();
+
   kj::String logText() const { return kj::strArray(lines, "\n"); }
 
 private:
+  void start();
+  // Fails the running test if the log read so far has a sanitizer report.
+  void checkSanitizerReports();
   // Reads what arrives on the log before `deadline`; false at its end or when the deadline
   // passed with nothing new.
   bool readLog(kj::TimePoint deadline);

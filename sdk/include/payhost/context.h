@@ -61,9 +61,15 @@ public:
 
   virtual Clock& clock() = 0;
 
-  // A capability to the service `name` provided by another plugin. Calls on it fail with
-  // `DISCONNECTED` if that service is not (or no longer) available; they are routed to whatever
-  // version serves `name` when each call is made.
+  // A capability to the service `name`: provided by another plugin of this host, or by another
+  // host when the host's operator maps `name` to one (the host's config; the plugin's code is the
+  // same either way). Local calls are routed to whatever version serves `name` when each call is
+  // made. Remote calls travel over connections the host pools and reuses, and carry the remote's
+  // name in their errors. Calls fail with `DISCONNECTED` if the service is not (or no longer)
+  // available or its host cannot be reached (at once, without waiting, while the host is known
+  // to be down), and with `OVERLOADED` when a remote host does not answer within the host's call
+  // timeout. Keep the capability and reuse it: looking it up is cheap, but a reused capability
+  // keeps working across the remote's restarts and this service's redeploys.
   virtual capnp::Capability::Client serviceCapability(kj::StringPtr name) = 0;
 
   // Typed form of `serviceCapability`: `ctx.service<schema::FraudScreen>("payments.fraud")`.

@@ -190,7 +190,8 @@ TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
             "(known: shards, log_level, log_format, drain_timeout_ms, data_dir)");
   EXPECT_EQ(parseError(lines({"[hots]"}) + REQUIRED),
             "/etc/payhost/payhostd.toml:1:2: hots: unknown key "
-            "(known: host, listen, admin, deploy, workers, keys, databases, metrics, plugin)");
+            "(known: host, listen, admin, deploy, workers, keys, databases, metrics, remotes, "
+            "plugin)");
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"a:1\"]", "udp = [\"a:1\"]"})),
             "/etc/payhost/payhostd.toml:3:1: listen.udp: unknown key (known: tcp, unix)");
   EXPECT_EQ(parseError(lines({"[admin]", "  sockett = \"a\""})),
@@ -244,6 +245,98 @@ TEST(DaemonConfig, PluginAdmissionIsParsedAndChecked) {
   EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "admission = 3"})),
             "/etc/payhost/payhostd.toml:7:13: plugin[0].admission: "
             "expected a table, got an integer");
+}
+
+TEST(DaemonConfig, RemotesAreParsedWithDefaults) {
+  auto config = parse(lines({
+                          "[remotes.fx-host]",
+                          "address = \"tcp:10.0.0.5:7400\"",
+                          "services = [\"payments.fx\", \"payments.rates\"]",
+                          "connections_per_shard = 2",
+                          "connect_timeout_ms = 300",
+                          "call_timeout_ms = 700",
+                          "max_calls_in_flight = 10",
+                          "backoff_min_ms = 20",
+                          "backoff_max_ms = 400",
+                          "[remotes.ledger-host]",
+                          "address = \"unix:run/ledger.sock\"",
+                          "services = [\"payments.ledger\"]",
+                      }) +
+                      REQUIRED);
+  ASSERT_EQ(config.remotes.size(), 2u);
+  auto& fx = config.remotes[0];
+  EXPECT_EQ(str(fx.name), "fx-host");
+  EXPECT_EQ(str(fx.address), "tcp:10.0.0.5:7400");
+  ASSERT_EQ(fx.services.size(), 2u);
+  EXPECT_EQ(str(fx.services[1]), "payments.rates");
+  EXPECT_EQ(fx.connectionsPerShard, 2u);
+  EXPECT_EQ(fx.connectTimeout, 300 * kj::MILLISECONDS);
+  EXPECT_EQ(fx.callTimeout, 700 * kj::MILLISECONDS);
+  EXPECT_EQ(fx.maxCallsInFlight, 10u);
+  EXPECT_EQ(fx.backoffMin, 20 * kj::MILLISECONDS);
+  EXPECT_EQ(fx.backoffMax, 400 * kj::MILLISECONDS);
+  auto& ledger = config.remotes[1];
+  // Relative unix paths resolve against the config file's directory.
+  EXPECT_EQ(str(ledger.address), "unix:/etc/payhost/run/ledger.sock");
+  EXPECT_EQ(ledger.connectionsPerShard, 1u);
+  EXPECT_EQ(ledger.connectTimeout, 1 * kj::SECONDS);
+  EXPECT_EQ(ledger.callTimeout, 5 * kj::SECONDS);
+  EXPECT_EQ(ledger.maxCallsInFlight, 1024u);
+  EXPECT_EQ(ledger.backoffMin, 100 * kj::MILLISECONDS);
+  EXPECT_EQ(ledger.backoffMax, 5 * kj::SECONDS);
+}
+
+TEST(DaemonConfig, PluginRemoteCallQuotaIsParsed) {
+  auto config = parse(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "[plugin.quota]",
+                                        "remote_calls_reserve = 2", "remote_calls_limit = 5"}));
+  EXPECT_EQ(config.plugins[0].remoteCallsReserve, 2u);
+  EXPECT_EQ(config.plugins[0].remoteCallsLimit, 5u);
+  auto defaults = parse(REQUIRED + lines({"[[plugin]]", "path = \"a.so\""}));
+  EXPECT_EQ(defaults.plugins[0].remoteCallsReserve, 0u);
+  EXPECT_EQ(defaults.plugins[0].remoteCallsLimit, 0u);
+  EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "[plugin.quota]",
+                                         "remote_calls_limit = -2"})),
+            "/etc/payhost/payhostd.toml:8:22: plugin[0].quota.remote_calls_limit: -2 is out of "
+            "range 0..1000000");
+}
+
+TEST(DaemonConfig, RemoteErrorsNameFileLineAndKey) {
+  EXPECT_EQ(
+      parseError(lines({"[remotes.a]", "address = \"tcp:h:1\"", "services = [\"x\"]", "[remotes.b]",
+                        "address = \"tcp:h:2\"", "services = [\"y\", \"x\"]"}) +
+                 REQUIRED),
+      "/etc/payhost/payhostd.toml:6:18: remotes.b.services[1]: service 'x' is already "
+      "mapped to remote 'a'; a service resolves to one remote");
+  EXPECT_EQ(
+      parseError(lines({"[remotes.a]", "address = \"10.0.0.5:7400\"", "services = []"}) + REQUIRED),
+      "/etc/payhost/payhostd.toml:2:11: remotes.a.address: \"10.0.0.5:7400\" is not "
+      "tcp:host:port or unix:/path");
+  EXPECT_EQ(parseError(lines({"[remotes.a]", "address = \"tcp:h:0\"", "services = []"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:11: remotes.a.address: port 0 cannot be connected to");
+  EXPECT_EQ(parseError(lines({"[remotes.a]", "services = [\"x\"]"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:1:1: remotes.a.address: missing required key");
+  EXPECT_EQ(parseError(lines({"[remotes.a]", "address = \"tcp:h:1\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:1:1: remotes.a.services: missing required key");
+  EXPECT_EQ(
+      parseError(lines({"[remotes.a]", "address = \"tcp:h:1\"", "services = [\"x\", \"x\"]"}) +
+                 REQUIRED),
+      "/etc/payhost/payhostd.toml:3:18: remotes.a.services[1]: service 'x' is listed twice");
+  EXPECT_EQ(parseError(lines({"[remotes.a]", "address = \"tcp:h:1\"", "services = [\"x\"]",
+                              "connections = 2"}) +
+                       REQUIRED),
+            "/etc/payhost/payhostd.toml:4:1: remotes.a.connections: unknown key (known: address, "
+            "services, connections_per_shard, connect_timeout_ms, call_timeout_ms, "
+            "max_calls_in_flight, backoff_min_ms, backoff_max_ms)");
+  EXPECT_EQ(parseError(lines({"[remotes.a]", "address = \"tcp:h:1\"", "services = [\"x\"]",
+                              "connections_per_shard = 0"}) +
+                       REQUIRED),
+            "/etc/payhost/payhostd.toml:4:25: remotes.a.connections_per_shard: 0 is out of range "
+            "1..64");
+  EXPECT_EQ(parseError(lines({"[remotes.a]", "address = \"tcp:h:1\"", "services = [\"x\"]",
+                              "backoff_min_ms = 500", "backoff_max_ms = 100"}) +
+                       REQUIRED),
+            "/etc/payhost/payhostd.toml:1:1: remotes.a: backoff_min_ms (500) is above "
+            "backoff_max_ms (100)");
 }
 
 TEST(DaemonConfig, FirstErrorInFileIsReported) {
@@ -563,7 +656,8 @@ TEST(DaemonConfig, DatabaseErrorsNameTheKey) {
   EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "[plugin.quota]",
                                          "databases_limt = 1"})),
             "/etc/payhost/payhostd.toml:8:1: plugin[0].quota.databases_limt: unknown key (known: "
-            "workers_reserve, workers_limit, databases_reserve, databases_limit)");
+            "workers_reserve, workers_limit, databases_reserve, databases_limit, "
+            "remote_calls_reserve, remote_calls_limit)");
 }
 
 TEST(DaemonConfig, LoadReadsFileAndResolvesAgainstItsDirectory) {
