@@ -11,6 +11,11 @@
 // (payhostd, bare, payhostd, bare, ...) so drift on a shared machine hits both. Reported per case:
 // calls/s, p50/p99 latency, server CPU per call (utime+stime of the server process, all threads,
 // from /proc), calls per server-CPU-second, and the ratio payhostd / bare of the medians.
+//
+// With `--tls CERTS` (a directory made by `scripts/make-certs.sh CERTS`), the two servers are
+// instead payhostd serving TLS with client certificates (the client is CN=merchant-a) and the
+// same payhostd config over a plaintext `insecure` listener; each connection is set up once and
+// reused for every call, so the figure is TLS's cost per call, not per handshake.
 
 #include "bench/loadgen.h"
 #include "bench/server-process.h"
@@ -23,7 +28,9 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
+#include <kj/compat/tls.h>
 #include <kj/debug.h>
+#include <kj/filesystem.h>
 
 #include <CLI/CLI.hpp>
 
@@ -34,6 +41,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -86,6 +94,7 @@ public:
     work();
     return kj::READY_NOW;
   }
+  kj::StringPtr callerOf(const void*) override { return "bench"; }
 
 private:
   BareLogger logger;
@@ -124,10 +133,17 @@ struct Server {
   pid_t pid = -1;
   uint16_t port = 0;
   kj::String name;
+  // Set: connect over TLS with this client context.
+  kj::TlsContext* tls = nullptr;
 };
 
 Server startServer(kj::StringPtr name, std::vector<std::string> args, kj::StringPtr logPath) {
   return Server{startProcess(kj::mv(args), logPath), 0, kj::heapString(name)};
+}
+
+kj::String readText(kj::StringPtr path) {
+  auto fs = kj::newDiskFilesystem();
+  return fs->getRoot().openFile(fs->getCurrentPath().evalNative(path))->readAllText();
 }
 
 // The port the bare server printed ("listening PORT") into its log.
@@ -161,6 +177,9 @@ Measurement measure(kj::AsyncIoContext& io, const Server& server, bool throughGa
   auto address =
       io.provider->getNetwork().parseAddress(kj::str("127.0.0.1:", server.port)).wait(io.waitScope);
   auto connection = address->connect().wait(io.waitScope);
+  if (server.tls != nullptr) {
+    connection = server.tls->wrapClient(kj::mv(connection), "localhost").wait(io.waitScope);
+  }
   capnp::TwoPartyClient client(*connection);
   CardProcessor::Client card = nullptr;
   if (throughGateway) {
@@ -216,27 +235,66 @@ double median(std::vector<double> values) {
   return n == 0 ? 0 : n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
 }
 
+// Writes a payhostd config into `dir` (`name`.toml, admin socket `name`.sock) and returns its
+// path. With `certs`, its listener serves TLS with client certificates from that directory.
+kj::String writePayhostdConfig(kj::StringPtr dir, kj::StringPtr name, const std::string& plugin,
+                               const std::string& certs) {
+  auto configPath = kj::str(dir, "/", name, ".toml");
+  // Warning level: per-call log lines would be a cost the bare server does not pay. The port
+  // payhostd picked comes from its admin interface.
+  std::ofstream config(configPath.cStr());
+  config << "[host]\nshards = 1\nlog_level = \"warning\"\n[listen]\n";
+  if (certs.empty()) {
+    config << "tcp = [{ address = \"127.0.0.1:0\", insecure = true, identity = \"merchant-a\" }]\n";
+  } else {
+    config << "tcp = [\"127.0.0.1:0\"]\n[tls]\ncertificate = \"" << certs
+           << "/server.pem\"\nprivate_key = \"" << certs << "/server.key\"\nclient_ca = \"" << certs
+           << "/ca.pem\"\n";
+  }
+  config << "[[access]]\nidentity = \"merchant-a\"\nservices = [\"payments.card\"]\n"
+         << "[admin]\nsocket = \"" << dir.cStr() << "/" << name.cStr()
+         << ".sock\"\n[[plugin]]\npath = \"" << plugin << "\"\n";
+  return configPath;
+}
+
 int runBenchmark(const std::string& payhostd, const std::string& plugin, const std::string& self,
-                 int rounds, int seconds, const std::string& jsonPath) {
+                 int rounds, int seconds, const std::string& jsonPath, const std::string& certs) {
   char dir[] = "/tmp/payhost-bench-XXXXXX";
   KJ_ASSERT(mkdtemp(dir) != nullptr);
-  auto configPath = kj::str(dir, "/payhostd.toml");
-  {
-    // Warning level: per-call log lines would be a cost the bare server does not pay. The port
-    // payhostd picked comes from its admin interface.
-    std::ofstream config(configPath.cStr());
-    config << "[host]\nshards = 1\nlog_level = \"warning\"\n[listen]\ntcp = [\"127.0.0.1:0\"]\n"
-           << "[admin]\nsocket = \"" << dir << "/admin.sock\"\n[[plugin]]\npath = \"" << plugin
-           << "\"\n";
-  }
+  bool tlsMode = !certs.empty();
   auto io = kj::setupAsyncIo();
-  auto adminSocket = kj::str(dir, "/admin.sock");
-  auto bareLog = kj::str(dir, "/bare.log");
-  auto host = startServer("payhostd", {payhostd, "--config", configPath.cStr()},
+  auto configPath = writePayhostdConfig(dir, "payhostd", plugin, certs);
+  auto adminSocket = kj::str(dir, "/payhostd.sock");
+  auto host = startServer(tlsMode ? "tls" : "payhostd", {payhostd, "--config", configPath.cStr()},
                           kj::str(dir, "/payhostd.log"));
   host.port = waitForPort(io, host.pid, host.name, [&]() { return payhostdPort(io, adminSocket); });
-  auto bare = startServer("bare", {self, "--serve-bare", "--plugin", plugin}, bareLog);
-  bare.port = waitForPort(io, bare.pid, bare.name, [&]() { return barePort(bareLog); });
+  Server bare;
+  kj::Maybe<kj::Own<kj::TlsContext>> clientTls;
+  kj::Maybe<kj::TlsKeypair> keypair;
+  kj::Vector<kj::TlsCertificate> trusted;
+  if (tlsMode) {
+    // The baseline: the same daemon config over a plaintext listener.
+    auto plainConfig = writePayhostdConfig(dir, "plain", plugin, "");
+    auto plainAdmin = kj::str(dir, "/plain.sock");
+    bare = startServer("plain", {payhostd, "--config", plainConfig.cStr()},
+                       kj::str(dir, "/plain.log"));
+    bare.port =
+        waitForPort(io, bare.pid, bare.name, [&]() { return payhostdPort(io, plainAdmin); });
+    trusted.add(kj::TlsCertificate(readText(kj::str(certs, "/ca.pem"))));
+    keypair = kj::TlsKeypair{kj::TlsPrivateKey(readText(kj::str(certs, "/merchant-a.key"))),
+                             kj::TlsCertificate(readText(kj::str(certs, "/merchant-a.pem")))};
+    kj::TlsContext::Options options;
+    options.useSystemTrustStore = false;
+    options.trustedCertificates = trusted;
+    options.defaultKeypair = KJ_ASSERT_NONNULL(keypair);
+    host.tls = clientTls.emplace(kj::heap<kj::TlsContext>(kj::mv(options))).get();
+  } else {
+    auto bareLog = kj::str(dir, "/bare.log");
+    bare = startServer("bare", {self, "--serve-bare", "--plugin", plugin}, bareLog);
+    bare.port = waitForPort(io, bare.pid, bare.name, [&]() { return barePort(bareLog); });
+  }
+  auto hostLabel = tlsMode ? "tls" : "payhostd";
+  auto bareLabel = tlsMode ? "plaintext" : "bare";
 
   struct Case {
     const char* name;
@@ -246,7 +304,13 @@ int runBenchmark(const std::string& payhostd, const std::string& plugin, const s
   std::ostringstream json;
   json << "{\n  \"benchmark\": \"gateway\",\n  \"rounds\": " << rounds
        << ",\n  \"seconds\": " << seconds << ",\n  \"cases\": [";
-  printf("payhost-bench: authorize through payhostd vs the same plugin served bare\n");
+  if (tlsMode) {
+    printf(
+        "payhost-bench --tls: authorize through payhostd over TLS (client certificate) vs the "
+        "same config over plaintext, connections reused\n");
+  } else {
+    printf("payhost-bench: authorize through payhostd vs the same plugin served bare\n");
+  }
   printf("%d rounds of %d s per server and case, interleaved; medians (min-max)\n\n", rounds,
          seconds);
   bool firstCase = true;
@@ -254,7 +318,7 @@ int runBenchmark(const std::string& payhostd, const std::string& plugin, const s
     std::vector<Measurement> hostRuns, bareRuns;
     for (int round = 0; round < rounds; ++round) {
       hostRuns.push_back(measure(io, host, true, c.inFlight, seconds * kj::SECONDS));
-      bareRuns.push_back(measure(io, bare, false, c.inFlight, seconds * kj::SECONDS));
+      bareRuns.push_back(measure(io, bare, tlsMode, c.inFlight, seconds * kj::SECONDS));
     }
     auto column = [](const std::vector<Measurement>& runs, double Measurement::*field) {
       std::vector<double> values;
@@ -280,22 +344,26 @@ int runBenchmark(const std::string& payhostd, const std::string& plugin, const s
     };
     printf("%s\n", c.name);
     fflush(stdout);
-    describe("payhostd", hostRuns);
-    describe("bare", bareRuns);
+    describe(hostLabel, hostRuns);
+    describe(bareLabel, bareRuns);
     double cpuRatio = median(column(hostRuns, &Measurement::callsPerServerCpuSecond)) /
                       median(column(bareRuns, &Measurement::callsPerServerCpuSecond));
     double p50Ratio = median(column(hostRuns, &Measurement::p50Micros)) /
                       median(column(bareRuns, &Measurement::p50Micros));
     double rateRatio = median(column(hostRuns, &Measurement::callsPerSecond)) /
                        median(column(bareRuns, &Measurement::callsPerSecond));
-    printf("  ratio payhostd/bare: calls/s %.2fx, calls per server-CPU-s %.2fx, p50 %.2fx\n\n",
-           rateRatio, cpuRatio, p50Ratio);
+    double cpuPerCallRatio = median(column(hostRuns, &Measurement::serverCpuMicrosPerCall)) /
+                             median(column(bareRuns, &Measurement::serverCpuMicrosPerCall));
+    printf(
+        "  ratio %s/%s: calls/s %.2fx, calls per server-CPU-s %.2fx, p50 %.2fx, "
+        "server CPU per call %.2fx\n\n",
+        hostLabel, bareLabel, rateRatio, cpuRatio, p50Ratio, cpuPerCallRatio);
 
     json << (firstCase ? "" : ",") << "\n    {\"case\": \"" << c.name
          << "\", \"in_flight\": " << c.inFlight;
     firstCase = false;
     for (auto* side : {&hostRuns, &bareRuns}) {
-      json << ", \"" << (side == &hostRuns ? "payhostd" : "bare")
+      json << ", \"" << (side == &hostRuns ? hostLabel : bareLabel)
            << "\": {\"calls_per_s\": " << median(column(*side, &Measurement::callsPerSecond))
            << ", \"p50_us\": " << median(column(*side, &Measurement::p50Micros))
            << ", \"p99_us\": " << median(column(*side, &Measurement::p99Micros))
@@ -326,11 +394,15 @@ int main(int argc, char** argv) {
   std::string service = "payments.card";
   bool serveBare = false;
   int rounds = 3, seconds = 3;
+  std::string certs;
   app.add_option("--payhostd", payhostd, "path of payhostd");
   app.add_option("--plugin", plugin, "the card-processor plugin")->required();
   app.add_option("--rounds", rounds, "interleaved rounds per case")->capture_default_str();
   app.add_option("--seconds", seconds, "seconds per measurement")->capture_default_str();
   app.add_option("--json", json, "write the medians as JSON to this file");
+  app.add_option("--tls", certs,
+                 "compare TLS with plaintext through payhostd; certificates from this directory "
+                 "(bash scripts/make-certs.sh DIR)");
   app.add_flag("--serve-bare", serveBare, "internal: serve the plugin bare and print the port");
   app.add_option("--service", service, "internal: the service to serve bare");
   CLI11_PARSE(app, argc, argv);
@@ -344,7 +416,11 @@ int main(int argc, char** argv) {
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
     KJ_ASSERT(n > 0);
     self[n] = '\0';
-    return payhost::bench::runBenchmark(payhostd, plugin, self, rounds, seconds, json);
+    if (!certs.empty()) {
+      std::error_code ignored;
+      certs = std::filesystem::absolute(certs, ignored).string();
+    }
+    return payhost::bench::runBenchmark(payhostd, plugin, self, rounds, seconds, json, certs);
   } catch (const kj::Exception& e) {
     fprintf(stderr, "payhost-bench: %s\n", e.getDescription().cStr());
     return 1;

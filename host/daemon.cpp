@@ -279,6 +279,11 @@ kj::Promise<void> Daemon::Impl::acceptLoop(kj::ConnectionReceiver& receiver,
         warn("connection.refused", {{"reason", "max_connections"}, {"limit", limit}});
         return acceptLoop(receiver, listener);  // `stream` closes the socket
       }
+      if (log.enabled(LogLevel::DEBUG)) {
+        auto count = kj::str(open + 1);
+        LogField fields[] = {{"open", count}};
+        log.write(LogLevel::DEBUG, "connection.accepted", nullptr, fields);
+      }
       int one = 1;
       // Fails harmlessly on unix sockets.
       setsockopt(*fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -303,9 +308,8 @@ kj::Promise<void> Daemon::Impl::acceptLoop(kj::ConnectionReceiver& receiver,
 kj::Promise<void> Daemon::Impl::reloadOnSighup() {
   return io.unixEventPort.onSignal(SIGHUP).then([this](siginfo_t&&) {
     KJ_IF_MAYBE (tlsConfig, config.tls) {
-      KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
-                     tls = kj::atomicRefcounted<TlsServer>(*tlsConfig);
-                   })) {
+      KJ_IF_MAYBE (e, kj::runCatchingExceptions(
+                          [&]() { tls = kj::atomicRefcounted<TlsServer>(*tlsConfig); })) {
         error("tls.reload_failed", {{"error", e->getDescription()},
                                     {"note", "new connections keep the previous certificate"}});
       } else {
@@ -370,7 +374,8 @@ kj::String Daemon::Impl::render() {
   input.draining = state == schema::HostState::DRAINING;
   SecurityMetricsInput securityInput;
   securityInput.accessDenied = security.accessDenied.load(std::memory_order_relaxed);
-  securityInput.connectionsOverLimit = security.connectionsOverLimit.load(std::memory_order_relaxed);
+  securityInput.connectionsOverLimit =
+      security.connectionsOverLimit.load(std::memory_order_relaxed);
   securityInput.handshakesFailed = security.handshakesFailed.load(std::memory_order_relaxed);
   securityInput.handshakesTimedOut = security.handshakesTimedOut.load(std::memory_order_relaxed);
   securityInput.connectionsIdleClosed =
@@ -561,8 +566,8 @@ int Daemon::Impl::run() {
 
   // The traversal limit is also what Cap'n Proto checks a message's announced size against.
   capnp::ReaderOptions readerOptions;
-  readerOptions.traversalLimitInWords =
-      kj::min(config.limits.traversalLimitWords, config.limits.maxMessageBytes / sizeof(capnp::word));
+  readerOptions.traversalLimitInWords = kj::min(
+      config.limits.traversalLimitWords, config.limits.maxMessageBytes / sizeof(capnp::word));
   readerOptions.nestingLimit = static_cast<int>(config.limits.nestingLimit);
   for (uint32_t i = 0; i < config.shards; ++i) {
     shards.add(kj::heap<Shard>(i, config.shards, log, counters, readerOptions, clientPolicy));

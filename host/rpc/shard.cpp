@@ -17,8 +17,8 @@ public:
         caller(*connectionCaller),
         stream(kj::mv(stream)),
         network(*this->stream, capnp::rpc::twoparty::Side::SERVER, readerOptions),
-        rpc(capnp::makeRpcServer(network,
-                                 kj::heap<GatewayServer>(shard.services_, kj::mv(connectionCaller)))) {
+        rpc(capnp::makeRpcServer(
+            network, kj::heap<GatewayServer>(shard.services_, kj::mv(connectionCaller)))) {
     shard.open.insert(this);
   }
   ~Connection() noexcept(false) { shard.open.erase(this); }
@@ -43,9 +43,11 @@ private:
     auto& timer = shard.io.provider->getTimer();
     auto due = caller.lastActivity() + idle;
     return timer.atTime(due).then([this, idle, &timer]() -> kj::Promise<void> {
-      if (caller.inFlight() > 0 || timer.now() < caller.lastActivity() + idle) {
-        return closeWhenIdle(idle);
+      if (caller.inFlight() > 0) {
+        // Busy: look again one idle period from now (its last call ends the activity).
+        return timer.afterDelay(idle).then([this, idle]() { return closeWhenIdle(idle); });
       }
+      if (timer.now() < caller.lastActivity() + idle) return closeWhenIdle(idle);
       shard.policy.counters.connectionsIdleClosed.fetch_add(1, std::memory_order_relaxed);
       auto ms = kj::str(idle / kj::MILLISECONDS);
       LogField fields[] = {{"identity", caller.identity()}, {"idle_ms", ms}};
@@ -98,11 +100,11 @@ void ShardState::adopt(int fd, kj::Own<const TlsServer> tls, kj::StringPtr insec
   if (closing) return;
   KJ_IF_MAYBE (tasks, connections) {
     if (tls.get() == nullptr) {
-      auto connection = kj::heap<Connection>(
-          kj::mv(stream),
-          kj::refcounted<ConnectionCaller>(kj::heapString(insecureIdentity), policy,
-                                           io.provider->getTimer()),
-          readerOptions, *this);
+      auto connection =
+          kj::heap<Connection>(kj::mv(stream),
+                               kj::refcounted<ConnectionCaller>(kj::heapString(insecureIdentity),
+                                                                policy, io.provider->getTimer()),
+                               readerOptions, *this);
       auto done = connection->onDisconnect();
       (*tasks)->add(done.attach(kj::mv(connection), kj::mv(uncount)));
       return;
@@ -116,26 +118,25 @@ void ShardState::adopt(int fd, kj::Own<const TlsServer> tls, kj::StringPtr insec
             })
             .exclusiveJoin(timer.afterDelay(timeout).then(
                 []() -> kj::Maybe<TlsServer::Accepted> { return nullptr; }));
-    (*tasks)->add(
-        handshake
-            .then(
-                [this, &counters, timeout](kj::Maybe<TlsServer::Accepted>&& accepted) {
-                  KJ_IF_MAYBE (done, accepted) {
-                    serve(kj::mv(done->stream), kj::mv(done->identity));
-                  } else {
-                    counters.handshakesTimedOut.fetch_add(1, std::memory_order_relaxed);
-                    auto ms = kj::str(timeout / kj::MILLISECONDS);
-                    LogField fields[] = {{"timeout_ms", ms}};
-                    log.write(LogLevel::INFO, "tls.handshake_timeout", nullptr, fields);
-                  }
-                },
-                [this, &counters](kj::Exception&& e) {
-                  counters.handshakesFailed.fetch_add(1, std::memory_order_relaxed);
-                  auto description = e.getDescription();
-                  LogField fields[] = {{"error", description}};
-                  log.write(LogLevel::INFO, "tls.handshake_failed", nullptr, fields);
-                })
-            .attach(kj::mv(uncount), kj::mv(tls)));
+    (*tasks)->add(handshake
+                      .then(
+                          [this, &counters, timeout](kj::Maybe<TlsServer::Accepted>&& accepted) {
+                            KJ_IF_MAYBE (done, accepted) {
+                              serve(kj::mv(done->stream), kj::mv(done->identity));
+                            } else {
+                              counters.handshakesTimedOut.fetch_add(1, std::memory_order_relaxed);
+                              auto ms = kj::str(timeout / kj::MILLISECONDS);
+                              LogField fields[] = {{"timeout_ms", ms}};
+                              log.write(LogLevel::INFO, "tls.handshake_timeout", nullptr, fields);
+                            }
+                          },
+                          [this, &counters](kj::Exception&& e) {
+                            counters.handshakesFailed.fetch_add(1, std::memory_order_relaxed);
+                            auto description = e.getDescription();
+                            LogField fields[] = {{"error", description}};
+                            log.write(LogLevel::INFO, "tls.handshake_failed", nullptr, fields);
+                          })
+                      .attach(kj::mv(uncount), kj::mv(tls)));
   }
 }
 
