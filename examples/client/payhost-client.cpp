@@ -10,8 +10,9 @@
 //   payhost-client --connect 127.0.0.1:7400 --ca ca.pem --cert merchant-a.pem
 //       --key merchant-a.key list
 // The server's certificate must be issued by `--ca` for `--server-name` (default: the host in
-// `--connect`; "localhost" for loopback addresses and unix sockets); `--cert`'s subject CN is who payhostd says is
-// calling. Without `--ca` the client speaks plaintext (for an `insecure = true` listener).
+// `--connect`; "localhost" for loopback addresses and unix sockets); `--cert`'s subject CN is who
+// payhostd says is calling. Without `--ca` the client speaks plaintext (for an `insecure = true`
+// listener).
 //
 // It depends on the SDK's schemas only, like any client would.
 
@@ -216,9 +217,8 @@ kj::String readText(const std::string& path) {
 // loopback addresses and unix sockets mean "localhost" (KJ checks DNS names, not IP addresses).
 std::string hostOf(const std::string& address) {
   if (address.rfind("unix:", 0) == 0) return "localhost";
-  auto host = !address.empty() && address[0] == '['
-                  ? address.substr(1, address.find(']') - 1)
-                  : address.substr(0, address.rfind(':'));
+  auto host = !address.empty() && address[0] == '[' ? address.substr(1, address.find(']') - 1)
+                                                    : address.substr(0, address.rfind(':'));
   if (host == "::1" || host.rfind("127.", 0) == 0) return "localhost";
   return host;
 }

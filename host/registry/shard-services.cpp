@@ -440,21 +440,21 @@ public:
       // No limit: nothing to count, and nothing more to allocate per call.
       sent = request.send();
     }
-    auto promise = sent.then(
-                           [context](capnp::Response<capnp::AnyPointer>&& response) mutable {
-                             context.getResults(response.targetSize()).set(response);
-                           },
-                           // The counters are host-wide and outlive every shard; `method` lives as
-                           // long as the generation, which the call holds.
-                           [generation = generation.get(), counters = &owner->counters,
-                            &method](kj::Exception&& e) {
-                             generation->callsFailed.fetch_add(1, std::memory_order_relaxed);
-                             counters->failed.fetch_add(1, std::memory_order_relaxed);
-                             countFailure(method, e.getType());
-                             kj::throwFatalException(copyIntoHost(kj::mv(e)));
-                           })
-                       .attach(kj::mv(done), kj::mv(generation), kj::mv(forget),
-                               kj::mv(callerDone));
+    auto promise =
+        sent.then(
+                [context](capnp::Response<capnp::AnyPointer>&& response) mutable {
+                  context.getResults(response.targetSize()).set(response);
+                },
+                // The counters are host-wide and outlive every shard; `method` lives as
+                // long as the generation, which the call holds.
+                [generation = generation.get(), counters = &owner->counters,
+                 &method](kj::Exception&& e) {
+                  generation->callsFailed.fetch_add(1, std::memory_order_relaxed);
+                  counters->failed.fetch_add(1, std::memory_order_relaxed);
+                  countFailure(method, e.getType());
+                  kj::throwFatalException(copyIntoHost(kj::mv(e)));
+                })
+            .attach(kj::mv(done), kj::mv(generation), kj::mv(forget), kj::mv(callerDone));
     return {kj::mv(promise), false};
   }
 

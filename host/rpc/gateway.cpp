@@ -23,8 +23,8 @@ kj::Maybe<kj::Exception> ConnectionCaller::checkService(kj::StringPtr service) {
   return denied(service, "");
 }
 
-kj::Maybe<kj::Exception> ConnectionCaller::callStarting(kj::StringPtr service,
-                                                        uint64_t interfaceId, uint16_t methodId) {
+kj::Maybe<kj::Exception> ConnectionCaller::callStarting(kj::StringPtr service, uint64_t interfaceId,
+                                                        uint16_t methodId) {
   auto key = std::make_tuple(service.begin(), interfaceId, methodId);
   auto it = decisions.find(key);
   if (it == decisions.end()) {

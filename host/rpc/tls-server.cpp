@@ -88,8 +88,7 @@ TlsServer::TlsServer(const TlsConfig& config)
       PAYHOST_FAIL(FAILED, what, " ", path, ": not usable: ", e->getDescription());
     }
   };
-  parse([&]() { (void)kj::TlsCertificate(certificatePem); }, "tls.certificate",
-        config.certificate);
+  parse([&]() { (void)kj::TlsCertificate(certificatePem); }, "tls.certificate", config.certificate);
   parse(
       [&]() {
         keypair = kj::TlsKeypair{kj::TlsPrivateKey(keyPem), kj::TlsCertificate(certificatePem)};

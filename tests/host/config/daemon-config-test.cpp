@@ -282,9 +282,11 @@ TEST(DaemonConfig, WrongTypeNamesExpectedAndActual) {
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = \"127.0.0.1:7400\""})),
             "/etc/payhost/payhostd.toml:2:7: listen.tcp: expected an array, got a string");
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"127.0.0.1:7400\", 7401]"})),
-            "/etc/payhost/payhostd.toml:2:26: listen.tcp[1]: expected a string or a table, got an integer");
+            "/etc/payhost/payhostd.toml:2:26: listen.tcp[1]: expected a string or a table, got an "
+            "integer");
   EXPECT_EQ(parseError(lines({"[listen]", "unix = [true]"})),
-            "/etc/payhost/payhostd.toml:2:9: listen.unix[0]: expected a string or a table, got a boolean");
+            "/etc/payhost/payhostd.toml:2:9: listen.unix[0]: expected a string or a table, got a "
+            "boolean");
   EXPECT_EQ(parseError(lines({"[admin]", "socket = 1979-05-27"})),
             "/etc/payhost/payhostd.toml:2:10: admin.socket: expected a string, got a date");
   EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "enabled = \"yes\""})),
@@ -584,14 +586,15 @@ TEST(DaemonConfig, DatabaseErrorsNameTheKey) {
 
 TEST(DaemonConfig, LoadReadsFileAndResolvesAgainstItsDirectory) {
   TempDir dir;
-  auto file = dir.write("payhostd.toml", lines({
-                                             "[listen]",
-                                             "unix = [{ path = \"payhost.sock\", insecure = true }]",
-                                             "[admin]",
-                                             "socket = \"admin.sock\"",
-                                             "[[plugin]]",
-                                             "path = \"card.so\"",
-                                         }));
+  auto file =
+      dir.write("payhostd.toml", lines({
+                                     "[listen]",
+                                     "unix = [{ path = \"payhost.sock\", insecure = true }]",
+                                     "[admin]",
+                                     "socket = \"admin.sock\"",
+                                     "[[plugin]]",
+                                     "path = \"card.so\"",
+                                 }));
 
   auto config = loadDaemonConfig(kj::StringPtr(file.c_str()), CPUS);
 
@@ -679,8 +682,7 @@ TEST(DaemonConfig, LimitDefaultsAreWellBelowCapnProtoDefaults) {
 }
 
 TEST(DaemonConfig, RefusesInsecureListenerBeyondLoopback) {
-  EXPECT_EQ(parseError(lines({"[listen]",
-                              "tcp = [{ address = \"0.0.0.0:7400\", insecure = true }]",
+  EXPECT_EQ(parseError(lines({"[listen]", "tcp = [{ address = \"0.0.0.0:7400\", insecure = true }]",
                               "[admin]", "socket = \"a.sock\""})),
             "/etc/payhost/payhostd.toml:2:8: listen.tcp[0]: insecure = true is allowed only on a "
             "loopback address (127.0.0.1, ::1, localhost) or a unix socket, not \"0.0.0.0:7400\"; "
@@ -688,8 +690,8 @@ TEST(DaemonConfig, RefusesInsecureListenerBeyondLoopback) {
 }
 
 TEST(DaemonConfig, RefusesTlsListenerWithoutTlsTable) {
-  std::string text = lines({"[listen]", "tcp = [\"127.0.0.1:7400\"]", "[admin]",
-                            "socket = \"a.sock\""});
+  std::string text =
+      lines({"[listen]", "tcp = [\"127.0.0.1:7400\"]", "[admin]", "socket = \"a.sock\""});
   KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
                  parseDaemonConfig(kj::StringPtr(text.c_str(), text.size()), PATH, CPUS);
                })) {
@@ -703,11 +705,11 @@ TEST(DaemonConfig, RefusesTlsListenerWithoutTlsTable) {
 }
 
 TEST(DaemonConfig, RefusesIncompleteTlsAndAccess) {
-  EXPECT_EQ(parseError(REQUIRED + lines({"[tls]", "certificate = \"s.pem\"",
-                                         "private_key = \"s.key\""})),
-            "/etc/payhost/payhostd.toml:5:1: tls.client_ca: missing required key (clients must "
-            "present a certificate issued by this CA; set require_client_certificate = false to "
-            "serve clients without one)");
+  EXPECT_EQ(
+      parseError(REQUIRED + lines({"[tls]", "certificate = \"s.pem\"", "private_key = \"s.key\""})),
+      "/etc/payhost/payhostd.toml:5:1: tls.client_ca: missing required key (clients must "
+      "present a certificate issued by this CA; set require_client_certificate = false to "
+      "serve clients without one)");
   EXPECT_EQ(parseError(lines({"[[access]]", "identity = \"a\""}) + REQUIRED),
             "/etc/payhost/payhostd.toml:1:1: access[0].services: missing required key");
   EXPECT_EQ(parseError(lines({"[limits]", "nesting_limit = 1000"}) + REQUIRED),
