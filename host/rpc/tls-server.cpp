@@ -15,6 +15,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <system_error>
 
 namespace payhost::host {
 
@@ -32,7 +33,10 @@ kj::String readFile(kj::StringPtr path, kj::StringPtr what) {
   do {
     fd = ::open(path.cStr(), O_RDONLY | O_CLOEXEC);
   } while (fd < 0 && errno == EINTR);
-  if (fd < 0) PAYHOST_FAIL(FAILED, what, " ", path, ": cannot read: ", strerror(errno));
+  if (fd < 0) {
+    auto reason = std::generic_category().message(errno);
+    PAYHOST_FAIL(FAILED, what, " ", path, ": cannot read: ", reason.c_str());
+  }
   kj::FdInputStream input{kj::AutoCloseFd(fd)};
   auto bytes = input.readAllBytes(1 << 20);
   return kj::heapString(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
@@ -62,7 +66,8 @@ kj::String describeCertificate(kj::StringPtr pem) {
 void checkPrivateKeyFile(kj::StringPtr path, kj::StringPtr what) {
   struct stat info;
   if (stat(path.cStr(), &info) != 0) {
-    PAYHOST_FAIL(FAILED, what, " ", path, ": cannot read: ", strerror(errno));
+    auto reason = std::generic_category().message(errno);
+    PAYHOST_FAIL(FAILED, what, " ", path, ": cannot read: ", reason.c_str());
   }
   if (!S_ISREG(info.st_mode)) PAYHOST_FAIL(FAILED, what, " ", path, ": not a regular file");
   if ((info.st_mode & (S_IRWXO | S_IWGRP)) != 0) {

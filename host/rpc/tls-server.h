@@ -24,7 +24,7 @@ public:
   // not match the certificate, or a key file that other users can read (its mode must give
   // nothing to "other" and no write to its group, e.g. 0600, 0400 or 0640).
   explicit TlsServer(const TlsConfig& config);
-  ~TlsServer() noexcept(false);
+  ~TlsServer() noexcept(false) override;
   KJ_DISALLOW_COPY(TlsServer);
 
   // Runs the server side of the handshake on `stream`; resolves with the encrypted stream and
