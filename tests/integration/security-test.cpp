@@ -645,14 +645,23 @@ TEST_F(HostileInput, ConnectionCallAndIdleLimits) {
   await(kj::mv(twoCall));
   await(kj::mv(threeCall));
 
-  // Idle: a connection with no call for 400 ms is closed, and counted.
-  daemon.waitForLog("event=connection.idle_closed");
-  auto idle = awaitFailure(screen(threeEcho, "late", 1));
-  EXPECT_EQ(typeOf(idle), "disconnected");
   auto text = s(metrics(daemon));
   EXPECT_THAT(text, HasSubstr("payhost_connections_refused_total{reason=\"max_connections\"} 1"));
   EXPECT_THAT(text,
               HasSubstr("payhost_calls_refused_total{reason=\"max_calls_per_connection\"} 1"));
+}
+
+TEST_F(HostileInput, IdleConnectionIsClosed) {
+  DaemonProcess daemon(options("idle_timeout_ms = 400\n"));
+  auto ports = portsOf(daemon);
+  Connection<schema::Gateway> idle(io, kj::str("127.0.0.1:", ports.plain));
+  auto echo = idle.echo();
+  await(screen(echo, "x", 1));
+  // No call for 400 ms: closed, and counted.
+  daemon.waitForLog("event=connection.idle_closed");
+  auto late = awaitFailure(screen(echo, "late", 1));
+  EXPECT_EQ(typeOf(late), "disconnected");
+  auto text = s(metrics(daemon));
   EXPECT_THAT(
       text, testing::ContainsRegex("payhost_connections_refused_total\\{reason=\"idle\"\\} [1-9]"));
 }
