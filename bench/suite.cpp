@@ -122,6 +122,7 @@ public:
     work();
     return kj::READY_NOW;
   }
+  kj::StringPtr callerOf(const void*) override { return "bench"; }
 
 private:
   BareLogger logger;
@@ -666,10 +667,12 @@ int runSuite(const Options& options) {
       // Warning level: per-call log lines would be a cost the baselines do not pay. The port
       // payhostd picked comes from its admin interface.
       std::ofstream config(configPath.cStr());
-      config << "[host]\nshards = " << options.shards
-             << "\nlog_level = \"warning\"\n[listen]\ntcp = [\"127.0.0.1:0\"]\nunix = [\""
-             << host.unixPath.cStr() << "\"]\n[admin]\nsocket = \"" << adminSocket.cStr()
-             << "\"\n[[plugin]]\npath = \"" << options.plugin << "\"\n";
+      config << "[host]\nshards = " << options.shards << "\nlog_level = \"warning\"\n[listen]\n"
+             << "tcp = [{ address = \"127.0.0.1:0\", insecure = true }]\n"
+             << "unix = [{ address = \"" << host.unixPath.cStr() << "\", insecure = true }]\n"
+             << "[[access]]\nidentity = \"anonymous\"\nservices = [\"*\"]\n"
+             << "[admin]\nsocket = \"" << adminSocket.cStr() << "\"\n[[plugin]]\npath = \""
+             << options.plugin << "\"\n";
     }
     host.pid = startProcess({path, "--config", configPath.cStr()}, kj::str(dir, "/", name, ".log"));
     host.port =

@@ -557,7 +557,9 @@ int runBenchmark(const Options& options) {
     // As payhost-bench: one shard, warning level (no per-call log lines); the port comes from
     // the admin interface.
     std::ofstream config(configPath.cStr());
-    config << "[host]\nshards = 1\nlog_level = \"warning\"\n[listen]\ntcp = [\"127.0.0.1:0\"]\n"
+    config << "[host]\nshards = 1\nlog_level = \"warning\"\n[listen]\n"
+           << "tcp = [{ address = \"127.0.0.1:0\", insecure = true }]\n"
+           << "[[access]]\nidentity = \"anonymous\"\nservices = [\"*\"]\n"
            << "[admin]\nsocket = \"" << adminSocket.cStr() << "\"\n[[plugin]]\npath = \"" << v1
            << "\"\n[plugin.config]\nlabel = \"s0\"\n";
   }

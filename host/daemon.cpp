@@ -7,12 +7,15 @@
 #include "host/metrics/host-metrics.h"
 #include "host/metrics/metrics-server.h"
 #include "host/metrics/outbound-metrics.h"
+#include "host/metrics/security-metrics.h"
 #include "host/outbound/outbound.h"
 #include "host/pools/key-store.h"
 #include "host/pools/sql-pool.h"
 #include "host/pools/worker-pool.h"
 #include "host/registry/registry.h"
+#include "host/rpc/client-policy.h"
 #include "host/rpc/shard.h"
+#include "host/rpc/tls-server.h"
 #include "host/supervisor/deployer.h"
 #include "host/util/errors.h"
 
@@ -98,7 +101,8 @@ private:
   void openMetrics();
   kj::String render() override;
   kj::Maybe<kj::String> notReady() override;
-  kj::Promise<void> acceptLoop(kj::ConnectionReceiver& receiver);
+  kj::Promise<void> acceptLoop(kj::ConnectionReceiver& receiver, const Listener& listener);
+  kj::Promise<void> reloadOnSighup();
   kj::Promise<kj::String> waitForStop();
   void shutdown(kj::StringPtr reason);
   void fillStatus(schema::HostStatus::Builder status);
@@ -112,6 +116,13 @@ private:
   HostShared counters;
   // Outlives the shards, whose connections count in it.
   kj::Maybe<kj::Own<Outbound>> outbound;
+  // What client connections are served under; outlive the shards (declared before them).
+  SecurityCounters security;
+  AccessPolicy access{config.access};
+  ClientPolicy clientPolicy{access, config.limits, security, log};
+  // The TLS material new handshakes use; replaced on SIGHUP (connections keep theirs).
+  kj::Own<const TlsServer> tls;
+  kj::Maybe<kj::Promise<void>> reloadTask;
   kj::Maybe<kj::Own<KeyStore>> keyStore;
   // Destroyed after the worker pool (declared before it): transactions running on it use them.
   kj::Vector<kj::Own<SqlPool>> databases;
@@ -234,7 +245,8 @@ kj::Promise<void> Daemon::Impl::uninstallEverywhere(Generation& generation) {
 }
 
 void Daemon::Impl::openListeners() {
-  auto open = [this](kj::StringPtr address, bool isUnix) {
+  auto open = [this](const Listener& listener, bool isUnix) {
+    auto& address = listener.address;
     if (isUnix) removeStaleSocket(address);
     auto text = isUnix ? kj::str("unix:", address) : kj::heapString(address);
     auto parsed = io.provider->getNetwork().parseAddress(text).wait(io.waitScope);
@@ -244,30 +256,76 @@ void Daemon::Impl::openListeners() {
         isUnix ? kj::str("unix:", address)
                : kj::str(kj::heapString(address.slice(0, KJ_ASSERT_NONNULL(address.findLast(':')))),
                          ":", receiver->getPort());
-    info("listener.open", {{"address", name}});
-    acceptLoops->add(acceptLoop(*receiver));
+    if (listener.insecure) {
+      // Said at every start, so a development listener is never forgotten in production.
+      warn("listener.insecure", {{"address", name},
+                                 {"identity", listener.identity},
+                                 {"note", "plaintext, no client authentication"}});
+    }
+    info("listener.open", {{"address", name}, {"tls", listener.insecure ? "off" : "on"}});
+    acceptLoops->add(acceptLoop(*receiver, listener));
     listeners.add(kj::mv(receiver));
     listenerNames.add(kj::mv(name));
   };
-  for (auto& address : config.tcp)
-    open(address, false);
-  for (auto& path : config.unix)
-    open(path, true);
+  for (auto& listener : config.tcp)
+    open(listener, false);
+  for (auto& listener : config.unix)
+    open(listener, true);
 }
 
-kj::Promise<void> Daemon::Impl::acceptLoop(kj::ConnectionReceiver& receiver) {
-  return receiver.accept().then([this, &receiver](kj::Own<kj::AsyncIoStream>&& stream) {
+kj::Promise<void> Daemon::Impl::acceptLoop(kj::ConnectionReceiver& receiver,
+                                           const Listener& listener) {
+  return receiver.accept().then([this, &receiver, &listener](kj::Own<kj::AsyncIoStream>&& stream) {
     KJ_IF_MAYBE (fd, stream->getFd()) {
+      // Counted here, uncounted by the shard when the connection goes.
+      auto open = security.connectionsOpen.fetch_add(1, std::memory_order_relaxed);
+      if (open >= config.limits.maxConnections) {
+        security.connectionsOpen.fetch_sub(1, std::memory_order_relaxed);
+        security.connectionsOverLimit.fetch_add(1, std::memory_order_relaxed);
+        auto limit = kj::str(config.limits.maxConnections);
+        warn("connection.refused", {{"reason", "max_connections"}, {"limit", limit}});
+        return acceptLoop(receiver, listener);  // `stream` closes the socket
+      }
+      if (log.enabled(LogLevel::DEBUG)) {
+        auto count = kj::str(open + 1);
+        LogField fields[] = {{"open", count}};
+        log.write(LogLevel::DEBUG, "connection.accepted", nullptr, fields);
+      }
       int one = 1;
       // Fails harmlessly on unix sockets.
       setsockopt(*fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       int owned = fcntl(*fd, F_DUPFD_CLOEXEC, 0);
       if (owned >= 0) {
         auto& shard = *shards[nextShard++ % shards.size()];
-        acceptTasks->add(shard.run([owned](ShardState& state) { state.adopt(owned); }));
+        kj::Own<const TlsServer> connectionTls;
+        if (!listener.insecure) connectionTls = tls->addRef();
+        kj::StringPtr identity = listener.identity;
+        acceptTasks->add(shard.run(
+            [owned, connectionTls = kj::mv(connectionTls), identity](ShardState& state) mutable {
+              state.adopt(owned, kj::mv(connectionTls), identity);
+            }));
+      } else {
+        security.connectionsOpen.fetch_sub(1, std::memory_order_relaxed);
       }
     }
-    return acceptLoop(receiver);
+    return acceptLoop(receiver, listener);
+  });
+}
+
+kj::Promise<void> Daemon::Impl::reloadOnSighup() {
+  return io.unixEventPort.onSignal(SIGHUP).then([this](siginfo_t&&) {
+    KJ_IF_MAYBE (tlsConfig, config.tls) {
+      KJ_IF_MAYBE (e, kj::runCatchingExceptions(
+                          [&]() { tls = kj::atomicRefcounted<TlsServer>(*tlsConfig); })) {
+        error("tls.reload_failed", {{"error", e->getDescription()},
+                                    {"note", "new connections keep the previous certificate"}});
+      } else {
+        info("tls.reloaded", {{"certificate", tlsConfig->certificate}, {"loaded", tls->summary()}});
+      }
+    } else {
+      info("tls.reload_skipped", {{"reason", "no [tls] in the config"}});
+    }
+    return reloadOnSighup();
   });
 }
 
@@ -321,10 +379,20 @@ kj::String Daemon::Impl::render() {
   input.connectionsOpen = open;
   input.shards = shards.size();
   input.draining = state == schema::HostState::DRAINING;
+  SecurityMetricsInput securityInput;
+  securityInput.accessDenied = security.accessDenied.load(std::memory_order_relaxed);
+  securityInput.connectionsOverLimit =
+      security.connectionsOverLimit.load(std::memory_order_relaxed);
+  securityInput.handshakesFailed = security.handshakesFailed.load(std::memory_order_relaxed);
+  securityInput.handshakesTimedOut = security.handshakesTimedOut.load(std::memory_order_relaxed);
+  securityInput.connectionsIdleClosed =
+      security.connectionsIdleClosed.load(std::memory_order_relaxed);
+  securityInput.callsOverLimit = security.callsOverLimit.load(std::memory_order_relaxed);
+  auto text = kj::str(renderHostMetrics(input), renderSecurityMetrics(securityInput));
   KJ_IF_MAYBE (remotes, outbound) {
-    return kj::str(renderHostMetrics(input), renderOutboundMetrics(**remotes));
+    return kj::str(text, renderOutboundMetrics(**remotes));
   }
-  return renderHostMetrics(input);
+  return text;
 }
 
 kj::Maybe<kj::String> Daemon::Impl::notReady() {
@@ -448,8 +516,8 @@ void Daemon::Impl::shutdown(kj::StringPtr reason) {
   metricsServer = nullptr;
   metricsListener = nullptr;
   unlink(config.adminSocket.cStr());
-  for (auto& path : config.unix)
-    unlink(path.cStr());
+  for (auto& listener : config.unix)
+    unlink(listener.address.cStr());
   info("host.stopped");
 }
 
@@ -507,15 +575,29 @@ int Daemon::Impl::run() {
       counters.outbound = remotes.get();
       outbound = kj::mv(remotes);
     }
+    KJ_IF_MAYBE (tlsConfig, config.tls) {
+      tls = kj::atomicRefcounted<TlsServer>(*tlsConfig);
+      info("tls.loaded", {{"certificate", tlsConfig->certificate},
+                          {"loaded", tls->summary()},
+                          {"client_certificates",
+                           tlsConfig->requireClientCertificate ? "required" : "optional"}});
+    }
   } catch (const kj::Exception& e) {
     error("host.start_failed", {{"error", e.getDescription()}});
     return 1;
   }
 
+  // The traversal limit is also what Cap'n Proto checks a message's announced size against.
   capnp::ReaderOptions readerOptions;
+  readerOptions.traversalLimitInWords = kj::min(
+      config.limits.traversalLimitWords, config.limits.maxMessageBytes / sizeof(capnp::word));
+  readerOptions.nestingLimit = static_cast<int>(config.limits.nestingLimit);
   for (uint32_t i = 0; i < config.shards; ++i) {
-    shards.add(kj::heap<Shard>(i, config.shards, log, counters, readerOptions));
+    shards.add(kj::heap<Shard>(i, config.shards, log, counters, readerOptions, clientPolicy));
   }
+  reloadTask = reloadOnSighup().eagerlyEvaluate([this](kj::Exception&& e) {
+    warn("tls.reload_failed", {{"error", e.getDescription()}});
+  });
   deployer = kj::heap<Deployer>(config, log, io.provider->getTimer(), shards, registry,
                                 *KJ_ASSERT_NONNULL(audit));
   for (auto& plugin : config.plugins) {

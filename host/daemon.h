@@ -5,8 +5,9 @@
 // The daemon is handed its config, log and control-thread event loop; `payhostd.cpp` only parses
 // arguments and wires these together, so tests can run a Daemon in process too.
 //
-// Control thread only (the thread that owns `io`). SIGTERM and SIGINT must have been captured
-// with `io.unixEventPort.captureSignal()` before any thread was started.
+// Control thread only (the thread that owns `io`). SIGTERM and SIGINT (and SIGHUP, which reloads
+// the `[tls]` files for new handshakes) must have been captured with
+// `io.unixEventPort.captureSignal()` before any thread was started.
 
 #pragma once
 

@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
     auto io = kj::setupAsyncIo();
     io.unixEventPort.captureSignal(SIGTERM);
     io.unixEventPort.captureSignal(SIGINT);
+    // SIGHUP reloads the TLS certificate, key and client CA.
+    io.unixEventPort.captureSignal(SIGHUP);
     signal(SIGPIPE, SIG_IGN);
     Daemon daemon(config, log, io);
     return daemon.run();

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian 12 machine (as root): installs what is missing, builds
 # payhost, installs the SDK into build/demo/sdk and builds the out-of-tree example plugin against
-# it, starts payhostd with the card processor and that plugin, runs a short live demo through the
-# example client and payhostctl, then stops the daemon with SIGTERM.
+# it, issues a demo CA and certificates (scripts/make-certs.sh), starts payhostd with the card
+# processor and that plugin serving TLS with client certificates, runs a short live demo through
+# the example client (as merchant-a, then a refused merchant-b) and payhostctl, then stops the
+# daemon with SIGTERM.
 #
 #   bash scripts/demo.sh               # serves on 127.0.0.1:7400 (PAYHOST_DEMO_PORT to change)
 #   PAYHOST_DEMO_KEEP=1 bash scripts/demo.sh   # leave the daemon running afterwards
@@ -26,6 +28,9 @@ cmake -S examples/hello-plugin -B "$demo/limit-screen" -G Ninja -DCMAKE_BUILD_TY
   -DCMAKE_PREFIX_PATH="$demo/sdk" > /dev/null
 cmake --build "$demo/limit-screen" --target limit-screen
 
+echo "=== issuing a demo CA, payhostd's certificate and client certificates into $demo/certs"
+bash scripts/make-certs.sh "$demo/certs" merchant-a merchant-b
+
 sed -e "s|@PORT@|$port|" -e "s|@DEMO@|$demo|" -e "s|@BUILD@|$PWD/$build|" \
   examples/config/payhostd-demo.toml > "$demo/payhostd.toml"
 echo "=== starting payhostd --config $demo/payhostd.toml"
@@ -41,7 +46,14 @@ done
 cat "$demo/payhostd.log"
 
 ctl() { "$build/host/payhostctl" --socket "$demo/admin.sock" "$@"; }
-client() { "$build/examples/client/payhost-client" --connect "127.0.0.1:$port" "$@"; }
+# Over TLS, as merchant-a (its certificate's CN); `as NAME` picks another client certificate.
+as() {
+  local who=$1
+  shift
+  "$build/examples/client/payhost-client" --connect "127.0.0.1:$port" --ca "$demo/certs/ca.pem" \
+    --cert "$demo/certs/$who.pem" --key "$demo/certs/$who.key" "$@"
+}
+client() { as merchant-a "$@"; }
 echo; echo "=== payhostctl list"; ctl list
 echo; echo "=== payhost-client list"; client list
 echo; echo "=== payhost-client demo (payments.card)"; client demo
@@ -50,6 +62,11 @@ client --service payments.screen screen --amount 1250 --currency EUR --token tok
   --card-country DE --ip-country DE
 client --service payments.screen screen --amount 900000 --currency EUR --token tok_visa_approve \
   --card-country DE --ip-country BR
+echo; echo "=== merchant-b may not authorize (refused, logged as access.denied, counted)"
+as merchant-b authorize --amount 100 --currency EUR --key demo-b-1 || true
+echo; echo "=== no client certificate: refused during the TLS handshake"
+"$build/examples/client/payhost-client" --connect "127.0.0.1:$port" --ca "$demo/certs/ca.pem" \
+  list || true
 echo; echo "=== payhostctl status"; ctl status
 
 if [[ -n ${PAYHOST_DEMO_KEEP:-} ]]; then

@@ -4,10 +4,11 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build ccache pkg-config git binutils openssl
-  capnproto libcapnp-dev          # RPC, schemas, KJ event loops
+  build-essential cmake ninja-build ccache pkg-config git binutils
+  openssl                         # the CLI: demo certificates (make-certs.sh), TLS tests (s_client)
+  capnproto libcapnp-dev          # RPC, schemas, KJ event loops, KJ's TLS (libkj-tls)
   libboost-dev                    # Boost.DLL (plugin loading)
-  libssl-dev                      # OpenSSL: package and audit hashes, key handles
+  libssl-dev                      # OpenSSL: TLS, package and audit hashes, key handles
   libtomlplusplus-dev             # config files
   libcli11-dev                    # command lines
   libspdlog-dev libfmt-dev        # the host's log sink

@@ -6,6 +6,14 @@
 //       --token tok_visa_approve --key order-1001
 //   payhost-client --connect 127.0.0.1:7400 demo
 //
+// payhostd serves TLS with client certificates unless a listener is configured `insecure`:
+//   payhost-client --connect 127.0.0.1:7400 --ca ca.pem --cert merchant-a.pem
+//       --key merchant-a.key list
+// The server's certificate must be issued by `--ca` for `--server-name` (default: the host in
+// `--connect`; "localhost" for loopback addresses and unix sockets); `--cert`'s subject CN is who
+// payhostd says is calling. Without `--ca` the client speaks plaintext (for an `insecure = true`
+// listener).
+//
 // It depends on the SDK's schemas only, like any client would.
 
 #include <payhost/host.capnp.h>
@@ -14,7 +22,9 @@
 #include <capnp/rpc-twoparty.h>
 #include <capnp/schema.h>
 #include <kj/async-io.h>
+#include <kj/compat/tls.h>
 #include <kj/debug.h>
+#include <kj/filesystem.h>
 
 #include <CLI/CLI.hpp>
 
@@ -197,6 +207,22 @@ void runDemo(CardProcessor::Client& card, kj::WaitScope& ws) {
   capture(card, jpy, "capture after void").wait(ws);
 }
 
+kj::String readText(const std::string& path) {
+  auto fs = kj::newDiskFilesystem();
+  auto file = fs->getRoot().openFile(fs->getCurrentPath().evalNative(path));
+  return file->readAllText();
+}
+
+// The name the server's certificate must carry: the host part of "host:port", except that
+// loopback addresses and unix sockets mean "localhost" (KJ checks DNS names, not IP addresses).
+std::string hostOf(const std::string& address) {
+  if (address.rfind("unix:", 0) == 0) return "localhost";
+  auto host = !address.empty() && address[0] == '[' ? address.substr(1, address.find(']') - 1)
+                                                    : address.substr(0, address.rfind(':'));
+  if (host == "::1" || host.rfind("127.", 0) == 0) return "localhost";
+  return host;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -205,6 +231,11 @@ int main(int argc, char** argv) {
   std::string service = "payments.card";
   app.add_option("-c,--connect", address, "host:port, or unix:/path")->capture_default_str();
   app.add_option("--service", service, "service name")->capture_default_str();
+  std::string caFile, certFile, keyFile, serverName;
+  app.add_option("--ca", caFile, "PEM CA that issued payhostd's certificate (enables TLS)");
+  app.add_option("--cert", certFile, "PEM client certificate (its CN is the caller's identity)");
+  app.add_option("--key", keyFile, "PEM private key of --cert");
+  app.add_option("--server-name", serverName, "name in payhostd's certificate (default: host)");
   app.require_subcommand(1);
   auto list = app.add_subcommand("list", "List the services the host serves");
   Payment payment;
@@ -228,6 +259,23 @@ int main(int argc, char** argv) {
     auto io = kj::setupAsyncIo();
     auto target = io.provider->getNetwork().parseAddress(address).wait(io.waitScope);
     auto connection = target->connect().wait(io.waitScope);
+    kj::Maybe<kj::Own<kj::TlsContext>> tls;
+    if (!caFile.empty()) {
+      kj::TlsCertificate ca(readText(caFile));
+      kj::TlsContext::Options options;
+      options.useSystemTrustStore = false;
+      options.trustedCertificates = kj::arrayPtr(&ca, 1);
+      options.minVersion = kj::TlsVersion::TLS_1_2;
+      kj::Maybe<kj::TlsKeypair> keypair;
+      if (!certFile.empty()) {
+        keypair = kj::TlsKeypair{kj::TlsPrivateKey(readText(keyFile)),
+                                 kj::TlsCertificate(readText(certFile))};
+        options.defaultKeypair = KJ_ASSERT_NONNULL(keypair);
+      }
+      auto& context = *tls.emplace(kj::heap<kj::TlsContext>(kj::mv(options)));
+      auto name = serverName.empty() ? hostOf(address) : serverName;
+      connection = context.wrapClient(kj::mv(connection), name).wait(io.waitScope);
+    }
     capnp::TwoPartyClient client(*connection);
     auto gateway = client.bootstrap().castAs<Gateway>();
     if (list->parsed()) {

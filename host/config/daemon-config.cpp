@@ -150,10 +150,28 @@ public:
         parseMetrics(expectTable(*entry.value, name), config);
       } else if (name == "remotes") {
         parseRemotes(expectTable(*entry.value, name), config);
+      } else if (name == "tls") {
+        parseTls(expectTable(*entry.value, name), config);
+      } else if (name == "access") {
+        parseAccess(*entry.value, config);
+      } else if (name == "limits") {
+        parseLimits(expectTable(*entry.value, name), config);
       } else {
         unknownKey(*entry.key, name,
-                   "host, listen, admin, deploy, workers, keys, databases, metrics, remotes, "
-                   "plugin");
+                   "host, listen, tls, access, limits, admin, deploy, workers, keys, databases, "
+                   "metrics, remotes, plugin");
+      }
+    }
+    if (config.tls == nullptr) {
+      for (auto* listeners : {&config.tcp, &config.unix}) {
+        for (auto& listener : *listeners) {
+          if (!listener.insecure) {
+            fail(root.source().begin, "tls",
+                 kj::str("listener ", listener.address,
+                         " serves TLS but there is no [tls] table (certificate, private_key, "
+                         "client_ca); a plaintext development listener needs insecure = true"));
+          }
+        }
       }
     }
     if (!haveListen) fail(root.source().begin, "listen", noListenAddress());
@@ -546,33 +564,83 @@ private:
     }
   }
 
+  // Loopback addresses only: an insecure listener must not be reachable from another machine.
+  static bool isLoopback(std::string_view address) {
+    auto host = address.starts_with('[') ? address.substr(1, address.find(']') - 1)
+                                         : address.substr(0, address.rfind(':'));
+    return host == "localhost" || host == "::1" || host.starts_with("127.");
+  }
+
+  Listener parseListener(const toml::node& element, kj::StringPtr elementPath, bool isUnix) {
+    Listener listener;
+    const toml::node* addressNode = &element;
+    if (auto table = element.as_table()) {
+      addressNode = nullptr;
+      auto addressKey = isUnix ? "path" : "address";
+      for (auto& field : inFileOrder(*table)) {
+        auto fieldName = toKj(field.key->str());
+        auto fieldPath = kj::str(elementPath, ".", fieldName);
+        if (fieldName == addressKey) {
+          addressNode = field.value;
+        } else if (fieldName == "insecure") {
+          listener.insecure = expectBoolean(*field.value, fieldPath);
+        } else if (fieldName == "identity") {
+          auto identity = expectString(*field.value, fieldPath);
+          if (identity.empty()) fail(field.value->source().begin, fieldPath, "must not be empty");
+          listener.identity = toKj(identity);
+        } else {
+          unknownKey(*field.key, fieldPath, kj::str(addressKey, ", insecure, identity"));
+        }
+      }
+      if (addressNode == nullptr) {
+        fail(table->source().begin, kj::str(elementPath, ".", addressKey), "missing required key");
+      }
+      if (listener.identity.size() > 0 && !listener.insecure) {
+        fail(table->source().begin, kj::str(elementPath, ".identity"),
+             "only for insecure = true (a TLS client's identity is its certificate's)");
+      }
+    } else if (element.as_string() == nullptr) {
+      wrongType(element, elementPath, "a string or a table");
+    }
+    if (isUnix) {
+      listener.address = expectPath(*addressNode, elementPath);
+    } else {
+      auto address = expectString(*addressNode, elementPath);
+      int64_t port = 0;
+      switch (checkHostPort(address, port)) {
+        case HostPort::OK:
+          break;
+        case HostPort::MALFORMED:
+          fail(addressNode->source().begin, elementPath,
+               kj::str("\"", toKj(address), "\" is not host:port"));
+        case HostPort::PORT_OUT_OF_RANGE:
+          fail(addressNode->source().begin, elementPath,
+               kj::str("port ", port, " is out of range 0..", MAX_PORT));
+      }
+      if (listener.insecure && !isLoopback(address)) {
+        fail(element.source().begin, elementPath,
+             kj::str("insecure = true is allowed only on a loopback address (127.0.0.1, ::1, "
+                     "localhost) or a unix socket, not \"",
+                     toKj(address), "\"; configure [tls] instead"));
+      }
+      listener.address = toKj(address);
+    }
+    if (listener.insecure && listener.identity.size() == 0) {
+      listener.identity = kj::heapString("anonymous");
+    }
+    return listener;
+  }
+
   void parseListen(const toml::table& table, DaemonConfig& config) {
     for (auto& entry : inFileOrder(table)) {
       auto name = toKj(entry.key->str());
       auto path = kj::str("listen.", name);
-      if (name == "tcp") {
+      if (name == "tcp" || name == "unix") {
+        bool isUnix = name == "unix";
         auto& array = expectArray(*entry.value, path);
         for (size_t i = 0; i < array.size(); ++i) {
-          auto& element = *array.get(i);
-          auto elementPath = kj::str(path, "[", i, "]");
-          auto address = expectString(element, elementPath);
-          int64_t port = 0;
-          switch (checkHostPort(address, port)) {
-            case HostPort::OK:
-              break;
-            case HostPort::MALFORMED:
-              fail(element.source().begin, elementPath,
-                   kj::str("\"", toKj(address), "\" is not host:port"));
-            case HostPort::PORT_OUT_OF_RANGE:
-              fail(element.source().begin, elementPath,
-                   kj::str("port ", port, " is out of range 0..", MAX_PORT));
-          }
-          config.tcp.add(toKj(address));
-        }
-      } else if (name == "unix") {
-        auto& array = expectArray(*entry.value, path);
-        for (size_t i = 0; i < array.size(); ++i) {
-          config.unix.add(expectPath(*array.get(i), kj::str(path, "[", i, "]")));
+          auto listener = parseListener(*array.get(i), kj::str(path, "[", i, "]"), isUnix);
+          (isUnix ? config.unix : config.tcp).add(kj::mv(listener));
         }
       } else {
         unknownKey(*entry.key, path, "tcp, unix");
@@ -580,6 +648,113 @@ private:
     }
     if (config.tcp.empty() && config.unix.empty()) {
       fail(table.source().begin, "listen", noListenAddress());
+    }
+  }
+
+  void parseTls(const toml::table& table, DaemonConfig& config) {
+    TlsConfig tls;
+    for (auto& entry : inFileOrder(table)) {
+      auto name = toKj(entry.key->str());
+      auto path = kj::str("tls.", name);
+      if (name == "certificate") {
+        tls.certificate = expectPath(*entry.value, path);
+      } else if (name == "private_key") {
+        tls.privateKey = expectPath(*entry.value, path);
+      } else if (name == "client_ca") {
+        tls.clientCa = expectPath(*entry.value, path);
+      } else if (name == "require_client_certificate") {
+        tls.requireClientCertificate = expectBoolean(*entry.value, path);
+      } else {
+        unknownKey(*entry.key, path,
+                   "certificate, private_key, client_ca, require_client_certificate");
+      }
+    }
+    if (tls.certificate.size() == 0) {
+      fail(table.source().begin, "tls.certificate", "missing required key");
+    }
+    if (tls.privateKey.size() == 0) {
+      fail(table.source().begin, "tls.private_key", "missing required key");
+    }
+    if (tls.requireClientCertificate && tls.clientCa.size() == 0) {
+      fail(table.source().begin, "tls.client_ca",
+           "missing required key (clients must present a certificate issued by this CA; set "
+           "require_client_certificate = false to serve clients without one)");
+    }
+    config.tls = kj::mv(tls);
+  }
+
+  kj::Vector<kj::String> expectStrings(const toml::node& node, kj::StringPtr path) {
+    kj::Vector<kj::String> result;
+    auto& array = expectArray(node, path);
+    for (size_t i = 0; i < array.size(); ++i) {
+      auto elementPath = kj::str(path, "[", i, "]");
+      auto text = expectString(*array.get(i), elementPath);
+      if (text.empty()) fail(array.get(i)->source().begin, elementPath, "must not be empty");
+      result.add(toKj(text));
+    }
+    return result;
+  }
+
+  void parseAccess(const toml::node& node, DaemonConfig& config) {
+    auto array = node.as_array();
+    if (array == nullptr) wrongType(node, "access", "an array of tables ([[access]])");
+    for (size_t i = 0; i < array->size(); ++i) {
+      auto rulePath = kj::str("access[", i, "]");
+      auto& table = expectTable(*array->get(i), rulePath);
+      AccessRule rule;
+      bool haveServices = false;
+      for (auto& entry : inFileOrder(table)) {
+        auto name = toKj(entry.key->str());
+        auto path = kj::str(rulePath, ".", name);
+        if (name == "identity") {
+          auto identity = expectString(*entry.value, path);
+          if (identity.empty()) fail(entry.value->source().begin, path, "must not be empty");
+          rule.identity = toKj(identity);
+        } else if (name == "services") {
+          rule.services = expectStrings(*entry.value, path);
+          haveServices = true;
+        } else if (name == "methods") {
+          rule.methods = expectStrings(*entry.value, path);
+        } else {
+          unknownKey(*entry.key, path, "identity, services, methods");
+        }
+      }
+      if (rule.identity.size() == 0) {
+        fail(table.source().begin, kj::str(rulePath, ".identity"), "missing required key");
+      }
+      if (!haveServices) {
+        fail(table.source().begin, kj::str(rulePath, ".services"), "missing required key");
+      }
+      config.access.add(kj::mv(rule));
+    }
+  }
+
+  void parseLimits(const toml::table& table, DaemonConfig& config) {
+    auto& limits = config.limits;
+    for (auto& entry : inFileOrder(table)) {
+      auto& value = *entry.value;
+      auto name = toKj(entry.key->str());
+      auto path = kj::str("limits.", name);
+      if (name == "max_message_bytes") {
+        limits.maxMessageBytes = expectInteger(value, path, 64, int64_t(1) << 31);
+      } else if (name == "traversal_limit_words") {
+        limits.traversalLimitWords = expectInteger(value, path, 8, int64_t(1) << 28);
+      } else if (name == "nesting_limit") {
+        limits.nestingLimit = static_cast<uint32_t>(expectInteger(value, path, 4, 64));
+      } else if (name == "max_connections") {
+        limits.maxConnections = static_cast<uint32_t>(expectInteger(value, path, 1, 1000000));
+      } else if (name == "max_calls_per_connection") {
+        limits.maxCallsPerConnection =
+            static_cast<uint32_t>(expectInteger(value, path, 1, 1000000));
+      } else if (name == "handshake_timeout_ms") {
+        limits.handshakeTimeout = expectInteger(value, path, 1, 600000) * kj::MILLISECONDS;
+      } else if (name == "idle_timeout_ms") {
+        limits.idleTimeout = expectInteger(value, path, 0, 86400000) * kj::MILLISECONDS;
+      } else {
+        unknownKey(*entry.key, path,
+                   "max_message_bytes, traversal_limit_words, nesting_limit, max_connections, "
+                   "max_calls_per_connection, handshake_timeout_ms, idle_timeout_ms");
+      }
     }
   }
 

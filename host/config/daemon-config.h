@@ -98,6 +98,62 @@ struct KeyEntry {
   kj::String file;
 };
 
+// One data-plane listener (`[listen] tcp = [...]` or `unix = [...]`). An element is an address
+// string (TLS, from `[tls]`), or a table `{ address = "127.0.0.1:7400", insecure = true,
+// identity = "dev" }` (`path` instead of `address` for unix): plaintext, allowed only on loopback
+// addresses and unix sockets, logged as a warning at every start. Calls over an insecure listener
+// are made by `identity` (default "anonymous"), which `[[access]]` must grant like any other.
+struct Listener {
+  // "host:port" for TCP, the absolute socket path for unix.
+  kj::String address;
+  bool insecure = false;
+  kj::String identity;
+};
+
+// [tls]: the certificate every TLS listener presents and the CA its clients' certificates must
+// chain to. Read (and the key file's mode checked) when payhostd starts and on SIGHUP.
+struct TlsConfig {
+  // PEM certificate chain (leaf first) and its PEM private key (mode 0600 or 0400).
+  kj::String certificate;
+  kj::String privateKey;
+  // PEM file of the CAs that issue client certificates (required unless client certificates
+  // are not required).
+  kj::String clientCa;
+  // Mutual TLS (default): a client without a certificate from `clientCa` is refused during the
+  // handshake. False: clients without a certificate are served as "anonymous".
+  bool requireClientCertificate = true;
+};
+
+// [[access]] identity = "merchant-a", services = ["payments.card"], methods = ["authorize"]:
+// which callers may call what. Default deny: a call is served only when some entry names its
+// caller's identity, its service (or "*") and its method (or has no `methods`, or "*").
+struct AccessRule {
+  kj::String identity;
+  kj::Vector<kj::String> services;
+  // Empty: every method of those services.
+  kj::Vector<kj::String> methods;
+};
+
+// [limits]: bounds on what one client can make the host do. Every violation fails that call or
+// closes that connection; the host keeps serving everyone else.
+struct LimitsConfig {
+  // Largest message a client may send; a bigger one closes its connection (Cap'n Proto checks
+  // the size announced by the segment table before reading the message).
+  uint64_t maxMessageBytes = 1 << 20;
+  // Cap'n Proto reader limits (library defaults: 8 Mi words, 64 levels). The traversal limit is
+  // also what bounds the message size, so the smaller of the two is used.
+  uint64_t traversalLimitWords = 1 << 17;
+  uint32_t nestingLimit = 16;
+  // Client connections open at once, host-wide; further connections are closed at accept.
+  uint32_t maxConnections = 1024;
+  // Calls one connection may have in flight; a further call fails OVERLOADED.
+  uint32_t maxCallsPerConnection = 256;
+  // A TLS handshake not done by then closes the connection.
+  kj::Duration handshakeTimeout = 5 * kj::SECONDS;
+  // A connection with no call in flight and none made for this long is closed (0: never).
+  kj::Duration idleTimeout = 300 * kj::SECONDS;
+};
+
 struct DaemonConfig {
   // The file it was read from (absolute).
   kj::String sourcePath;
@@ -113,9 +169,16 @@ struct DaemonConfig {
 
   // [listen]: data-plane listeners serving the Gateway. At least one TCP or unix address.
   // "host:port" (port 0 picks a free port; IPv6 as "[::1]:7400").
-  kj::Vector<kj::String> tcp;
+  kj::Vector<Listener> tcp;
   // Absolute socket paths.
-  kj::Vector<kj::String> unix;
+  kj::Vector<Listener> unix;
+
+  // [tls]: required when any listener is not `insecure`.
+  kj::Maybe<TlsConfig> tls;
+  // [[access]], in file order.
+  kj::Vector<AccessRule> access;
+  // [limits]
+  LimitsConfig limits;
 
   // Where payhostd keeps what must survive a restart: the audit log and a copy of every plugin
   // package it loaded (for rollback). Default: "payhost-data" beside the config file.

@@ -100,6 +100,25 @@ private:
   kj::Timer& timer;
 };
 
+// Calls a plugin makes to other services of this host: trusted, named "plugin:NAME".
+class PluginCaller final : public Caller {
+public:
+  explicit PluginCaller(kj::StringPtr plugin) : identity_(kj::str("plugin:", plugin)) {}
+  kj::StringPtr identity() override { return identity_; }
+  kj::Maybe<kj::Exception> callStarting(kj::StringPtr, uint64_t, uint16_t) override {
+    return nullptr;
+  }
+  void callEnded() override {}
+
+private:
+  kj::String identity_;
+};
+
+// Where a call's parameters live: the same address the plugin's `Context::caller(call)` reads.
+const void* paramsLocation(capnp::AnyPointer::Reader params) {
+  return capnp::AnyStruct::Reader(params.getAs<capnp::AnyStruct>()).getDataSection().begin();
+}
+
 }  // namespace
 
 // What a plugin instance sees of the host.
@@ -131,7 +150,11 @@ public:
         return kj::mv(*remote);
       }
     }
-    return services.route(name);
+    return services.route(name, kj::refcounted<PluginCaller>(generation.name()));
+  }
+
+  kj::StringPtr callerOf(const void* paramsLocation) override {
+    return services.callerOf(paramsLocation);
   }
 
   KeyHandle& keys(kj::StringPtr name) override {
@@ -302,7 +325,8 @@ void countFailure(MethodCounters& method, kj::Exception::Type type) {
 
 class Route final : public capnp::Capability::Server {
 public:
-  explicit Route(kj::Own<ShardServices::Entry> entry) : entry(kj::mv(entry)) {}
+  Route(kj::Own<ShardServices::Entry> entry, kj::Own<Caller> caller)
+      : entry(kj::mv(entry)), caller(kj::mv(caller)) {}
 
   DispatchCallResult dispatchCall(
       uint64_t interfaceId, uint16_t methodId,
@@ -328,6 +352,17 @@ public:
       return {KJ_EXCEPTION(DISCONNECTED, "service is not available on this host", entry->name),
               false};
     }
+    kj::Own<Caller> callerRef;
+    if (caller.get() != nullptr) {
+      KJ_IF_MAYBE (refused, caller->callStarting(entry->name, interfaceId, methodId)) {
+        return {kj::mv(*refused), false};
+      }
+      callerRef = kj::addRef(*caller);
+    }
+    // From here every path ends the call exactly once.
+    auto callerDone = kj::defer([callerRef = kj::mv(callerRef)]() mutable {
+      if (callerRef.get() != nullptr) callerRef->callEnded();
+    });
     auto& method = instance->generation->methodCounters(serviceIndex, methodId);
     method.calls.fetch_add(1, std::memory_order_relaxed);
 
@@ -358,6 +393,24 @@ public:
     auto request = target->typelessRequest(interfaceId, methodId, params.targetSize());
     request.set(params);
     context.releaseParams();
+    // Named to the plugin by where its parameters are (null parameters name nobody).
+    auto callNumber = ++owner->callNumber;
+    const void* location = nullptr;
+    if (!request.asReader().isNull()) {
+      location = paramsLocation(request.asReader());
+      owner->callsByParams.emplace(location, ShardServices::CallRecord{callNumber, caller.get()});
+    }
+    auto forget = kj::defer([entry = kj::addRef(*entry), location, callNumber]() {
+      auto services = entry->owner;
+      if (location == nullptr || services == nullptr) return;
+      auto range = services->callsByParams.equal_range(location);
+      for (auto it = range.first; it != range.second; ++it) {
+        if (it->second.number == callNumber) {
+          services->callsByParams.erase(it);
+          return;
+        }
+      }
+    });
 
     auto generation = instance->generation->addRef();
     generation->callsInFlight.fetch_add(1, std::memory_order_relaxed);
@@ -394,25 +447,28 @@ public:
       // No limit: nothing to count, and nothing more to allocate per call.
       sent = request.send();
     }
-    auto promise = sent.then(
-                           [context](capnp::Response<capnp::AnyPointer>&& response) mutable {
-                             context.getResults(response.targetSize()).set(response);
-                           },
-                           // The counters are host-wide and outlive every shard; `method` lives as
-                           // long as the generation, which the call holds.
-                           [generation = generation.get(), counters = &owner->counters,
-                            &method](kj::Exception&& e) {
-                             generation->callsFailed.fetch_add(1, std::memory_order_relaxed);
-                             counters->failed.fetch_add(1, std::memory_order_relaxed);
-                             countFailure(method, e.getType());
-                             kj::throwFatalException(copyIntoHost(kj::mv(e)));
-                           })
-                       .attach(kj::mv(done), kj::mv(generation));
+    auto promise =
+        sent.then(
+                [context](capnp::Response<capnp::AnyPointer>&& response) mutable {
+                  context.getResults(response.targetSize()).set(response);
+                },
+                // The counters are host-wide and outlive every shard; `method` lives as
+                // long as the generation, which the call holds.
+                [generation = generation.get(), counters = &owner->counters,
+                 &method](kj::Exception&& e) {
+                  generation->callsFailed.fetch_add(1, std::memory_order_relaxed);
+                  counters->failed.fetch_add(1, std::memory_order_relaxed);
+                  countFailure(method, e.getType());
+                  kj::throwFatalException(copyIntoHost(kj::mv(e)));
+                })
+            .attach(kj::mv(done), kj::mv(generation), kj::mv(forget), kj::mv(callerDone));
     return {kj::mv(promise), false};
   }
 
 private:
   kj::Own<ShardServices::Entry> entry;
+  // Null: host code (trusted).
+  kj::Own<Caller> caller;
 };
 
 ShardServices::ShardServices(uint32_t shardIndex, uint32_t shardCount, LogSink& log,
@@ -547,13 +603,23 @@ void ShardServices::uninstall(const Generation& generation) {
   instances.erase(it);
 }
 
-capnp::Capability::Client ShardServices::route(kj::StringPtr name) {
+capnp::Capability::Client ShardServices::route(kj::StringPtr name, kj::Own<Caller> caller) {
   auto& slot = entries[std::string(name.cStr())];
   if (slot.get() == nullptr) {
     slot = kj::refcounted<Entry>(name);
     slot->owner = this;
   }
-  return kj::heap<Route>(kj::addRef(*slot));
+  return kj::heap<Route>(kj::addRef(*slot), kj::mv(caller));
+}
+
+kj::StringPtr ShardServices::callerOf(const void* paramsLocation) const {
+  auto range = callsByParams.equal_range(paramsLocation);
+  const CallRecord* latest = nullptr;
+  for (auto it = range.first; it != range.second; ++it) {
+    if (latest == nullptr || it->second.number > latest->number) latest = &it->second;
+  }
+  if (latest == nullptr) return "";
+  return latest->caller == nullptr ? kj::StringPtr("host") : latest->caller->identity();
 }
 
 bool ShardServices::serves(kj::StringPtr name) const {

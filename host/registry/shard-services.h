@@ -25,6 +25,7 @@
 #include <atomic>
 #include <map>
 #include <string>
+#include <unordered_map>
 
 namespace payhost::host {
 
@@ -46,6 +47,25 @@ struct HostShared {
   std::atomic<uint64_t> total{0};
   std::atomic<uint64_t> failed{0};
   std::atomic<int64_t> inFlight{0};
+};
+
+// Who makes the calls through a route: one per client connection (its verified identity, what it
+// may call, its limit on calls in flight), or one per plugin instance for calls between plugins
+// in this host. Shard-local; refcounted because routes and calls in flight hold it.
+class Caller : public kj::Refcounted {
+public:
+  virtual ~Caller() noexcept(false) = default;
+
+  // The identity plugins see through `Context::caller()`: a client certificate's common name,
+  // an insecure listener's configured identity, or "plugin:NAME".
+  virtual kj::StringPtr identity() = 0;
+
+  // Whether this caller may call `methodId` of `interfaceId` on `service` now; null to go on, or
+  // the exception that fails the call (PERMISSION refusals are FAILED, a full connection
+  // OVERLOADED). On null, `callEnded()` follows when the call completes.
+  virtual kj::Maybe<kj::Exception> callStarting(kj::StringPtr service, uint64_t interfaceId,
+                                                uint16_t methodId) = 0;
+  virtual void callEnded() = 0;
 };
 
 class ShardServices {
@@ -80,8 +100,13 @@ public:
   void uninstall(const Generation& generation);
 
   // A capability to the service `name`, resolved at each call: calls fail with DISCONNECTED while
-  // nothing serves `name`.
-  capnp::Capability::Client route(kj::StringPtr name);
+  // nothing serves `name`. Every call through it is made by `caller` (checked, and named to the
+  // plugin); a null caller is trusted host code, named "host".
+  capnp::Capability::Client route(kj::StringPtr name, kj::Own<Caller> caller = {});
+
+  // The identity of the caller of the call whose parameters are at `paramsLocation` (see
+  // `Context::callerOf`); empty when no call in flight on this shard has them.
+  kj::StringPtr callerOf(const void* paramsLocation) const;
 
   // Whether `name` is served on this shard now.
   bool serves(kj::StringPtr name) const;
@@ -129,6 +154,15 @@ private:
   kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> idleFulfiller;
   std::map<std::string, kj::Own<Entry>> entries;
   std::map<uint64_t, kj::Own<Instance>> instances;
+  // The calls in flight into plugins, by the address of their parameters: `Context::caller()`
+  // finds its call's identity here. A plugin that released its parameters early may see a new
+  // call's parameters at the same address, so the latest call (highest number) wins a lookup.
+  struct CallRecord {
+    uint64_t number;
+    Caller* caller;
+  };
+  std::unordered_multimap<const void*, CallRecord> callsByParams;
+  uint64_t callNumber = 0;
 };
 
 }  // namespace payhost::host

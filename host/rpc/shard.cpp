@@ -12,21 +12,25 @@ namespace payhost::host {
 
 class ShardState::Connection {
 public:
-  Connection(kj::Own<kj::AsyncIoStream> stream, capnp::Capability::Client bootstrap,
+  Connection(kj::Own<kj::AsyncIoStream> stream, kj::Own<ConnectionCaller> connectionCaller,
              capnp::ReaderOptions readerOptions, ShardState& shard)
       : shard(shard),
+        caller(*connectionCaller),
         stream(kj::mv(stream)),
         network(*this->stream, capnp::rpc::twoparty::Side::SERVER, readerOptions),
-        rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {
-    shard.connectionsOpen.fetch_add(1, std::memory_order_relaxed);
+        rpc(capnp::makeRpcServer(
+            network, kj::heap<GatewayServer>(shard.services_, kj::mv(connectionCaller)))) {
     shard.open.insert(this);
   }
-  ~Connection() noexcept(false) {
-    shard.open.erase(this);
-    shard.connectionsOpen.fetch_sub(1, std::memory_order_relaxed);
-  }
+  ~Connection() noexcept(false) { shard.open.erase(this); }
 
-  kj::Promise<void> onDisconnect() { return network.onDisconnect(); }
+  // Resolves when the client hangs up, the connection fails (a message over the limits), or it
+  // has been idle for `limits.idle_timeout_ms`.
+  kj::Promise<void> onDisconnect() {
+    auto idle = shard.policy.limits.idleTimeout;
+    if (idle == 0 * kj::SECONDS) return network.onDisconnect();
+    return network.onDisconnect().exclusiveJoin(closeWhenIdle(idle));
+  }
 
   // The RPC system reads end-of-stream and disconnects as if the client had hung up: it flushes
   // what it queued, shuts down writing and releases the network, so `onDisconnect()` resolves.
@@ -36,7 +40,26 @@ public:
   }
 
 private:
+  kj::Promise<void> closeWhenIdle(kj::Duration idle) {
+    auto& timer = shard.io.provider->getTimer();
+    auto due = caller.lastActivity() + idle;
+    return timer.atTime(due).then([this, idle, &timer]() -> kj::Promise<void> {
+      if (caller.inFlight() > 0) {
+        // Busy: look again one idle period from now (its last call ends the activity).
+        return timer.afterDelay(idle).then([this, idle]() { return closeWhenIdle(idle); });
+      }
+      if (timer.now() < caller.lastActivity() + idle) return closeWhenIdle(idle);
+      shard.policy.counters.connectionsIdleClosed.fetch_add(1, std::memory_order_relaxed);
+      auto ms = kj::str(idle / kj::MILLISECONDS);
+      LogField fields[] = {{"identity", caller.identity()}, {"idle_ms", ms}};
+      shard.log.write(LogLevel::INFO, "connection.idle_closed", nullptr, fields);
+      return kj::READY_NOW;
+    });
+  }
+
   ShardState& shard;
+  // Owned by the gateway, which the RPC system holds as long as the connection.
+  ConnectionCaller& caller;
   kj::Own<kj::AsyncIoStream> stream;
   capnp::TwoPartyVatNetwork network;
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
@@ -49,11 +72,13 @@ void ShardState::ErrorHandler::taskFailed(kj::Exception&& exception) {
 }
 
 ShardState::ShardState(uint32_t index, uint32_t count, LogSink& log, kj::AsyncIoContext& io,
-                       HostShared& counters, capnp::ReaderOptions readerOptions)
+                       HostShared& counters, capnp::ReaderOptions readerOptions,
+                       const ClientPolicy& policy)
     : index_(index),
       log(log),
       io(io),
       readerOptions(readerOptions),
+      policy(policy),
       services_(index, count, log, io.provider->getTimer(), counters),
       connections(kj::heap<kj::TaskSet>(errorHandler)) {
   if (counters.outbound != nullptr) {
@@ -67,23 +92,80 @@ ShardState::~ShardState() noexcept(false) {
   close();
 }
 
-void ShardState::adopt(int fd) {
-  if (closing) {
-    ::close(fd);
-    return;
-  }
+void ShardState::adopt(int fd, kj::Own<const TlsServer> tls, kj::StringPtr insecureIdentity) {
+  auto& counters = policy.counters;
+  // Every path from here closes `fd` exactly once and uncounts the connection when it goes.
+  connectionsOpen.fetch_add(1, std::memory_order_relaxed);
+  auto uncount = kj::defer([this, &counters]() {
+    connectionsOpen.fetch_sub(1, std::memory_order_relaxed);
+    counters.connectionsOpen.fetch_sub(1, std::memory_order_relaxed);
+  });
+  auto stream =
+      io.lowLevelProvider->wrapSocketFd(fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP |
+                                                kj::LowLevelAsyncIoProvider::ALREADY_CLOEXEC |
+                                                kj::LowLevelAsyncIoProvider::ALREADY_NONBLOCK);
+  if (closing) return;
   KJ_IF_MAYBE (tasks, connections) {
-    // Buffered: reads and writes of a burst of calls coalesce into one system call each.
-    auto stream = bufferStream(
-        io.lowLevelProvider->wrapSocketFd(fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP |
-                                                  kj::LowLevelAsyncIoProvider::ALREADY_CLOEXEC |
-                                                  kj::LowLevelAsyncIoProvider::ALREADY_NONBLOCK));
-    auto connection = kj::heap<Connection>(kj::mv(stream), kj::heap<GatewayServer>(services_),
-                                           readerOptions, *this);
+    if (tls.get() == nullptr) {
+      // Buffered: reads and writes of a burst of calls coalesce into one system call each.
+      auto connection =
+          kj::heap<Connection>(bufferStream(kj::mv(stream)),
+                               kj::refcounted<ConnectionCaller>(kj::heapString(insecureIdentity),
+                                                                policy, io.provider->getTimer()),
+                               readerOptions, *this);
+      auto done = connection->onDisconnect();
+      (*tasks)->add(done.attach(kj::mv(connection), kj::mv(uncount)));
+      return;
+    }
+    auto& timer = io.provider->getTimer();
+    auto timeout = policy.limits.handshakeTimeout;
+    auto handshake =
+        tls->accept(kj::mv(stream))
+            .then([](TlsServer::Accepted&& accepted) -> kj::Maybe<TlsServer::Accepted> {
+              return kj::mv(accepted);
+            })
+            .exclusiveJoin(timer.afterDelay(timeout).then(
+                []() -> kj::Maybe<TlsServer::Accepted> { return nullptr; }));
+    (*tasks)->add(handshake
+                      .then(
+                          [this, &counters, timeout](kj::Maybe<TlsServer::Accepted>&& accepted) {
+                            KJ_IF_MAYBE (done, accepted) {
+                              serve(kj::mv(done->stream), kj::mv(done->identity));
+                            } else {
+                              counters.handshakesTimedOut.fetch_add(1, std::memory_order_relaxed);
+                              auto ms = kj::str(timeout / kj::MILLISECONDS);
+                              LogField fields[] = {{"timeout_ms", ms}};
+                              log.write(LogLevel::INFO, "tls.handshake_timeout", nullptr, fields);
+                            }
+                          },
+                          [this, &counters](kj::Exception&& e) {
+                            counters.handshakesFailed.fetch_add(1, std::memory_order_relaxed);
+                            auto description = e.getDescription();
+                            LogField fields[] = {{"error", description}};
+                            log.write(LogLevel::INFO, "tls.handshake_failed", nullptr, fields);
+                          })
+                      .attach(kj::mv(uncount), kj::mv(tls)));
+  }
+}
+
+void ShardState::serve(kj::Own<kj::AsyncIoStream> stream, kj::String identity) {
+  if (closing) return;
+  KJ_IF_MAYBE (tasks, connections) {
+    // A connection over TLS counts until its socket goes: `serve` runs inside the handshake's
+    // task, whose own count ends when it returns, so count this one separately.
+    policy.counters.connectionsOpen.fetch_add(1, std::memory_order_relaxed);
+    connectionsOpen.fetch_add(1, std::memory_order_relaxed);
+    auto uncount = kj::defer([this]() {
+      connectionsOpen.fetch_sub(1, std::memory_order_relaxed);
+      policy.counters.connectionsOpen.fetch_sub(1, std::memory_order_relaxed);
+    });
+    // Buffered above TLS: a burst of calls costs one TLS record and one system call each way.
+    auto connection = kj::heap<Connection>(
+        bufferStream(kj::mv(stream)),
+        kj::refcounted<ConnectionCaller>(kj::mv(identity), policy, io.provider->getTimer()),
+        readerOptions, *this);
     auto done = connection->onDisconnect();
-    (*tasks)->add(done.attach(kj::mv(connection)));
-  } else {
-    ::close(fd);
+    (*tasks)->add(done.attach(kj::mv(connection), kj::mv(uncount)));
   }
 }
 
@@ -110,10 +192,11 @@ void ShardState::close() {
 }
 
 Shard::Shard(uint32_t index, uint32_t count, LogSink& log, HostShared& counters,
-             capnp::ReaderOptions readerOptions)
+             capnp::ReaderOptions readerOptions, const ClientPolicy& policy)
     : index_(index), count(count) {
-  thread = kj::heap<kj::Thread>(
-      [this, &log, &counters, readerOptions]() { threadMain(log, counters, readerOptions); });
+  thread = kj::heap<kj::Thread>([this, &log, &counters, readerOptions, &policy]() {
+    threadMain(log, counters, readerOptions, policy);
+  });
   started.when([](const bool& ready) { return ready; }, [](const bool&) {});
 }
 
@@ -135,12 +218,13 @@ kj::Promise<void> Shard::stop() {
   });
 }
 
-void Shard::threadMain(LogSink& log, HostShared& counters, capnp::ReaderOptions readerOptions) {
+void Shard::threadMain(LogSink& log, HostShared& counters, capnp::ReaderOptions readerOptions,
+                       const ClientPolicy& policy) {
   auto io = kj::setupAsyncIo();
   // KJ checks timers only when its queue is empty unless told to poll; under load a drain
   // deadline would stretch far past its configured value.
   io.waitScope.setBusyPollInterval(64);
-  ShardState shardState(index_, count, log, io, counters, readerOptions);
+  ShardState shardState(index_, count, log, io, counters, readerOptions, policy);
   auto paf = kj::newPromiseAndFulfiller<void>();
   state = &shardState;
   executor = &kj::getCurrentThreadExecutor();

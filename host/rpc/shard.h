@@ -12,6 +12,8 @@
 #include "host/log/logger.h"
 #include "host/outbound/outbound.h"
 #include "host/registry/shard-services.h"
+#include "host/rpc/client-policy.h"
+#include "host/rpc/tls-server.h"
 
 #include <capnp/message.h>
 #include <kj/async-io.h>
@@ -27,13 +29,16 @@ namespace payhost::host {
 class ShardState {
 public:
   ShardState(uint32_t index, uint32_t count, LogSink& log, kj::AsyncIoContext& io,
-             HostShared& counters, capnp::ReaderOptions readerOptions);
+             HostShared& counters, capnp::ReaderOptions readerOptions, const ClientPolicy& policy);
   ~ShardState() noexcept(false);
 
   ShardServices& services() { return services_; }
 
-  // Serves the Gateway on the connected socket `fd` (owned from now on).
-  void adopt(int fd);
+  // Serves the Gateway on the connected socket `fd` (owned from now on). With `tls`, after a TLS
+  // handshake (bounded by `limits.handshake_timeout_ms`) to the client's certificate identity;
+  // without (an insecure listener), to `insecureIdentity`. The caller has counted the connection
+  // in `SecurityCounters::connectionsOpen`; the shard uncounts it when it closes.
+  void adopt(int fd, kj::Own<const TlsServer> tls, kj::StringPtr insecureIdentity);
 
   // Closes every connection the way a client hanging up would: reading stops, then the RPC
   // system sends what it has queued (answers to calls that just completed), shuts the socket's
@@ -50,6 +55,7 @@ public:
 
 private:
   class Connection;
+  void serve(kj::Own<kj::AsyncIoStream> stream, kj::String identity);
   class ErrorHandler final : public kj::TaskSet::ErrorHandler {
   public:
     explicit ErrorHandler(LogSink& log) : log(log) {}
@@ -63,6 +69,7 @@ private:
   capnp::ReaderOptions readerOptions;
   // Before `services_`: plugin instances hold capabilities that use it.
   kj::Maybe<kj::Own<ShardOutbound>> outbound;
+  const ClientPolicy& policy;
   ShardServices services_;
   ErrorHandler errorHandler{log};
   kj::Maybe<kj::Own<kj::TaskSet>> connections;
@@ -74,8 +81,9 @@ private:
 class Shard {
 public:
   // Starts the shard's thread and waits until its loop runs.
+  // `policy` outlives the shard.
   Shard(uint32_t index, uint32_t count, LogSink& log, HostShared& counters,
-        capnp::ReaderOptions readerOptions);
+        capnp::ReaderOptions readerOptions, const ClientPolicy& policy);
   // Stops the loop (if `stop()` was not called) and joins the thread.
   ~Shard() noexcept(false);
   KJ_DISALLOW_COPY(Shard);
@@ -95,7 +103,8 @@ public:
   uint32_t connectionsOpen() const { return state->connectionsOpen.load(); }
 
 private:
-  void threadMain(LogSink& log, HostShared& counters, capnp::ReaderOptions readerOptions);
+  void threadMain(LogSink& log, HostShared& counters, capnp::ReaderOptions readerOptions,
+                  const ClientPolicy& policy);
 
   uint32_t index_;
   uint32_t count;

@@ -115,6 +115,8 @@ public:
     return kj::READY_NOW;
   }
 
+  kj::StringPtr callerOf(const void*) override { return callerIdentity; }
+
   kj::Maybe<capnp::Capability::Client> lookup(kj::StringPtr name) {
     std::string key(name.cStr());
     auto it = provided.find(key);
@@ -137,6 +139,7 @@ public:
   TestClock clock_;
   RecordingLogger logger;
   Config config_;
+  kj::String callerIdentity = kj::heapString("test");
   std::map<std::string, capnp::Capability::Client> provided;
   std::map<std::string, capnp::Capability::Client> services;
   std::map<std::string, KeyHandle*> keyHandles;
@@ -180,6 +183,10 @@ void TestHost::provideKey(kj::StringPtr name, KeyHandle& handle) {
 
 void TestHost::provideDatabase(kj::StringPtr name, Database& database) {
   impl->databases.insert_or_assign(std::string(name.cStr()), &database);
+}
+
+void TestHost::setCaller(kj::StringPtr identity) {
+  impl->callerIdentity = kj::heapString(identity);
 }
 
 uint64_t TestHost::offloadCount() const {

@@ -200,10 +200,19 @@ DaemonProcess::DaemonProcess(DaemonOptions options)
   config.add(kj::str("drain_timeout_ms = ", options.drainTimeoutMs));
   if (options.dataDir.size() > 0) config.add(kj::str("data_dir = \"", options.dataDir, "\""));
   config.add(kj::str("[listen]"));
-  config.add(kj::str("tcp = [\"127.0.0.1:0\"]"));
-  config.add(kj::str("unix = [\"", unixSocket_, "\"]"));
+  if (options.listen.size() > 0) {
+    config.add(kj::mv(options.listen));
+  } else {
+    config.add(kj::str("tcp = [{ address = \"127.0.0.1:0\", insecure = true }]"));
+    config.add(kj::str("unix = [{ path = \"", unixSocket_, "\", insecure = true }]"));
+  }
   config.add(kj::str("[admin]"));
   config.add(kj::str("socket = \"", adminSocket_, "\""));
+  if (options.access.size() > 0) {
+    config.add(kj::mv(options.access));
+  } else {
+    config.add(kj::str("[[access]]\nidentity = \"anonymous\"\nservices = [\"*\"]"));
+  }
   if (options.extra.size() > 0) config.add(kj::mv(options.extra));
   config.add(kj::mv(options.plugins));
   writeFile(configPath_, kj::strArray(config, "\n"));

@@ -123,7 +123,12 @@ struct DaemonOptions {
   uint32_t drainTimeoutMs = 10000;
   // `[host] data_dir`; empty leaves the default (inside the daemon's temporary directory).
   kj::String dataDir = nullptr;
-  // Other tables (e.g. `[deploy]`), placed before the plugins.
+  // The body of `[listen]`; empty: TCP 127.0.0.1:0 and a unix socket, both `insecure = true`
+  // (their callers are "anonymous").
+  kj::String listen = nullptr;
+  // `[[access]]` tables; empty: "anonymous" may call everything.
+  kj::String access = nullptr;
+  // Other tables (e.g. `[deploy]`, `[tls]`), placed before the plugins.
   kj::String extra = nullptr;
   // `[[plugin]]` tables, appended to the config as they are.
   kj::String plugins = nullptr;
@@ -132,8 +137,9 @@ struct DaemonOptions {
 // The echo fixture as a `[[plugin]]` table; `config` holds lines of its `[plugin.config]`.
 kj::String echoPlugin(kj::StringPtr config = "");
 
-// A payhostd process serving on TCP 127.0.0.1:0, a unix socket and the admin socket, all in a
-// fresh temporary directory. The constructor returns once the daemon has logged `host.ready`.
+// A payhostd process serving on TCP 127.0.0.1:0, a unix socket (both plaintext, for "anonymous",
+// unless `DaemonOptions::listen` says otherwise) and the admin socket, all in a fresh temporary
+// directory. The constructor returns once the daemon has logged `host.ready`.
 class DaemonProcess {
 public:
   explicit DaemonProcess(DaemonOptions options);
@@ -145,6 +151,8 @@ public:
   kj::String tcpAddress() const { return kj::str("127.0.0.1:", port_); }
   kj::String unixAddress() const { return kj::str("unix:", unixSocket_); }
   kj::StringPtr configPath() const { return configPath_; }
+  // The daemon's temporary directory (for certificates and other files a test adds).
+  const TempDir& directory() const { return dir; }
   pid_t pid() const { return child->pid(); }
 
   void signal(int number) { child->signal(number); }

@@ -812,9 +812,10 @@ TEST_F(HotSwap, HistorySurvivesRestartAndEditedLogIsRefused) {
   lines[1] = kj::heapString(edited.c_str());
   writeFile(log, kj::str(kj::strArray(lines, "\n"), "\n"));
   auto configPath = data.file("payhostd.toml");
-  writeFile(configPath, kj::str("[host]\ndata_dir = \"", dataDir,
-                                "\"\n[listen]\ntcp = ", "[\"127.0.0.1:0\"]\n[admin]\nsocket = \"",
-                                data.file("admin.sock"), "\"\n"));
+  writeFile(configPath,
+            kj::str("[host]\ndata_dir = \"", dataDir, "\"\n[listen]\ntcp = ",
+                    "[{ address = \"127.0.0.1:0\", insecure = true }]\n[admin]\nsocket = \"",
+                    data.file("admin.sock"), "\"\n"));
   auto refused = runProcess({PAYHOSTD, "-c", configPath}, START_TIMEOUT);
   EXPECT_EQ(refused.exitCode, 1);
   auto output = s(refused.out) + s(refused.err);

@@ -378,7 +378,7 @@ TEST_F(Payhostd, DrainDeadlineCutsCallsStillInFlight) {
 kj::String configWithHost(const TempDir& dir, kj::StringPtr host) {
   return kj::str("[host]\n", host,
                  "[listen]\n"
-                 "tcp = [\"127.0.0.1:0\"]\n"
+                 "tcp = [{ address = \"127.0.0.1:0\", insecure = true }]\n"
                  "[admin]\n"
                  "socket = \"",
                  dir.file("admin.sock"), "\"\n");

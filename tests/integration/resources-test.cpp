@@ -176,8 +176,8 @@ TEST_F(Resources, KeyFileReadableByOthersStopsTheDaemonNamingIt) {
   writeFile(vault, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n");
   chmod(vault.cStr(), 0644);
   auto config = keys.file("payhostd.toml");
-  writeFile(config, kj::str("[listen]\nunix = [\"", keys.file("d.sock"),
-                            "\"]\n[admin]\nsocket = \"", keys.file("a.sock"),
+  writeFile(config, kj::str("[listen]\nunix = [{ path = \"", keys.file("d.sock"),
+                            "\", insecure = true }]\n[admin]\nsocket = \"", keys.file("a.sock"),
                             "\"\n[keys.vault]\ntype = \"aes-256-gcm\"\nfile = \"", vault, "\"\n"));
   auto result = runProcess({PAYHOSTD, "--config", config}, 10 * kj::SECONDS);
   EXPECT_EQ(result.exitCode, 1);

@@ -23,9 +23,12 @@ cat > "$work/payhostd.toml" <<CONFIG
 [host]
 shards = 1
 [listen]
-unix = ["$work/data.sock"]
+unix = [{ path = "$work/data.sock", insecure = true }]
 [admin]
 socket = "$work/admin.sock"
+[[access]]
+identity = "anonymous"
+services = ["*"]
 [[plugin]]
 path = "$work/plugin/limit-screen.so"
 [plugin.config]

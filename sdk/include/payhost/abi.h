@@ -26,8 +26,9 @@ extern "C" {
 
 // The SDK ABI version. A host accepts a plugin with the same major and a minor no greater than
 // its own (a newer plugin may rely on host features this host lacks).
+// Minor 1: `Context::callerOf` (behind `Context::caller`) at the end of `Context`'s vtable.
 #define PAYHOST_ABI_MAJOR 1
-#define PAYHOST_ABI_MINOR 0
+#define PAYHOST_ABI_MINOR 1
 
 // The name of the exported alias. Versioned: an incompatible door gets a new name.
 #define PAYHOST_ENTRY_SYMBOL "payhost_plugin_v1"

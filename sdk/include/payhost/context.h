@@ -16,6 +16,7 @@
 #include <payhost/log.h>
 #include <payhost/sql.h>
 
+#include <capnp/any.h>
 #include <capnp/capability.h>
 #include <kj/async.h>
 #include <kj/debug.h>
@@ -99,6 +100,31 @@ public:
 
   // What `offload` is built on: runs `work` on the worker pool, resolving on this shard.
   virtual kj::Promise<void> offloadWork(kj::Function<void()> work) = 0;
+
+  // Who made `call`, one of this plugin's calls in progress:
+  //   - over TLS, the subject common name (CN) of the client's certificate, which payhostd
+  //     verified against its configured client CA;
+  //   - over a listener configured `insecure = true`, that listener's `identity` (default
+  //     "anonymous");
+  //   - "plugin:NAME" when another plugin in this host called through `Context::service`;
+  //   - "host" for calls the host makes itself.
+  // By the time a call reaches the plugin, payhostd's `[[access]]` rules have already allowed
+  // this identity to call this method of this service; use it for finer decisions (e.g. which
+  // merchant's data a call may see) and for audit records.
+  //
+  // Per call, not per plugin: concurrent calls from different clients each get their own. Call
+  // it while `call`'s parameters are held, that is before `call.releaseParams()`; the identity is
+  // found from where the parameters are. Returns an empty string for a call that is not in
+  // progress, or whose parameters were null. The returned string is valid until the call
+  // completes; copy it (`kj::str(...)`) to keep it longer.
+  template <typename Params, typename Results>
+  kj::StringPtr caller(capnp::CallContext<Params, Results>& call) {
+    return callerOf(capnp::AnyStruct::Reader(call.getParams()).getDataSection().begin());
+  }
+
+  // What `caller` is built on: the identity of the call whose parameter struct begins at
+  // `paramsLocation`.
+  virtual kj::StringPtr callerOf(const void* paramsLocation) = 0;
 };
 
 template <typename Func>

@@ -66,6 +66,9 @@ public:
   // or a real one written for the test.
   void provideDatabase(kj::StringPtr name, Database& database);
 
+  // What `Context::caller()` returns for every call from now on (default "test").
+  void setCaller(kj::StringPtr identity);
+
   // `Context::offload` runs the work at once on the test's thread (deterministic); this counts
   // the calls.
   uint64_t offloadCount() const;

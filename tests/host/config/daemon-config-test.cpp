@@ -1,5 +1,6 @@
 #include "host/config/daemon-config.h"
 
+#include <capnp/message.h>
 #include <kj/debug.h>
 #include <kj/exception.h>
 
@@ -38,8 +39,22 @@ const std::string REQUIRED = lines({
     "socket = \"admin.sock\"",
 });
 
+// TLS listeners need a [tls] table; tests about other keys get this one, appended last so line
+// numbers do not move.
+const std::string TLS = lines({
+    "[tls]",
+    "certificate = \"server.pem\"",
+    "private_key = \"server.key\"",
+    "client_ca = \"ca.pem\"",
+});
+
+std::string withTls(const std::string& text) {
+  return text.find("[tls]") == std::string::npos ? text + TLS : text;
+}
+
 DaemonConfig parse(const std::string& text) {
-  return parseDaemonConfig(kj::StringPtr(text.c_str(), text.size()), PATH, CPUS);
+  auto full = withTls(text);
+  return parseDaemonConfig(kj::StringPtr(full.c_str(), full.size()), PATH, CPUS);
 }
 
 // The description of the exception parsing `text` throws; fails the test when none is thrown.
@@ -111,11 +126,11 @@ TEST(DaemonConfig, ParsesEveryField) {
   EXPECT_EQ(config.drainTimeout, 2500 * kj::MILLISECONDS);
 
   ASSERT_EQ(config.tcp.size(), 3u);
-  EXPECT_EQ(str(config.tcp[0]), "127.0.0.1:7400");
-  EXPECT_EQ(str(config.tcp[1]), "[::1]:7401");
-  EXPECT_EQ(str(config.tcp[2]), "0.0.0.0:0");
+  EXPECT_EQ(str(config.tcp[0].address), "127.0.0.1:7400");
+  EXPECT_EQ(str(config.tcp[1].address), "[::1]:7401");
+  EXPECT_EQ(str(config.tcp[2].address), "0.0.0.0:0");
   ASSERT_EQ(config.unix.size(), 1u);
-  EXPECT_EQ(str(config.unix[0]), "/run/payhost/payhost.sock");
+  EXPECT_EQ(str(config.unix[0].address), "/run/payhost/payhost.sock");
   EXPECT_EQ(str(config.adminSocket), "/run/payhost/admin.sock");
 
   ASSERT_EQ(config.plugins.size(), 2u);
@@ -145,7 +160,7 @@ TEST(DaemonConfig, AbsentOptionalKeysTakeDefaults) {
 }
 
 TEST(DaemonConfig, ZeroShardsMeansOnePerCore) {
-  auto text = lines({"[host]", "shards = 0"}) + REQUIRED;
+  auto text = withTls(lines({"[host]", "shards = 0"}) + REQUIRED);
   EXPECT_EQ(parseDaemonConfig(kj::StringPtr(text.c_str(), text.size()), PATH, 3).shards, 3u);
   EXPECT_EQ(parseDaemonConfig(kj::StringPtr(text.c_str(), text.size()), PATH, 64).shards, 64u);
 }
@@ -157,7 +172,7 @@ TEST(DaemonConfig, InlineTablesAreAccepted) {
       "plugin = [{ path = \"a.so\", config = { retries = 3, backoff = { ms = 10 } } }]",
   }));
 
-  EXPECT_EQ(str(config.unix[0]), "/etc/payhost/payhost.sock");
+  EXPECT_EQ(str(config.unix[0].address), "/etc/payhost/payhost.sock");
   ASSERT_EQ(config.plugins.size(), 1u);
   EXPECT_EQ(config.plugins[0].config.integer("retries", 0), 3);
   EXPECT_EQ(config.plugins[0].config.integer("backoff.ms", 0), 10);
@@ -176,9 +191,9 @@ TEST(DaemonConfig, RelativePathsResolveAgainstConfigDirectory) {
   }));
 
   ASSERT_EQ(config.unix.size(), 3u);
-  EXPECT_EQ(str(config.unix[0]), "/etc/payhost/payhost.sock");
-  EXPECT_EQ(str(config.unix[1]), "/run/payhost/data.sock");
-  EXPECT_EQ(str(config.unix[2]), "/abs/x.sock");
+  EXPECT_EQ(str(config.unix[0].address), "/etc/payhost/payhost.sock");
+  EXPECT_EQ(str(config.unix[1].address), "/run/payhost/data.sock");
+  EXPECT_EQ(str(config.unix[2].address), "/abs/x.sock");
   EXPECT_EQ(str(config.adminSocket), "/etc/payhost/run/admin.sock");
   EXPECT_EQ(str(config.plugins[0].path), "/etc/payhost/plugins/card-processor.so");
   EXPECT_EQ(str(config.plugins[1].path), "/usr/lib/payhost/fraud.so");
@@ -190,8 +205,8 @@ TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
             "(known: shards, log_level, log_format, drain_timeout_ms, data_dir)");
   EXPECT_EQ(parseError(lines({"[hots]"}) + REQUIRED),
             "/etc/payhost/payhostd.toml:1:2: hots: unknown key "
-            "(known: host, listen, admin, deploy, workers, keys, databases, metrics, remotes, "
-            "plugin)");
+            "(known: host, listen, tls, access, limits, admin, deploy, workers, keys, databases, "
+            "metrics, remotes, plugin)");
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"a:1\"]", "udp = [\"a:1\"]"})),
             "/etc/payhost/payhostd.toml:3:1: listen.udp: unknown key (known: tcp, unix)");
   EXPECT_EQ(parseError(lines({"[admin]", "  sockett = \"a\""})),
@@ -359,9 +374,11 @@ TEST(DaemonConfig, WrongTypeNamesExpectedAndActual) {
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = \"127.0.0.1:7400\""})),
             "/etc/payhost/payhostd.toml:2:7: listen.tcp: expected an array, got a string");
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"127.0.0.1:7400\", 7401]"})),
-            "/etc/payhost/payhostd.toml:2:26: listen.tcp[1]: expected a string, got an integer");
+            "/etc/payhost/payhostd.toml:2:26: listen.tcp[1]: expected a string or a table, got an "
+            "integer");
   EXPECT_EQ(parseError(lines({"[listen]", "unix = [true]"})),
-            "/etc/payhost/payhostd.toml:2:9: listen.unix[0]: expected a string, got a boolean");
+            "/etc/payhost/payhostd.toml:2:9: listen.unix[0]: expected a string or a table, got a "
+            "boolean");
   EXPECT_EQ(parseError(lines({"[admin]", "socket = 1979-05-27"})),
             "/etc/payhost/payhostd.toml:2:10: admin.socket: expected a string, got a date");
   EXPECT_EQ(parseError(REQUIRED + lines({"[[plugin]]", "path = \"a.so\"", "enabled = \"yes\""})),
@@ -444,7 +461,7 @@ TEST(DaemonConfig, TcpAddressMustBeHostPort) {
   for (auto address : {"localhost:0", "example.com:65535", "[::1]:7400", "[fe80::1%eth0]:1"}) {
     auto text = lines({"[listen]"}) + "tcp = [\"" + address + "\"]\n" +
                 lines({"[admin]", "socket = \"a\""});
-    EXPECT_EQ(str(parse(text).tcp[0]), address);
+    EXPECT_EQ(str(parse(text).tcp[0].address), address);
   }
 }
 
@@ -662,19 +679,21 @@ TEST(DaemonConfig, DatabaseErrorsNameTheKey) {
 
 TEST(DaemonConfig, LoadReadsFileAndResolvesAgainstItsDirectory) {
   TempDir dir;
-  auto file = dir.write("payhostd.toml", lines({
-                                             "[listen]",
-                                             "unix = [\"payhost.sock\"]",
-                                             "[admin]",
-                                             "socket = \"admin.sock\"",
-                                             "[[plugin]]",
-                                             "path = \"card.so\"",
-                                         }));
+  auto file =
+      dir.write("payhostd.toml", lines({
+                                     "[listen]",
+                                     "unix = [{ path = \"payhost.sock\", insecure = true }]",
+                                     "[admin]",
+                                     "socket = \"admin.sock\"",
+                                     "[[plugin]]",
+                                     "path = \"card.so\"",
+                                 }));
 
   auto config = loadDaemonConfig(kj::StringPtr(file.c_str()), CPUS);
 
   EXPECT_EQ(fs::path(config.sourcePath.cStr()), file);
-  EXPECT_EQ(fs::path(config.unix[0].cStr()), dir.path / "payhost.sock");
+  EXPECT_EQ(fs::path(config.unix[0].address.cStr()), dir.path / "payhost.sock");
+  EXPECT_TRUE(config.unix[0].insecure);
   EXPECT_EQ(fs::path(config.adminSocket.cStr()), dir.path / "admin.sock");
   EXPECT_EQ(fs::path(config.plugins[0].path.cStr()), dir.path / "card.so");
   EXPECT_EQ(config.shards, CPUS);
@@ -693,6 +712,101 @@ TEST(DaemonConfig, LoadErrorsNameTheFile) {
   } else {
     ADD_FAILURE() << "no error";
   }
+}
+
+TEST(DaemonConfig, ParsesTlsAccessAndLimits) {
+  auto config = parse(lines({
+      "[listen]",
+      "tcp = [\"0.0.0.0:7400\", { address = \"127.0.0.1:7401\", insecure = true, identity = "
+      "\"dev\" }]",
+      "unix = [{ path = \"/run/p.sock\", insecure = true }]",
+      "[admin]",
+      "socket = \"admin.sock\"",
+      "[tls]",
+      "certificate = \"certs/server.pem\"",
+      "private_key = \"certs/server.key\"",
+      "client_ca = \"/etc/ca.pem\"",
+      "[[access]]",
+      "identity = \"merchant-a\"",
+      "services = [\"payments.card\"]",
+      "methods = [\"authorize\", \"capture\"]",
+      "[[access]]",
+      "identity = \"ops\"",
+      "services = [\"*\"]",
+      "[limits]",
+      "max_message_bytes = 65536",
+      "traversal_limit_words = 4096",
+      "nesting_limit = 8",
+      "max_connections = 10",
+      "max_calls_per_connection = 4",
+      "handshake_timeout_ms = 250",
+      "idle_timeout_ms = 0",
+  }));
+  ASSERT_EQ(config.tcp.size(), 2u);
+  EXPECT_FALSE(config.tcp[0].insecure);
+  EXPECT_TRUE(config.tcp[1].insecure);
+  EXPECT_EQ(str(config.tcp[1].identity), "dev");
+  EXPECT_EQ(str(config.unix[0].identity), "anonymous");
+  auto& tls = KJ_ASSERT_NONNULL(config.tls);
+  EXPECT_EQ(str(tls.certificate), "/etc/payhost/certs/server.pem");
+  EXPECT_EQ(str(tls.privateKey), "/etc/payhost/certs/server.key");
+  EXPECT_EQ(str(tls.clientCa), "/etc/ca.pem");
+  EXPECT_TRUE(tls.requireClientCertificate);
+  ASSERT_EQ(config.access.size(), 2u);
+  EXPECT_EQ(str(config.access[0].identity), "merchant-a");
+  ASSERT_EQ(config.access[0].methods.size(), 2u);
+  EXPECT_EQ(str(config.access[0].methods[1]), "capture");
+  EXPECT_EQ(config.access[1].methods.size(), 0u);
+  EXPECT_EQ(config.limits.maxMessageBytes, 65536u);
+  EXPECT_EQ(config.limits.traversalLimitWords, 4096u);
+  EXPECT_EQ(config.limits.nestingLimit, 8u);
+  EXPECT_EQ(config.limits.maxConnections, 10u);
+  EXPECT_EQ(config.limits.maxCallsPerConnection, 4u);
+  EXPECT_EQ(config.limits.handshakeTimeout, 250 * kj::MILLISECONDS);
+  EXPECT_EQ(config.limits.idleTimeout, 0 * kj::MILLISECONDS);
+}
+
+TEST(DaemonConfig, LimitDefaultsAreWellBelowCapnProtoDefaults) {
+  auto config = parse(REQUIRED);
+  capnp::ReaderOptions library;
+  EXPECT_LT(config.limits.traversalLimitWords, library.traversalLimitInWords / 8);
+  EXPECT_LT(config.limits.nestingLimit, static_cast<uint32_t>(library.nestingLimit) / 2);
+  EXPECT_GT(config.limits.handshakeTimeout, 0 * kj::SECONDS);
+}
+
+TEST(DaemonConfig, RefusesInsecureListenerBeyondLoopback) {
+  EXPECT_EQ(parseError(lines({"[listen]", "tcp = [{ address = \"0.0.0.0:7400\", insecure = true }]",
+                              "[admin]", "socket = \"a.sock\""})),
+            "/etc/payhost/payhostd.toml:2:8: listen.tcp[0]: insecure = true is allowed only on a "
+            "loopback address (127.0.0.1, ::1, localhost) or a unix socket, not \"0.0.0.0:7400\"; "
+            "configure [tls] instead");
+}
+
+TEST(DaemonConfig, RefusesTlsListenerWithoutTlsTable) {
+  std::string text =
+      lines({"[listen]", "tcp = [\"127.0.0.1:7400\"]", "[admin]", "socket = \"a.sock\""});
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                 parseDaemonConfig(kj::StringPtr(text.c_str(), text.size()), PATH, CPUS);
+               })) {
+    EXPECT_EQ(str(e->getDescription()),
+              "/etc/payhost/payhostd.toml:1:1: tls: listener 127.0.0.1:7400 serves TLS but there "
+              "is no [tls] table (certificate, private_key, client_ca); a plaintext development "
+              "listener needs insecure = true");
+  } else {
+    ADD_FAILURE() << "no error";
+  }
+}
+
+TEST(DaemonConfig, RefusesIncompleteTlsAndAccess) {
+  EXPECT_EQ(
+      parseError(REQUIRED + lines({"[tls]", "certificate = \"s.pem\"", "private_key = \"s.key\""})),
+      "/etc/payhost/payhostd.toml:5:1: tls.client_ca: missing required key (clients must "
+      "present a certificate issued by this CA; set require_client_certificate = false to "
+      "serve clients without one)");
+  EXPECT_EQ(parseError(lines({"[[access]]", "identity = \"a\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:1:1: access[0].services: missing required key");
+  EXPECT_EQ(parseError(lines({"[limits]", "nesting_limit = 1000"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:17: limits.nesting_limit: 1000 is out of range 4..64");
 }
 
 TEST(DaemonConfig, LoadMissingFileNamesPathAndReason) {

@@ -162,6 +162,7 @@ public:
     work();
     return kj::READY_NOW;
   }
+  kj::StringPtr callerOf(const void*) override { return "test"; }
 
   // What `payhost_plugin_v1_descriptor::create` expects as its context argument.
   void* asCreateArgument() { return static_cast<Context*>(this); }

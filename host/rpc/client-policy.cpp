@@ -1,0 +1,32 @@
+#include "host/rpc/client-policy.h"
+
+namespace payhost::host {
+
+namespace {
+
+bool listed(const kj::Vector<kj::String>& names, kj::StringPtr name) {
+  for (auto& entry : names) {
+    if (entry == "*" || entry == name) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool AccessPolicy::mayUseService(kj::StringPtr identity, kj::StringPtr service) const {
+  for (auto& rule : rules) {
+    if (rule.identity == identity && listed(rule.services, service)) return true;
+  }
+  return false;
+}
+
+bool AccessPolicy::mayCall(kj::StringPtr identity, kj::StringPtr service,
+                           kj::StringPtr method) const {
+  for (auto& rule : rules) {
+    if (rule.identity != identity || !listed(rule.services, service)) continue;
+    if (rule.methods.empty() || listed(rule.methods, method)) return true;
+  }
+  return false;
+}
+
+}  // namespace payhost::host
