@@ -62,6 +62,11 @@ void declareFamilies(Exposition& out) {
              "Connections discarded because they broke.");
   out.family("payhost_db_wait_seconds_total", Type::COUNTER,
              "Time transactions spent waiting for a connection lease.");
+  out.family("payhost_db_size", Type::GAUGE,
+             "Database pool size now: connections it may lend beyond reservations (scale = true: "
+             "between min_connections and max_connections).");
+  out.family("payhost_db_scaling_total", Type::COUNTER,
+             "Database pool scaling decisions, by decision: grow, shrink.");
   out.family("payhost_calls_in_flight", Type::GAUGE, "Calls in flight on every shard.");
   out.family("payhost_host_calls_total", Type::COUNTER, "Calls routed, host-wide.");
   out.family("payhost_host_calls_failed_total", Type::COUNTER, "Calls failed, host-wide.");
@@ -185,6 +190,11 @@ kj::String renderHostMetrics(const HostMetricsInput& input) {
                static_cast<double>(stats.discarded));
     out.sample("payhost_db_wait_seconds_total", {{"pool", pool}},
                static_cast<double>(stats.waitTime / kj::MICROSECONDS) / 1e6);
+    out.sample("payhost_db_size", {{"pool", pool}}, stats.capacity);
+    out.sample("payhost_db_scaling_total", {{"pool", pool}, {"decision", "grow"}},
+               static_cast<double>(stats.grown));
+    out.sample("payhost_db_scaling_total", {{"pool", pool}, {"decision", "shrink"}},
+               static_cast<double>(stats.shrunk));
   }
   auto& shared = input.shared;
   out.sample("payhost_calls_in_flight", {},
