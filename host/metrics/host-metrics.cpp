@@ -67,6 +67,9 @@ void declareFamilies(Exposition& out) {
              "between min_connections and max_connections).");
   out.family("payhost_db_scaling_total", Type::COUNTER,
              "Database pool scaling decisions, by decision: grow, shrink.");
+  out.family("payhost_leases_leaked_total", Type::COUNTER,
+             "Leases a plugin version still held when it was unloaded, by pool and outcome: "
+             "reclaimed (taken back by the host) or held (plugin code still running held them).");
   out.family("payhost_calls_in_flight", Type::GAUGE, "Calls in flight on every shard.");
   out.family("payhost_host_calls_total", Type::COUNTER, "Calls routed, host-wide.");
   out.family("payhost_host_calls_failed_total", Type::COUNTER, "Calls failed, host-wide.");
@@ -197,6 +200,15 @@ kj::String renderHostMetrics(const HostMetricsInput& input) {
                static_cast<double>(stats.shrunk));
   }
   auto& shared = input.shared;
+  {
+    auto leaked = shared.leaked.lockExclusive();
+    for (auto& [key, count] : *leaked) {
+      auto& [plugin, pool, outcome] = key;
+      out.sample("payhost_leases_leaked_total",
+                 {{"plugin", plugin.c_str()}, {"pool", pool.c_str()}, {"outcome", outcome.c_str()}},
+                 static_cast<double>(count));
+    }
+  }
   out.sample("payhost_calls_in_flight", {},
              static_cast<double>(shared.inFlight.load(std::memory_order_relaxed)));
   out.sample("payhost_host_calls_total", {},

@@ -19,12 +19,14 @@
 
 #include <capnp/capability.h>
 #include <kj/async.h>
+#include <kj/mutex.h>
 #include <kj/refcount.h>
 #include <kj/timer.h>
 
 #include <atomic>
 #include <map>
 #include <string>
+#include <tuple>
 
 namespace payhost::host {
 
@@ -42,7 +44,20 @@ struct HostShared {
   std::atomic<uint64_t> total{0};
   std::atomic<uint64_t> failed{0};
   std::atomic<int64_t> inFlight{0};
+
+  // Lease accounting at unload. Leases a plugin version still held when its last shard removed
+  // it, by (plugin, pool, outcome): "reclaimed" (the host took them back: waiting requests
+  // dropped, work not yet started dropped unrun) or "held" (plugin code still running holds them:
+  // a thread cannot be stopped; if it never returns the version stays parked).
+  using LeakKey = std::tuple<std::string, std::string, std::string>;
+  kj::MutexGuarded<std::map<LeakKey, uint64_t>> leaked;
+  // Shards that removed each generation so far; the last one reclaims its leases.
+  kj::MutexGuarded<std::map<uint64_t, uint32_t>> uninstalledOn;
 };
+
+// Takes back what `generation` still holds in the pools of `shared` (see HostShared::leaked),
+// logs `lease.leaked` per pool (plugin, version, pool, reclaimed, held) and counts it. Thread-safe.
+void reclaimLeases(const Generation& generation, HostShared& shared, LogSink& log);
 
 class ShardServices {
 public:

@@ -359,7 +359,11 @@ kj::Promise<void> Deployer::retire(Deployment& d, Generation& old) {
       .then([this, &old]() { return waitForObjectsGone(old, timer.now() + config.unloadTimeout); })
       .then([this, &d, &old](bool gone) {
         auto live = old.library().liveObjects();
-        auto result = old.library().unload();
+        // Work it offloaded that still runs is plugin code on a worker thread, which cannot be
+        // stopped: closing the library under it would crash the host. Park it instead; the library
+        // closes when the last of that work ends and drops the generation.
+        auto result = old.offloadsPending.load() == 0 ? old.library().unload()
+                                                      : PluginLibrary::UnloadResult::PARKED;
         d.result.unloadResult = kj::heapString(unloadResultName(result));
         auto generationText = kj::str(old.id());
         auto liveText = kj::str(gone ? 0 : live);
@@ -430,7 +434,9 @@ kj::Promise<void> Deployer::judgeCanary(Deployment& d, int round) {
           return waitForObjectsGone(*d.fresh, timer.now() + config.unloadTimeout);
         })
         .then([&d](bool) {
-          d.result.unloadResult = kj::heapString(unloadResultName(d.fresh->library().unload()));
+          auto result = d.fresh->offloadsPending.load() == 0 ? d.fresh->library().unload()
+                                                             : PluginLibrary::UnloadResult::PARKED;
+          d.result.unloadResult = kj::heapString(unloadResultName(result));
           d.result.outcome = schema::DeployOutcome::CANARY_ROLLED_BACK;
         });
   });
