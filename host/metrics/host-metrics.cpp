@@ -6,6 +6,10 @@
 
 #include <capnp/schema.h>
 
+#include <array>
+#include <map>
+#include <string>
+
 namespace payhost::host {
 
 namespace {
@@ -44,6 +48,10 @@ void declareFamilies(Exposition& out) {
   out.family("payhost_admission_rejected_total", Type::COUNTER,
              "Calls failed OVERLOADED because the admission queue was full.");
   out.family("payhost_plugins", Type::GAUGE, "Configured plugins by state.");
+  out.family("payhost_plugin_versions", Type::GAUGE,
+             "Versions of each plugin loaded, by state: active (serving new calls), draining "
+             "(replaced, calls in flight finishing; or the host is shutting down), parked (kept "
+             "loaded at unload because its objects or offloaded work lived on).");
   out.family("payhost_workers_threads", Type::GAUGE, "Worker pool threads.");
   out.family("payhost_workers_busy", Type::GAUGE, "Worker pool threads running work.");
   out.family("payhost_workers_waiting", Type::GAUGE, "Offloaded work waiting for a lease.");
@@ -165,6 +173,26 @@ kj::String renderHostMetrics(const HostMetricsInput& input) {
     KJ_IF_MAYBE (generation, record.generation) {
       renderGeneration(out, **generation,
                        input.draining || record.state == schema::PluginState::DRAINING);
+    }
+  }
+  {
+    // Per plugin name: [active, draining, parked].
+    std::map<std::string, std::array<uint32_t, 3>> versions;
+    for (auto& record : input.registry.plugins()) {
+      KJ_IF_MAYBE (generation, record.generation) {
+        bool draining = input.draining || record.state == schema::PluginState::DRAINING;
+        ++versions[(*generation)->name().cStr()][draining ? 1 : 0];
+      }
+    }
+    for (auto& retired : input.registry.retiredVersions()) {
+      ++versions[retired.plugin.cStr()][retired.parked ? 2 : 1];
+    }
+    for (auto& [plugin, counts] : versions) {
+      kj::StringPtr states[] = {"active", "draining", "parked"};
+      for (size_t i = 0; i < 3; ++i) {
+        out.sample("payhost_plugin_versions", {{"plugin", plugin.c_str()}, {"state", states[i]}},
+                   counts[i]);
+      }
     }
   }
   out.sample("payhost_plugins", {{"state", "serving"}},

@@ -164,6 +164,13 @@ protected:
   kj::String metricsAddress;
 };
 
+std::string rulesOf(ScreenResponse&& response) {
+  std::string joined;
+  for (auto rule : response.getVerdict().getFiredRules())
+    joined += std::string(joined.empty() ? "" : ",") + rule.cStr();
+  return joined;
+}
+
 const std::map<std::string, std::string> SCREEN = {
     {"plugin", "echo"}, {"version", "1.0.0"}, {"service", "test.echo"}, {"method", "screen"}};
 
@@ -409,12 +416,51 @@ TEST_F(Metrics, LeasesHeldByAnUnloadedVersionAreReclaimedOrReportedAndCounted) {
   EXPECT_EQ(metrics.value("payhost_leases_leaked_total",
                           {{"plugin", "resources"}, {"pool", "workers"}, {"outcome", "held"}}),
             1);
+  EXPECT_EQ(
+      metrics.value("payhost_plugin_versions", {{"plugin", "resources"}, {"state", "parked"}}), 1);
+  EXPECT_EQ(
+      metrics.value("payhost_plugin_versions", {{"plugin", "resources"}, {"state", "active"}}), 1);
   // The reclaimed request's work never ran; the lease it waited for serves the new version.
   await(kj::mv(running));
   await(kj::mv(waiting));
   auto after = await(screen(service, "offload", 4));
   EXPECT_EQ(after.getVerdict().getScore(), 8u);
   EXPECT_EQ(scrape().value("payhost_workers_completed_total"), 2);
+}
+
+// A replaced version with a call in flight drains; a scrape during the drain shows it beside the
+// active one, and one after it shows it gone.
+TEST_F(Metrics, AVersionStillDrainingIsVisiblePerPlugin) {
+  auto daemon = start(kj::str("[[plugin]]\npath = \"", fixture("fixture-resources.so"),
+                              "\"\n[plugin.config]\nblock_ms = 700\n"),
+                      10000, "[deploy]\ndrain_timeout_ms = 5000\n");
+  auto versions = [this](const char* state) {
+    return scrape().value("payhost_plugin_versions", {{"plugin", "resources"}, {"state", state}});
+  };
+  EXPECT_EQ(versions("active"), 1);
+  EXPECT_EQ(versions("draining"), 0);
+  Connection<schema::Gateway> client(io, daemon->tcpAddress());
+  auto service = client.service("test.resources");
+  auto inFlight = screen(service, "block", 1);
+  Connection<schema::Admin> admin(io, daemon->adminAddress());
+  waitForCallsInFlight(admin, 1);
+  auto request = admin.client.deployRequest();
+  request.initRequest().setPath(fixture("fixture-resources.so"));
+  auto deploying = request.send();
+  auto deadline = io.provider->getTimer().now() + STEP_TIMEOUT;
+  while (versions("draining") != 1) {
+    ASSERT_LT(io.provider->getTimer().now(), deadline) << "the old version never showed draining";
+    await(io.provider->getTimer().afterDelay(5 * kj::MILLISECONDS));
+  }
+  EXPECT_EQ(versions("active"), 1);
+  EXPECT_EQ(versions("parked"), 0);
+  // The call finishes on the old version, which then unloads.
+  EXPECT_EQ(rulesOf(await(kj::mv(inFlight))), "blocked");
+  auto response = await(kj::mv(deploying), 30 * kj::SECONDS);
+  EXPECT_EQ(s(response.getReport().getUnloadResult()), "unmapped");
+  EXPECT_EQ(versions("draining"), 0);
+  EXPECT_EQ(versions("active"), 1);
+  EXPECT_EQ(versions("parked"), 0);
 }
 
 }  // namespace
