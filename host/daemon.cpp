@@ -560,6 +560,9 @@ int Daemon::Impl::run() {
       sqlOptions.minConnections = database.minConnections;
       sqlOptions.maxConnections = database.maxConnections;
       sqlOptions.leaseWait = database.leaseWait;
+      sqlOptions.scaling = database.scale;
+      sqlOptions.growAfter = database.growAfter;
+      sqlOptions.idleTimeout = database.idleTimeout;
       databases.add(kj::heap<SqlPool>(kj::mv(sqlOptions), *KJ_ASSERT_NONNULL(workers), log));
     }
     counters.databases = databases;

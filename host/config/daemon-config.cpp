@@ -401,9 +401,18 @@ private:
         } else if (fieldName == "lease_wait_ms") {
           database.leaseWait =
               expectInteger(value, path, 0, MAX_DRAIN_TIMEOUT_MS) * kj::MILLISECONDS;
+        } else if (fieldName == "scale") {
+          database.scale = expectBoolean(value, path);
+        } else if (fieldName == "grow_after_ms") {
+          database.growAfter =
+              expectInteger(value, path, 1, MAX_DRAIN_TIMEOUT_MS) * kj::MILLISECONDS;
+        } else if (fieldName == "idle_ms") {
+          database.idleTimeout =
+              expectInteger(value, path, 1, MAX_DRAIN_TIMEOUT_MS) * kj::MILLISECONDS;
         } else {
           unknownKey(*field.key, path,
-                     "driver, path, conninfo, min_connections, max_connections, lease_wait_ms");
+                     "driver, path, conninfo, min_connections, max_connections, lease_wait_ms, "
+                     "scale, grow_after_ms, idle_ms");
         }
       }
       if (!haveDriver) {
@@ -426,6 +435,11 @@ private:
         fail(databaseTable.source().begin, databasePath,
              kj::str("min_connections (", database.minConnections, ") is above max_connections (",
                      database.maxConnections, ")"));
+      }
+      if (database.scale && database.growAfter >= database.leaseWait) {
+        fail(databaseTable.source().begin, kj::str(databasePath, ".grow_after_ms"),
+             kj::str("must be below lease_wait_ms (", database.leaseWait / kj::MILLISECONDS,
+                     ") when scale = true: a lease would fail OVERLOADED before the pool grows"));
       }
       config.databases.add(kj::mv(database));
     }

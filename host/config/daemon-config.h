@@ -56,7 +56,7 @@ enum class DatabaseDriver { SQLITE, POSTGRESQL };
 
 // [databases.NAME] driver = "sqlite" | "postgresql", path = "..." (sqlite; default
 // "<data_dir>/NAME.sqlite"), conninfo = "..." (postgresql, required), min_connections,
-// max_connections, lease_wait_ms.
+// max_connections, lease_wait_ms, scale, grow_after_ms, idle_ms.
 struct DatabaseEntry {
   kj::String name;
   DatabaseDriver driver = DatabaseDriver::SQLITE;
@@ -67,6 +67,10 @@ struct DatabaseEntry {
   uint32_t minConnections = 0;
   uint32_t maxConnections = 4;
   kj::Duration leaseWait = 100 * kj::MILLISECONDS;
+  // Scaling between min and max on observed waits (see host/pools/sql-pool.h).
+  bool scale = false;
+  kj::Duration growAfter = 20 * kj::MILLISECONDS;
+  kj::Duration idleTimeout = 30 * kj::SECONDS;
 };
 
 // [remotes.NAME]: another payhostd whose services this host's plugins reach through

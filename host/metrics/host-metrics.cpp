@@ -6,6 +6,10 @@
 
 #include <capnp/schema.h>
 
+#include <array>
+#include <map>
+#include <string>
+
 namespace payhost::host {
 
 namespace {
@@ -44,6 +48,10 @@ void declareFamilies(Exposition& out) {
   out.family("payhost_admission_rejected_total", Type::COUNTER,
              "Calls failed OVERLOADED because the admission queue was full.");
   out.family("payhost_plugins", Type::GAUGE, "Configured plugins by state.");
+  out.family("payhost_plugin_versions", Type::GAUGE,
+             "Versions of each plugin loaded, by state: active (serving new calls), draining "
+             "(replaced, calls in flight finishing; or the host is shutting down), parked (kept "
+             "loaded at unload because its objects or offloaded work lived on).");
   out.family("payhost_workers_threads", Type::GAUGE, "Worker pool threads.");
   out.family("payhost_workers_busy", Type::GAUGE, "Worker pool threads running work.");
   out.family("payhost_workers_waiting", Type::GAUGE, "Offloaded work waiting for a lease.");
@@ -62,6 +70,14 @@ void declareFamilies(Exposition& out) {
              "Connections discarded because they broke.");
   out.family("payhost_db_wait_seconds_total", Type::COUNTER,
              "Time transactions spent waiting for a connection lease.");
+  out.family("payhost_db_size", Type::GAUGE,
+             "Database pool size now: connections it may lend beyond reservations (scale = true: "
+             "between min_connections and max_connections).");
+  out.family("payhost_db_scaling_total", Type::COUNTER,
+             "Database pool scaling decisions, by decision: grow, shrink.");
+  out.family("payhost_leases_leaked_total", Type::COUNTER,
+             "Leases a plugin version still held when it was unloaded, by pool and outcome: "
+             "reclaimed (taken back by the host) or held (plugin code still running held them).");
   out.family("payhost_calls_in_flight", Type::GAUGE, "Calls in flight on every shard.");
   out.family("payhost_host_calls_total", Type::COUNTER, "Calls routed, host-wide.");
   out.family("payhost_host_calls_failed_total", Type::COUNTER, "Calls failed, host-wide.");
@@ -159,6 +175,26 @@ kj::String renderHostMetrics(const HostMetricsInput& input) {
                        input.draining || record.state == schema::PluginState::DRAINING);
     }
   }
+  {
+    // Per plugin name: [active, draining, parked].
+    std::map<std::string, std::array<uint32_t, 3>> versions;
+    for (auto& record : input.registry.plugins()) {
+      KJ_IF_MAYBE (generation, record.generation) {
+        bool draining = input.draining || record.state == schema::PluginState::DRAINING;
+        ++versions[(*generation)->name().cStr()][draining ? 1 : 0];
+      }
+    }
+    for (auto& retired : input.registry.retiredVersions()) {
+      ++versions[retired.plugin.cStr()][retired.parked ? 2 : 1];
+    }
+    for (auto& [plugin, counts] : versions) {
+      kj::StringPtr states[] = {"active", "draining", "parked"};
+      for (size_t i = 0; i < 3; ++i) {
+        out.sample("payhost_plugin_versions", {{"plugin", plugin.c_str()}, {"state", states[i]}},
+                   counts[i]);
+      }
+    }
+  }
   out.sample("payhost_plugins", {{"state", "serving"}},
              input.registry.count(schema::PluginState::SERVING));
   out.sample("payhost_plugins", {{"state", "failed"}},
@@ -185,8 +221,22 @@ kj::String renderHostMetrics(const HostMetricsInput& input) {
                static_cast<double>(stats.discarded));
     out.sample("payhost_db_wait_seconds_total", {{"pool", pool}},
                static_cast<double>(stats.waitTime / kj::MICROSECONDS) / 1e6);
+    out.sample("payhost_db_size", {{"pool", pool}}, stats.capacity);
+    out.sample("payhost_db_scaling_total", {{"pool", pool}, {"decision", "grow"}},
+               static_cast<double>(stats.grown));
+    out.sample("payhost_db_scaling_total", {{"pool", pool}, {"decision", "shrink"}},
+               static_cast<double>(stats.shrunk));
   }
   auto& shared = input.shared;
+  {
+    auto leaked = shared.leaked.lockExclusive();
+    for (auto& [key, count] : *leaked) {
+      auto& [plugin, pool, outcome] = key;
+      out.sample("payhost_leases_leaked_total",
+                 {{"plugin", plugin.c_str()}, {"pool", pool.c_str()}, {"outcome", outcome.c_str()}},
+                 static_cast<double>(count));
+    }
+  }
   out.sample("payhost_calls_in_flight", {},
              static_cast<double>(shared.inFlight.load(std::memory_order_relaxed)));
   out.sample("payhost_host_calls_total", {},

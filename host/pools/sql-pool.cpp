@@ -1,5 +1,6 @@
 #include "host/pools/sql-pool.h"
 
+#include "host/pools/lease-table.h"
 #include "host/pools/worker-pool.h"
 #include "host/util/errors.h"
 
@@ -13,9 +14,11 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <list>
 #include <map>
 #include <string>
+#include <thread>
 
 namespace payhost::host {
 
@@ -306,25 +309,6 @@ private:
   }
 };
 
-struct Quota {
-  uint32_t reserve = 0;
-  uint32_t limit = 0;  // 0: the capacity
-  uint32_t inUse = 0;
-};
-
-// One place in line. Its flags are guarded by the pool's lock.
-struct Ticket : public kj::AtomicRefcounted {
-  std::string plugin;
-  kj::Own<kj::CrossThreadPromiseFulfiller<void>> fulfiller;
-  bool granted = false;
-  bool consumed = false;
-};
-
-struct Waiter {
-  std::string plugin;
-  kj::Own<Ticket> ticket;
-};
-
 class Transaction final : public SqlTransaction {
 public:
   explicit Transaction(Connection& connection) : connection(connection) {}
@@ -336,39 +320,73 @@ private:
   Connection& connection;
 };
 
+LeaseTable::Options leaseOptions(const SqlPool::Options& options) {
+  LeaseTable::Options result;
+  result.pool = kj::str("database pool ", options.name);
+  result.unit = kj::str("connections");
+  result.capacityUnit = kj::str("connections");
+  result.capacity = options.maxConnections;
+  result.wait = options.leaseWait;
+  return result;
+}
+
+kj::TimePoint now() {
+  return kj::systemPreciseMonotonicClock().now();
+}
+
 }  // namespace
 
 class SqlPool::Impl {
 public:
   Impl(Options options, WorkerPool& workers, LogSink& log)
-      : options(kj::mv(options)), workers(workers), log(log) {
+      : options(kj::mv(options)), workers(workers), log(log), leases(leaseOptions(this->options)) {
     KJ_REQUIRE(this->options.maxConnections >= 1 &&
                    this->options.minConnections <= this->options.maxConnections,
                "database pool bounds must satisfy min <= max, 1 <= max",
                this->options.minConnections, this->options.maxConnections);
     auto locked = state.lockExclusive();
     for (uint32_t i = 0; i < this->options.minConnections; ++i) {
-      locked->idle.add(open());
+      locked->idle.push_back(Idle{open(), now()});
       ++locked->size;
+    }
+    locked->lastBusy = now();
+    if (this->options.scaling) {
+      leases.setSoftCapacity(kj::max(this->options.minConnections, 1u));
+      maintenance = std::thread([this]() { maintain(); });
     }
   }
 
+  ~Impl() noexcept(false) {
+    if (maintenance.joinable()) {
+      state.lockExclusive()->stopping = true;
+      maintenance.join();
+    }
+  }
+
+  struct Idle {
+    kj::Own<Connection> connection;
+    kj::TimePoint since;
+  };
+
   struct State {
-    std::map<std::string, Quota> quotas;
-    std::list<Waiter> waiters;
-    kj::Vector<kj::Own<Connection>> idle;
+    // Most recently used last.
+    std::deque<Idle> idle;
     uint32_t size = 0;
-    uint32_t totalInUse = 0;
     uint64_t transactions = 0;
-    uint64_t timeouts = 0;
     uint64_t discarded = 0;
-    kj::Duration waitTime = 0 * kj::NANOSECONDS;
+    uint64_t grown = 0;
+    uint64_t shrunk = 0;
+    // When a lease was last in use or waited for.
+    kj::TimePoint lastBusy = kj::origin<kj::TimePoint>();
+    bool stopping = false;
   };
 
   Options options;
   WorkerPool& workers;
   LogSink& log;
+  LeaseTable leases;
   kj::MutexGuarded<State> state;
+  std::thread maintenance;
 
   kj::Own<Connection> open() {
     if (options.dialect == SqlDialect::SQLITE) {
@@ -378,19 +396,100 @@ public:
   }
 
   kj::Promise<void> transaction(kj::StringPtr plugin, kj::Timer& timer,
-                                kj::Function<void(SqlTransaction&)> work) {
+                                kj::Function<void(SqlTransaction&)> work, uint64_t owner) {
     auto name = std::string(plugin.cStr());
-    auto started = std::chrono::steady_clock::now();
-    return acquire(name, timer).then([this, name, started, &timer, work = kj::mv(work)]() mutable {
-      auto waited = std::chrono::steady_clock::now() - started;
-      state.lockExclusive()->waitTime +=
-          std::chrono::duration_cast<std::chrono::nanoseconds>(waited).count() * kj::NANOSECONDS;
-      // Given back when the worker's function goes (after it ran, or if it never runs).
-      auto lease = kj::defer([this, name]() { release(*state.lockExclusive(), name); });
-      return workers.run(name, timer, [this, work = kj::mv(work), lease = kj::mv(lease)]() mutable {
-        runOnWorker(work);
-      });
+    kj::Promise<LeaseTable::Lease> leased = nullptr;
+    KJ_IF_MAYBE (lease, leases.tryAcquire(plugin, owner)) {
+      leased = kj::mv(*lease);
+    } else if (options.scaling) {
+      // Scaling: a lease still waiting after `growAfter` asks for one more connection.
+      auto grow = timer.afterDelay(options.growAfter)
+                      .then([this]() { maybeGrow(); })
+                      .eagerlyEvaluate([](kj::Exception&&) {});
+      leased = leases.acquire(plugin, timer, owner).attach(kj::mv(grow));
+    } else {
+      leased = leases.acquire(plugin, timer, owner);
+    }
+    return leased.then([this, name = kj::mv(name), &timer, owner,
+                        work = kj::mv(work)](LeaseTable::Lease lease) mutable {
+      // The lease goes back when the worker's function goes (after it ran, or if it never
+      // runs).
+      return workers.run(
+          name, timer,
+          [this, work = kj::mv(work), lease = kj::mv(lease)]() mutable { runOnWorker(work); },
+          owner);
     });
+  }
+
+  void maybeGrow() {
+    if (leases.waitingForCapacity() == 0) return;
+    auto before = leases.softCapacity();
+    if (before >= options.maxConnections) return;
+    auto waited = leases.takeMaxWait();
+    leases.setSoftCapacity(before + 1);
+    {
+      auto locked = state.lockExclusive();
+      ++locked->grown;
+      locked->lastBusy = now();
+    }
+    auto from = kj::str(before);
+    auto to = kj::str(before + 1);
+    auto reason = kj::str("a lease waited ", waited / kj::MILLISECONDS, " ms (grow_after_ms ",
+                          options.growAfter / kj::MILLISECONDS, ")");
+    LogField fields[] = {{"pool", options.name}, {"from", from}, {"to", to}, {"reason", reason}};
+    log.write(LogLevel::INFO, "pool.grow", nullptr, fields);
+  }
+
+  // The maintenance thread: closes connections idle longer than `idleTimeout` down to
+  // `minConnections`, and lowers the pool's size with them (never below max(min, 1)). Closing a
+  // connection is blocking I/O, so it happens here, never on a worker running plugin work or an
+  // event loop.
+  void maintain() {
+    auto check = options.idleTimeout / 4;
+    if (check < 1 * kj::MILLISECONDS) check = 1 * kj::MILLISECONDS;
+    for (;;) {
+      kj::Vector<kj::Own<Connection>> closing;
+      kj::Vector<kj::String> reasons;
+      {
+        auto locked = state.lockExclusive();
+        locked.wait([](const State& s) { return s.stopping; }, check);
+        if (locked->stopping) return;
+        auto at = now();
+        auto stats = leases.stats();
+        if (stats.inUse > 0 || stats.waiting > 0) locked->lastBusy = at;
+        // Oldest idle first (the vector is most recently used last).
+        while (!locked->idle.empty() && locked->size > options.minConnections &&
+               at - locked->idle[0].since >= options.idleTimeout) {
+          auto idleFor = at - locked->idle[0].since;
+          closing.add(kj::mv(locked->idle[0].connection));
+          locked->idle.pop_front();
+          --locked->size;
+          reasons.add(kj::str("connection idle ", idleFor / kj::MILLISECONDS, " ms (idle_ms ",
+                              options.idleTimeout / kj::MILLISECONDS, ")"));
+        }
+        if (closing.empty() && at - locked->lastBusy >= options.idleTimeout &&
+            leases.softCapacity() > kj::max(locked->size, kj::max(options.minConnections, 1u))) {
+          // Room to grow that nothing used for a whole idle period: give it up too.
+          reasons.add(kj::str("no lease for ", (at - locked->lastBusy) / kj::MILLISECONDS,
+                              " ms (idle_ms ", options.idleTimeout / kj::MILLISECONDS, ")"));
+          locked->lastBusy = at;
+        }
+      }
+      for (auto& reason : reasons) {
+        auto before = leases.softCapacity();
+        auto floor = kj::max(options.minConnections, 1u);
+        if (before > floor) {
+          leases.setSoftCapacity(before - 1);
+          state.lockExclusive()->shrunk++;
+        }
+        auto from = kj::str(before);
+        auto to = kj::str(kj::max(before - 1, floor));
+        LogField fields[] = {
+            {"pool", options.name}, {"from", from}, {"to", to}, {"reason", reason}};
+        log.write(LogLevel::INFO, "pool.shrink", nullptr, fields);
+      }
+      closing.clear();
+    }
   }
 
   void runOnWorker(kj::Function<void(SqlTransaction&)>& work) {
@@ -398,8 +497,8 @@ public:
     {
       auto locked = state.lockExclusive();
       if (!locked->idle.empty()) {
-        taken = kj::mv(locked->idle.back());
-        locked->idle.removeLast();
+        taken = kj::mv(locked->idle.back().connection);
+        locked->idle.pop_back();
       }
     }
     kj::Own<Connection> connection;
@@ -412,6 +511,7 @@ public:
     auto giveBack = kj::defer([&]() {
       auto locked = state.lockExclusive();
       ++locked->transactions;
+      locked->lastBusy = now();
       if (connection->broken()) {
         --locked->size;
         ++locked->discarded;
@@ -419,7 +519,7 @@ public:
         log.write(LogLevel::WARNING, "pool.connection_discarded", nullptr, fields);
         auto gone = kj::mv(connection);
       } else {
-        locked->idle.add(kj::mv(connection));
+        locked->idle.push_back(Idle{kj::mv(connection), now()});
       }
     });
     Transaction transaction(*connection);
@@ -434,101 +534,6 @@ public:
       kj::runCatchingExceptions([&]() { connection->execute("ROLLBACK", nullptr); });
       kj::throwFatalException(kj::mv(*exception));
     }
-  }
-
-  void setQuota(kj::StringPtr plugin, uint32_t reserve, uint32_t limit) {
-    auto locked = state.lockExclusive();
-    uint32_t reserved = reserve;
-    for (auto& [name, quota] : locked->quotas) {
-      if (name != plugin.cStr()) reserved += quota.reserve;
-    }
-    if (reserved > options.maxConnections) {
-      PAYHOST_FAIL(FAILED, "database ", options.name, ": reservations (", reserved,
-                   ") exceed its capacity (", options.maxConnections, " connections) with plugin ",
-                   plugin);
-    }
-    if (limit != 0 && limit < reserve) {
-      PAYHOST_FAIL(FAILED, "database ", options.name, ": plugin ", plugin, "'s limit (", limit,
-                   ") is below its reservation (", reserve, ")");
-    }
-    auto& quota = locked->quotas[std::string(plugin.cStr())];
-    quota.reserve = reserve;
-    quota.limit = limit;
-  }
-
-  bool mayTake(State& s, const std::string& plugin) {
-    auto& quota = s.quotas[plugin];
-    uint32_t limit = quota.limit == 0 ? options.maxConnections : quota.limit;
-    if (quota.inUse >= limit) return false;
-    if (quota.inUse < quota.reserve) return true;
-    uint32_t heldBack = 0;
-    for (auto& [name, other] : s.quotas) {
-      if (other.inUse < other.reserve) heldBack += other.reserve - other.inUse;
-    }
-    return s.totalInUse + heldBack < options.maxConnections;
-  }
-
-  void take(State& s, const std::string& plugin) {
-    ++s.quotas[plugin].inUse;
-    ++s.totalInUse;
-  }
-
-  void release(State& s, const std::string& plugin) {
-    --s.quotas[plugin].inUse;
-    --s.totalInUse;
-    for (auto it = s.waiters.begin(); it != s.waiters.end();) {
-      if (mayTake(s, it->plugin)) {
-        take(s, it->plugin);
-        it->ticket->granted = true;
-        it->ticket->fulfiller->fulfill();
-        it = s.waiters.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
-
-  kj::Promise<void> acquire(const std::string& plugin, kj::Timer& timer) {
-    auto locked = state.lockExclusive();
-    bool queued = false;
-    for (auto& waiter : locked->waiters)
-      queued = queued || waiter.plugin == plugin;
-    if (!queued && mayTake(*locked, plugin)) {
-      take(*locked, plugin);
-      return kj::READY_NOW;
-    }
-    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
-    auto& quota = locked->quotas[plugin];
-    auto inUse = quota.inUse;
-    auto limit = quota.limit == 0 ? options.maxConnections : quota.limit;
-    auto ticket = kj::atomicRefcounted<Ticket>();
-    ticket->plugin = plugin;
-    ticket->fulfiller = kj::mv(paf.fulfiller);
-    locked->waiters.push_back(Waiter{plugin, kj::atomicAddRef(*ticket)});
-    auto leave = kj::defer([this, ticket = kj::atomicAddRef(*ticket)]() {
-      auto relocked = state.lockExclusive();
-      if (!ticket->granted) {
-        relocked->waiters.remove_if(
-            [&](const Waiter& w) { return w.ticket.get() == ticket.get(); });
-      } else if (!ticket->consumed) {
-        release(*relocked, ticket->plugin);
-      }
-    });
-    auto wait = options.leaseWait;
-    return paf.promise
-        .then([this, ticket = kj::mv(ticket)]() mutable {
-          auto relocked = state.lockExclusive();
-          ticket->consumed = true;
-        })
-        .attach(kj::mv(leave))
-        .exclusiveJoin(timer.afterDelay(wait).then([this, plugin, inUse, limit,
-                                                    wait]() -> kj::Promise<void> {
-          state.lockExclusive()->timeouts++;
-          return KJ_EXCEPTION(
-              OVERLOADED, kj::str("plugin ", plugin.c_str(), ": database pool ", options.name,
-                                  " quota exhausted (", inUse, " of ", limit,
-                                  " connections in use); waited ", wait / kj::MILLISECONDS, " ms"));
-        }));
   }
 };
 
@@ -545,26 +550,30 @@ SqlDialect SqlPool::dialect() const {
 }
 
 void SqlPool::setQuota(kj::StringPtr plugin, uint32_t reserve, uint32_t limit) {
-  impl->setQuota(plugin, reserve, limit);
+  impl->leases.setQuota(plugin, reserve, limit);
 }
 
 kj::Promise<void> SqlPool::transaction(kj::StringPtr plugin, kj::Timer& timer,
-                                       kj::Function<void(SqlTransaction&)> work) {
-  return impl->transaction(plugin, timer, kj::mv(work));
+                                       kj::Function<void(SqlTransaction&)> work, uint64_t owner) {
+  return impl->transaction(plugin, timer, kj::mv(work), owner);
 }
 
 SqlPool::Stats SqlPool::stats() const {
+  auto table = impl->leases.stats();
+  auto capacity = impl->leases.softCapacity();
   auto locked = impl->state.lockShared();
-  return Stats{
-      locked->size,         locked->totalInUse, static_cast<uint32_t>(locked->waiters.size()),
-      locked->transactions, locked->timeouts,   locked->discarded,
-      locked->waitTime};
+  return Stats{locked->size,   table.inUse,       table.waiting,  locked->transactions,
+               table.timeouts, locked->discarded, table.waitTime, capacity,
+               locked->grown,  locked->shrunk};
 }
 
 uint32_t SqlPool::leasesHeld(kj::StringPtr plugin) const {
-  auto locked = impl->state.lockShared();
-  auto it = locked->quotas.find(std::string(plugin.cStr()));
-  return it == locked->quotas.end() ? 0 : it->second.inUse;
+  return impl->leases.heldBy(plugin);
+}
+
+SqlPool::Reclaimed SqlPool::reclaim(uint64_t owner) {
+  auto report = impl->leases.cancelOwner(owner);
+  return Reclaimed{report.waitersCancelled, report.held};
 }
 
 }  // namespace payhost::host

@@ -1,5 +1,6 @@
 #include "host/pools/worker-pool.h"
 
+#include "host/pools/lease-table.h"
 #include "host/util/errors.h"
 
 #include <kj/debug.h>
@@ -22,34 +23,38 @@ namespace asio = boost::asio;
 
 namespace {
 
-struct Quota {
-  uint32_t reserve = 0;
-  uint32_t limit = 0;  // 0: the capacity
-  uint32_t inUse = 0;
-};
-
-// One call waiting for a lease: its work and where its outcome goes. Its flags are guarded by
-// the pool's lock. Granting posts the work at once from the granting thread (no trip back to the
-// caller's loop); the caller's loop only hears `granted`, in parallel, to stop its wait timer.
-struct Ticket : public kj::AtomicRefcounted {
+// One piece of offloaded work from its grant until it ran (or was dropped). `started` and
+// `cancelled` are guarded by the pool's lock.
+struct Job : public kj::AtomicRefcounted {
   std::string plugin;
+  uint64_t owner = 0;
   kj::Function<void()> work;
-  kj::Own<kj::CrossThreadPromiseFulfiller<void>> granted;
   kj::Own<kj::CrossThreadPromiseFulfiller<void>> done;
-  bool isGranted = false;
+  kj::Maybe<LeaseTable::Lease> lease;
+  bool started = false;
+  bool cancelled = false;
 };
 
-struct Waiter {
-  std::string plugin;
-  kj::Own<Ticket> ticket;
-};
+LeaseTable::Options leaseOptions(const WorkerPool::Options& options) {
+  LeaseTable::Options result;
+  result.pool = kj::str("worker pool");
+  result.unit = kj::str("leases");
+  result.capacityUnit = kj::str("threads");
+  result.capacity = options.maxThreads;
+  result.wait = options.leaseWait;
+  return result;
+}
 
 }  // namespace
 
 class WorkerPool::Impl {
 public:
   Impl(Options options, LogSink& log)
-      : options(options), log(log), guard(asio::make_work_guard(io)), scaler(io) {
+      : options(options),
+        log(log),
+        leases(leaseOptions(options)),
+        guard(asio::make_work_guard(io)),
+        scaler(io) {
     KJ_REQUIRE(options.minThreads >= 1 && options.minThreads <= options.maxThreads,
                "worker pool bounds must satisfy 1 <= min <= max", options.minThreads,
                options.maxThreads);
@@ -70,6 +75,8 @@ public:
       for (auto& thread : locked->threads)
         joining.add(kj::mv(thread));
       locked->threads.clear();
+      // Work never started goes with the io_context's handlers.
+      locked->queued.clear();
     }
     for (auto& thread : joining) {
       if (thread.joinable()) thread.join();
@@ -77,188 +84,139 @@ public:
   }
 
   struct State {
-    std::map<std::string, Quota> quotas;
-    std::list<Waiter> waiters;
+    // Granted and posted, not started yet.
+    std::list<kj::Own<Job>> queued;
+    std::map<uint64_t, uint32_t> runningByOwner;
     std::list<std::thread> threads;
     uint32_t threadCount = 0;
     uint32_t busy = 0;
-    uint32_t totalInUse = 0;
     uint32_t exitsPending = 0;
     uint32_t peakBusy = 0;
     uint64_t completed = 0;
-    uint64_t timeouts = 0;
     uint64_t grown = 0;
     uint64_t shrunk = 0;
   };
 
-  kj::Promise<void> run(kj::StringPtr plugin, kj::Timer& timer, kj::Function<void()> work) {
-    auto name = std::string(plugin.cStr());
+  kj::Promise<void> run(kj::StringPtr plugin, kj::Timer& timer, kj::Function<void()> work,
+                        uint64_t owner) {
     auto done = kj::newPromiseAndCrossThreadFulfiller<void>();
-    auto locked = state.lockExclusive();
-    // First come, first served: nobody overtakes a waiter of the same plugin.
-    bool queued = false;
-    for (auto& waiter : locked->waiters)
-      queued = queued || waiter.plugin == name;
-    if (!queued && mayTake(*locked, name)) {
-      take(*locked, name);
-      post(name, kj::mv(work), kj::mv(done.fulfiller));
-      return kj::mv(done.promise);
-    }
-    auto granted = kj::newPromiseAndCrossThreadFulfiller<void>();
-    auto& quota = locked->quotas[name];
-    auto inUse = quota.inUse;
-    auto limit = quota.limit == 0 ? options.maxThreads : quota.limit;
-    auto ticket = kj::atomicRefcounted<Ticket>();
-    ticket->plugin = name;
-    ticket->work = kj::mv(work);
-    ticket->granted = kj::mv(granted.fulfiller);
-    ticket->done = kj::mv(done.fulfiller);
-    locked->waiters.push_back(Waiter{name, kj::atomicAddRef(*ticket)});
-    // A caller that gives up before the grant leaves the line; after the grant the work runs
-    // anyway (its lease comes back when it ends).
-    auto leave = kj::defer([this, ticket = kj::atomicAddRef(*ticket)]() {
-      auto relocked = state.lockExclusive();
-      if (!ticket->isGranted) {
-        relocked->waiters.remove_if(
-            [&](const Waiter& w) { return w.ticket.get() == ticket.get(); });
-      }
-    });
-    auto wait = options.leaseWait;
-    return granted.promise.then([]() { return true; })
-        .exclusiveJoin(timer.afterDelay(wait).then([]() { return false; }))
-        .then([this, ticket = kj::mv(ticket), done = kj::mv(done.promise), name, inUse, limit,
-               wait](bool grantedInTime) mutable -> kj::Promise<void> {
-          auto relocked = state.lockExclusive();
-          // Decided under the lock: a grant racing the timer either happened (wait for the
-          // work) or never will (this call leaves the line).
-          if (grantedInTime || ticket->isGranted) return kj::mv(done);
-          relocked->waiters.remove_if(
-              [&](const Waiter& w) { return w.ticket.get() == ticket.get(); });
-          relocked->timeouts++;
-          return KJ_EXCEPTION(
-              OVERLOADED,
-              kj::str("plugin ", name.c_str(), ": worker pool quota exhausted (", inUse, " of ",
-                      limit, " leases in use); waited ", wait / kj::MILLISECONDS, " ms"));
-        })
-        .attach(kj::mv(leave));
+    auto job = kj::atomicRefcounted<Job>();
+    job->plugin = std::string(plugin.cStr());
+    job->owner = owner;
+    job->work = kj::mv(work);
+    job->done = kj::mv(done.fulfiller);
+    // Granting posts the work at once from the granting thread (no trip back to the caller's
+    // loop); the caller's loop only hears of the grant, to stop its wait timer. A caller that
+    // gives up before the grant drops the work unrun; after the grant the work runs anyway.
+    return leases
+        .acquireThen(plugin, timer, owner,
+                     [this, job = kj::mv(job)](LeaseTable::Lease lease) mutable {
+                       post(kj::mv(job), kj::mv(lease));
+                     })
+        .then([done = kj::mv(done.promise)]() mutable { return kj::mv(done); });
   }
 
   void setQuota(kj::StringPtr plugin, uint32_t reserve, uint32_t limit) {
-    auto locked = state.lockExclusive();
-    uint32_t reserved = reserve;
-    for (auto& [name, quota] : locked->quotas) {
-      if (name != plugin.cStr()) reserved += quota.reserve;
-    }
-    if (reserved > options.maxThreads) {
-      PAYHOST_FAIL(FAILED, "worker pool: reservations (", reserved, ") exceed its capacity (",
-                   options.maxThreads, " threads) with plugin ", plugin);
-    }
-    if (limit != 0 && limit < reserve) {
-      PAYHOST_FAIL(FAILED, "worker pool: plugin ", plugin, "'s limit (", limit,
-                   ") is below its reservation (", reserve, ")");
-    }
-    auto& quota = locked->quotas[std::string(plugin.cStr())];
-    quota.reserve = reserve;
-    quota.limit = limit;
+    leases.setQuota(plugin, reserve, limit);
   }
 
   Stats stats() const {
+    auto table = leases.stats();
     auto locked = state.lockShared();
-    return Stats{
-        locked->threadCount, locked->busy,     static_cast<uint32_t>(locked->waiters.size()),
-        locked->completed,   locked->timeouts, locked->grown,
-        locked->shrunk};
+    return Stats{locked->threadCount, locked->busy,  table.waiting, locked->completed,
+                 table.timeouts,      locked->grown, locked->shrunk};
   }
 
-  uint32_t leasesHeld(kj::StringPtr plugin) const {
-    auto locked = state.lockShared();
-    auto it = locked->quotas.find(std::string(plugin.cStr()));
-    return it == locked->quotas.end() ? 0 : it->second.inUse;
+  uint32_t leasesHeld(kj::StringPtr plugin) const { return leases.heldBy(plugin); }
+  uint32_t leasesHeldByOwner(uint64_t owner) const { return leases.heldByOwner(owner); }
+
+  Reclaimed reclaim(uint64_t owner) {
+    auto waiting = leases.cancelOwner(owner).waitersCancelled;
+    kj::Vector<kj::Own<Job>> dropped;
+    uint32_t running = 0;
+    {
+      auto locked = state.lockExclusive();
+      for (auto it = locked->queued.begin(); it != locked->queued.end();) {
+        if ((*it)->owner == owner) {
+          (*it)->cancelled = true;
+          dropped.add(kj::mv(*it));
+          it = locked->queued.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      auto it = locked->runningByOwner.find(owner);
+      if (it != locked->runningByOwner.end()) running = it->second;
+    }
+    // Outside the lock: destroying the work runs plugin destructors, and giving back a lease
+    // may grant (and post) another plugin's work.
+    for (auto& job : dropped) {
+      { auto gone = kj::mv(job->work); }
+      job->lease = nullptr;
+      job->done->reject(KJ_EXCEPTION(DISCONNECTED,
+                                     "offloaded work dropped unrun: plugin version "
+                                     "was unloaded",
+                                     job->plugin.c_str()));
+    }
+    return Reclaimed{waiting, static_cast<uint32_t>(dropped.size()), running};
   }
 
 private:
   Options options;
   LogSink& log;
+  // Before `io`: handlers destroyed with the io_context give their leases back to it.
+  LeaseTable leases;
   asio::io_context io;
   asio::executor_work_guard<asio::io_context::executor_type> guard;
   asio::steady_timer scaler;
   kj::MutexGuarded<State> state;
 
-  bool mayTake(State& s, const std::string& plugin) {
-    auto& quota = s.quotas[plugin];
-    uint32_t limit = quota.limit == 0 ? options.maxThreads : quota.limit;
-    if (quota.inUse >= limit) return false;
-    if (quota.inUse < quota.reserve) return true;
-    // Capacity left once everyone's unused reservations are held back.
-    uint32_t heldBack = 0;
-    for (auto& [name, other] : s.quotas) {
-      if (other.inUse < other.reserve) heldBack += other.reserve - other.inUse;
-    }
-    return s.totalInUse + heldBack < options.maxThreads;
+  void post(kj::Own<Job> job, LeaseTable::Lease lease) {
+    job->lease = kj::mv(lease);
+    state.lockExclusive()->queued.push_back(kj::atomicAddRef(*job));
+    asio::post(io, [this, job = kj::mv(job)]() mutable { execute(*job); });
   }
 
-  void take(State& s, const std::string& plugin) {
-    ++s.quotas[plugin].inUse;
-    ++s.totalInUse;
-  }
-
-  void post(const std::string& plugin, kj::Function<void()> work,
-            kj::Own<kj::CrossThreadPromiseFulfiller<void>> done) {
-    asio::post(io, [this, plugin, work = kj::mv(work), done = kj::mv(done)]() mutable {
-      execute(plugin, work, *done);
-    });
-  }
-
-  void release(State& s, const std::string& plugin) {
-    --s.quotas[plugin].inUse;
-    --s.totalInUse;
-    grantWaiting(s);
-  }
-
-  // Grants leases to waiters that may now take one, in order. Called with the lock held.
-  void grantWaiting(State& s) {
-    for (auto it = s.waiters.begin(); it != s.waiters.end();) {
-      if (mayTake(s, it->plugin)) {
-        take(s, it->plugin);
-        auto& ticket = *it->ticket;
-        ticket.isGranted = true;
-        ticket.granted->fulfill();
-        post(ticket.plugin, kj::mv(ticket.work), kj::mv(ticket.done));
-        it = s.waiters.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
-
-  void execute(const std::string& plugin, kj::Function<void()>& work,
-               kj::CrossThreadPromiseFulfiller<void>& done) {
+  void execute(Job& job) {
     {
       auto locked = state.lockExclusive();
+      if (job.cancelled) return;
+      job.started = true;
+      locked->queued.remove_if([&](const kj::Own<Job>& queued) { return queued.get() == &job; });
+      ++locked->runningByOwner[job.owner];
       ++locked->busy;
       if (locked->busy > locked->peakBusy) locked->peakBusy = locked->busy;
       if (locked->busy >= locked->threadCount && locked->threadCount < options.maxThreads) {
+        auto before = kj::str(locked->threadCount);
         startThread(*locked);
         ++locked->grown;
         auto threads = kj::str(locked->threadCount);
-        LogField fields[] = {{"pool", "workers"}, {"threads", threads}, {"reason", "all busy"}};
+        LogField fields[] = {{"pool", "workers"},
+                             {"from", before},
+                             {"to", threads},
+                             {"threads", threads},
+                             {"reason", "all busy"}};
         log.write(LogLevel::INFO, "pool.grow", nullptr, fields);
       }
     }
-    auto failure = kj::runCatchingExceptions([&]() { work(); });
+    auto failure = kj::runCatchingExceptions([&]() { job.work(); });
     // The function (and what it captured, possibly plugin code) goes before the lease does, and
     // the lease before the caller hears back: a caller that offloads again at once finds it free.
-    { auto gone = kj::mv(work); }
+    { auto gone = kj::mv(job.work); }
     {
       auto locked = state.lockExclusive();
       --locked->busy;
       ++locked->completed;
-      release(*locked, plugin);
+      auto it = locked->runningByOwner.find(job.owner);
+      if (it != locked->runningByOwner.end() && --it->second == 0) {
+        locked->runningByOwner.erase(it);
+      }
     }
+    job.lease = nullptr;
     KJ_IF_MAYBE (exception, failure) {
-      done.reject(kj::mv(*exception));
+      job.done->reject(kj::mv(*exception));
     } else {
-      done.fulfill();
+      job.done->fulfill();
     }
   }
 
@@ -298,9 +256,12 @@ private:
         if (locked->peakBusy * 2 < threads && threads > options.minThreads) {
           ++locked->exitsPending;
           ++locked->shrunk;
+          auto before = kj::str(threads);
           auto remaining = kj::str(threads - 1);
           auto peak = kj::str(locked->peakBusy);
-          LogField fields[] = {{"pool", "workers"}, {"threads", remaining}, {"peak_busy", peak}};
+          auto reason = kj::str("peak busy ", locked->peakBusy, " under half of ", threads);
+          LogField fields[] = {{"pool", "workers"},    {"from", before},    {"to", remaining},
+                               {"threads", remaining}, {"peak_busy", peak}, {"reason", reason}};
           log.write(LogLevel::INFO, "pool.shrink", nullptr, fields);
           // Wakes one thread so it sees the exit.
           asio::post(io, []() {});
@@ -319,9 +280,17 @@ void WorkerPool::setQuota(kj::StringPtr plugin, uint32_t reserve, uint32_t limit
   impl->setQuota(plugin, reserve, limit);
 }
 
-kj::Promise<void> WorkerPool::run(kj::StringPtr plugin, kj::Timer& timer,
-                                  kj::Function<void()> work) {
-  return impl->run(plugin, timer, kj::mv(work));
+kj::Promise<void> WorkerPool::run(kj::StringPtr plugin, kj::Timer& timer, kj::Function<void()> work,
+                                  uint64_t owner) {
+  return impl->run(plugin, timer, kj::mv(work), owner);
+}
+
+WorkerPool::Reclaimed WorkerPool::reclaim(uint64_t owner) {
+  return impl->reclaim(owner);
+}
+
+uint32_t WorkerPool::leasesHeldByOwner(uint64_t owner) const {
+  return impl->leasesHeldByOwner(owner);
 }
 
 WorkerPool::Stats WorkerPool::stats() const {

@@ -1,11 +1,9 @@
 // The host's worker threads (Boost.Asio), lent to plugins through `Context::offload` under
 // per-plugin quotas.
 //
-// Quotas: each plugin may have a reservation (leases always available to it) and a limit (leases
-// it may never exceed). A lease is granted when the plugin is under its limit and either under its
-// reservation or there is capacity left beyond everyone's unused reservations; otherwise the call
-// waits, first come first served, up to `leaseWait`, then fails with OVERLOADED naming the plugin
-// and the pool. Capacity is `maxThreads` leases.
+// Quotas: a `LeaseTable` (see lease-table.h) of `maxThreads` leases: per plugin a reservation and
+// a limit; a lease beyond them waits, first come first served, up to `leaseWait`, then fails with
+// OVERLOADED naming the plugin and the pool.
 //
 // Scaling: the pool starts `minThreads` threads, adds one (up to `maxThreads`) whenever a lease is
 // granted while every thread is busy, and every `scaleInterval` removes one (down to
@@ -52,7 +50,19 @@ public:
   // `work` threw) on the calling thread's event loop. `timer` is that loop's timer, for the lease
   // wait. Cancelling the promise while waiting gives up the place in line; once `work` has
   // started it runs to the end (its lease is released then).
-  kj::Promise<void> run(kj::StringPtr plugin, kj::Timer& timer, kj::Function<void()> work);
+  // `owner` tags the lease with the plugin version (generation id) that asked, for `reclaim`.
+  kj::Promise<void> run(kj::StringPtr plugin, kj::Timer& timer, kj::Function<void()> work,
+                        uint64_t owner = 0);
+
+  // When a plugin version unloads: drops its requests still waiting for a lease and its work
+  // granted but not started (the work is destroyed unrun, its lease given back, its promise
+  // rejected DISCONNECTED). Work already running cannot be stopped: it is counted in `running`.
+  struct Reclaimed {
+    uint32_t waiting;
+    uint32_t queued;
+    uint32_t running;
+  };
+  Reclaimed reclaim(uint64_t owner);
 
   struct Stats {
     uint32_t threads;
@@ -65,8 +75,9 @@ public:
   };
   Stats stats() const;
 
-  // Leases `plugin` holds now.
+  // Leases `plugin` holds now; leases the version `owner` holds now.
   uint32_t leasesHeld(kj::StringPtr plugin) const;
+  uint32_t leasesHeldByOwner(uint64_t owner) const;
 
   class Impl;
 

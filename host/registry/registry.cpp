@@ -76,6 +76,27 @@ uint32_t Registry::count(schema::PluginState state) const {
   return n;
 }
 
+void Registry::retiring(const Generation& generation) {
+  for (auto& version : retired_) {
+    if (version.generation == generation.id()) return;
+  }
+  retired_.add(RetiredVersion{kj::heapString(generation.name()),
+                              kj::heapString(generation.version()), generation.id(), false});
+}
+
+void Registry::retired(const Generation& generation, bool parked) {
+  kj::Vector<RetiredVersion> kept;
+  for (auto& version : retired_) {
+    if (version.generation != generation.id()) {
+      kept.add(kj::mv(version));
+    } else if (parked) {
+      version.parked = true;
+      kept.add(kj::mv(version));
+    }
+  }
+  retired_ = kj::mv(kept);
+}
+
 void Registry::fill(capnp::List<schema::PluginInfo>::Builder list) const {
   for (size_t i = 0; i < records.size(); ++i) {
     auto& record = records[i];

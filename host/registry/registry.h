@@ -28,6 +28,15 @@ struct PluginRecord {
   kj::Vector<kj::String> packages;
 };
 
+// A version that no longer serves but is not gone: draining (replaced, calls in flight finishing)
+// or parked (its library kept loaded at unload because its objects or offloaded work lived on).
+struct RetiredVersion {
+  kj::String plugin;
+  kj::String version;
+  uint64_t generation;
+  bool parked;
+};
+
 class Registry {
 public:
   // A fresh id for the next load (also names its memfd).
@@ -54,6 +63,12 @@ public:
 
   uint32_t count(schema::PluginState state) const;
 
+  // A replaced (or rolled-back canary) version starts draining; when it is unloaded it leaves the
+  // list, or stays as parked when its library could not be closed.
+  void retiring(const Generation& generation);
+  void retired(const Generation& generation, bool parked);
+  kj::ArrayPtr<const RetiredVersion> retiredVersions() const { return retired_.asPtr(); }
+
   // Writes one PluginInfo per record.
   void fill(capnp::List<schema::PluginInfo>::Builder list) const;
 
@@ -65,6 +80,7 @@ private:
     kj::String remote;
   };
   kj::Vector<RemoteService> remoteServices;
+  kj::Vector<RetiredVersion> retired_;
 };
 
 }  // namespace payhost::host

@@ -91,7 +91,8 @@ public:
         [work = kj::mv(work), pending = kj::mv(pending)](SqlTransaction& tx) mutable {
           KJ_DEFER({ auto gone = kj::mv(work); });
           work(tx);
-        });
+        },
+        generation.id());
   }
 
 private:
@@ -196,12 +197,14 @@ public:
     auto pool = services.shared().workers;
     if (pool == nullptr) return KJ_EXCEPTION(FAILED, "this host has no worker pool");
     auto pending = pinPendingWork(generation);
-    return pool->run(generation.name(), timer,
-                     [work = kj::mv(work), pending = kj::mv(pending)]() mutable {
-                       // The plugin's function goes before `pending` can release the library.
-                       KJ_DEFER({ auto gone = kj::mv(work); });
-                       work();
-                     });
+    return pool->run(
+        generation.name(), timer,
+        [work = kj::mv(work), pending = kj::mv(pending)]() mutable {
+          // The plugin's function goes before `pending` can release the library.
+          KJ_DEFER({ auto gone = kj::mv(work); });
+          work();
+        },
+        generation.id());
   }
 
 private:
@@ -589,9 +592,53 @@ void ShardServices::importState(const Generation& generation,
   instance.plugin->importState(reader.getRoot<capnp::AnyPointer>());
 }
 
+void reclaimLeases(const Generation& generation, HostShared& shared, LogSink& log) {
+  auto id = generation.id();
+  auto account = [&](kj::StringPtr pool, uint32_t reclaimed, uint32_t held) {
+    if (reclaimed == 0 && held == 0) return;
+    {
+      auto leaked = shared.leaked.lockExclusive();
+      std::string plugin(generation.name().cStr());
+      if (reclaimed > 0) (*leaked)[{plugin, pool.cStr(), "reclaimed"}] += reclaimed;
+      if (held > 0) (*leaked)[{plugin, pool.cStr(), "held"}] += held;
+    }
+    auto generationText = kj::str(id);
+    auto count = kj::str(reclaimed + held);
+    auto reclaimedText = kj::str(reclaimed);
+    auto heldText = kj::str(held);
+    LogField fields[] = {{"plugin", generation.name()},
+                         {"version", generation.version()},
+                         {"generation", generationText},
+                         {"pool", pool},
+                         {"count", count},
+                         {"reclaimed", reclaimedText},
+                         {"held", heldText}};
+    log.write(LogLevel::WARNING, "lease.leaked", nullptr, fields);
+  };
+  if (shared.workers != nullptr) {
+    auto workers = shared.workers->reclaim(id);
+    account("workers", workers.waiting + workers.queued, workers.running);
+  }
+  for (auto& pool : shared.databases) {
+    // After the worker pool: transactions dropped there gave their connections back.
+    auto database = pool->reclaim(id);
+    account(pool->name(), database.waiting, database.held);
+  }
+}
+
 void ShardServices::uninstall(const Generation& generation) {
   auto it = instances.find(generation.id());
   if (it == instances.end()) return;
+  KJ_DEFER({
+    bool last = false;
+    {
+      auto counts = counters.uninstalledOn.lockExclusive();
+      last = ++(*counts)[generation.id()] == shardCount;
+      if (last) counts->erase(generation.id());
+    }
+    // The last shard to remove the version takes back what it still holds, once.
+    if (last) reclaimLeases(generation, counters, log);
+  });
   for (auto& [name, entry] : entries) {
     if (entry->instance == it->second.get()) entry->route(nullptr, name);
     if (entry->canary == it->second.get()) {

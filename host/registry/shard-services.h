@@ -19,6 +19,7 @@
 
 #include <capnp/capability.h>
 #include <kj/async.h>
+#include <kj/mutex.h>
 #include <kj/refcount.h>
 #include <kj/timer.h>
 
@@ -26,6 +27,7 @@
 #include <map>
 #include <string>
 #include <unordered_map>
+#include <tuple>
 
 namespace payhost::host {
 
@@ -47,6 +49,15 @@ struct HostShared {
   std::atomic<uint64_t> total{0};
   std::atomic<uint64_t> failed{0};
   std::atomic<int64_t> inFlight{0};
+
+  // Lease accounting at unload. Leases a plugin version still held when its last shard removed
+  // it, by (plugin, pool, outcome): "reclaimed" (the host took them back: waiting requests
+  // dropped, work not yet started dropped unrun) or "held" (plugin code still running holds them:
+  // a thread cannot be stopped; if it never returns the version stays parked).
+  using LeakKey = std::tuple<std::string, std::string, std::string>;
+  kj::MutexGuarded<std::map<LeakKey, uint64_t>> leaked;
+  // Shards that removed each generation so far; the last one reclaims its leases.
+  kj::MutexGuarded<std::map<uint64_t, uint32_t>> uninstalledOn;
 };
 
 // Who makes the calls through a route: one per client connection (its verified identity, what it
@@ -67,6 +78,9 @@ public:
                                                 uint16_t methodId) = 0;
   virtual void callEnded() = 0;
 };
+// Takes back what `generation` still holds in the pools of `shared` (see HostShared::leaked),
+// logs `lease.leaked` per pool (plugin, version, pool, reclaimed, held) and counts it. Thread-safe.
+void reclaimLeases(const Generation& generation, HostShared& shared, LogSink& log);
 
 class ShardServices {
 public:

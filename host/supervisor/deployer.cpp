@@ -346,6 +346,7 @@ kj::Promise<void> Deployer::retire(Deployment& d, Generation& old) {
   auto drainStart = d.switchedAt;
   auto inFlight = d.inFlightAtSwitch;
   auto drainTimeout = d.options.drainTimeout.orDefault(config.deployDrainTimeout);
+  registry.retiring(old);
   return waitUntil([&old]() { return old.callsInFlight.load() == 0; }, timer.now() + drainTimeout)
       .then([this, &d, &old, drainStart, inFlight](bool) {
         d.result.drainMicros = microsSince(drainStart);
@@ -359,8 +360,13 @@ kj::Promise<void> Deployer::retire(Deployment& d, Generation& old) {
       .then([this, &old]() { return waitForObjectsGone(old, timer.now() + config.unloadTimeout); })
       .then([this, &d, &old](bool gone) {
         auto live = old.library().liveObjects();
-        auto result = old.library().unload();
+        // Work it offloaded that still runs is plugin code on a worker thread, which cannot be
+        // stopped: closing the library under it would crash the host. Park it instead; the library
+        // closes when the last of that work ends and drops the generation.
+        auto result = old.offloadsPending.load() == 0 ? old.library().unload()
+                                                      : PluginLibrary::UnloadResult::PARKED;
         d.result.unloadResult = kj::heapString(unloadResultName(result));
+        registry.retired(old, result == PluginLibrary::UnloadResult::PARKED);
         auto generationText = kj::str(old.id());
         auto liveText = kj::str(gone ? 0 : live);
         auto drainedText = kj::str(d.result.callsDrained);
@@ -413,6 +419,7 @@ kj::Promise<void> Deployer::judgeCanary(Deployment& d, int round) {
     // New calls go to the old version only; the canary's calls in flight finish where they are
     // (up to the drain deadline) before it is removed, as a replaced version's would.
     auto drainTimeout = d.options.drainTimeout.orDefault(config.deployDrainTimeout);
+    registry.retiring(*d.fresh);
     return everyShard(shards,
                       [&d]() {
                         return [&d](ShardState& state) { state.services().clearCanary(*d.fresh); };
@@ -429,8 +436,11 @@ kj::Promise<void> Deployer::judgeCanary(Deployment& d, int round) {
         .then([this, &d]() {
           return waitForObjectsGone(*d.fresh, timer.now() + config.unloadTimeout);
         })
-        .then([&d](bool) {
-          d.result.unloadResult = kj::heapString(unloadResultName(d.fresh->library().unload()));
+        .then([this, &d](bool) {
+          auto result = d.fresh->offloadsPending.load() == 0 ? d.fresh->library().unload()
+                                                             : PluginLibrary::UnloadResult::PARKED;
+          d.result.unloadResult = kj::heapString(unloadResultName(result));
+          registry.retired(*d.fresh, result == PluginLibrary::UnloadResult::PARKED);
           d.result.outcome = schema::DeployOutcome::CANARY_ROLLED_BACK;
         });
   });

@@ -133,10 +133,11 @@ class Metrics : public EndToEnd {
 protected:
   ~Metrics() noexcept override {}
 
-  kj::Own<DaemonProcess> start(kj::String plugins, uint32_t drainTimeoutMs = 10000) {
+  kj::Own<DaemonProcess> start(kj::String plugins, uint32_t drainTimeoutMs = 10000,
+                               kj::StringPtr extra = "") {
     DaemonOptions options;
     options.drainTimeoutMs = drainTimeoutMs;
-    options.extra = kj::str("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    options.extra = kj::str("[metrics]\nlisten = \"127.0.0.1:0\"\n", extra);
     options.plugins = kj::mv(plugins);
     auto daemon = kj::heap<DaemonProcess>(kj::mv(options));
     auto line = daemon->waitForLog("event=metrics.open");
@@ -162,6 +163,13 @@ protected:
   kj::HttpHeaderTable table;
   kj::String metricsAddress;
 };
+
+std::string rulesOf(ScreenResponse&& response) {
+  std::string joined;
+  for (auto rule : response.getVerdict().getFiredRules())
+    joined += std::string(joined.empty() ? "" : ",") + rule.cStr();
+  return joined;
+}
 
 const std::map<std::string, std::string> SCREEN = {
     {"plugin", "echo"}, {"version", "1.0.0"}, {"service", "test.echo"}, {"method", "screen"}};
@@ -360,6 +368,99 @@ TEST_F(Metrics, AdmissionCallCancelledWhileQueuedGivesUpItsPlace) {
   EXPECT_EQ(metrics.value("payhost_admission_rejected_total", {{"plugin", "echo"}}), 0);
   EXPECT_EQ(metrics.value("payhost_admission_queued", {{"plugin", "echo"}}), 0);
   EXPECT_EQ(metrics.value("payhost_calls_in_flight"), 0);
+}
+
+// A version replaced while it holds worker leases: one offload running in plugin code (it blocks
+// the only worker for 1.5 s), one waiting for a lease. At unload the host takes back the waiting
+// one, cannot stop the running one (the version is parked), and logs and counts both.
+TEST_F(Metrics, LeasesHeldByAnUnloadedVersionAreReclaimedOrReportedAndCounted) {
+  auto daemon = start(kj::str("[[plugin]]\npath = \"", fixture("fixture-resources.so"),
+                              "\"\n[plugin.config]\nblock_ms = 1500\n"),
+                      10000,
+                      "[workers]\nmin_threads = 1\nmax_threads = 1\nlease_wait_ms = 5000\n"
+                      "[deploy]\ndrain_timeout_ms = 50\nunload_timeout_ms = 200\n");
+  Connection<schema::Gateway> client(io, daemon->tcpAddress());
+  auto service = client.service("test.resources");
+  auto running = screen(service, "block", 1).ignoreResult().then([]() {}, [](kj::Exception&&) {});
+  auto waiting = screen(service, "block", 2).ignoreResult().then([]() {}, [](kj::Exception&&) {});
+  auto deadline = io.provider->getTimer().now() + STEP_TIMEOUT;
+  for (;;) {
+    auto metrics = scrape();
+    if (metrics.value("payhost_workers_busy") == 1 && metrics.value("payhost_workers_waiting") == 1)
+      break;
+    ASSERT_LT(io.provider->getTimer().now(), deadline)
+        << "the two offloads never took their places";
+    await(io.provider->getTimer().afterDelay(5 * kj::MILLISECONDS));
+  }
+
+  Connection<schema::Admin> admin(io, daemon->adminAddress());
+  auto request = admin.client.deployRequest();
+  request.initRequest().setPath(fixture("fixture-resources.so"));
+  auto response = await(request.send(), 30 * kj::SECONDS);
+  auto report = response.getReport();
+  EXPECT_EQ(report.getOutcome(), schema::DeployOutcome::DEPLOYED);
+  // The running offload is in plugin code that cannot be stopped: the old version stays loaded.
+  EXPECT_EQ(s(report.getUnloadResult()), "parked");
+
+  auto line = daemon->waitForLog("event=lease.leaked");
+  EXPECT_THAT(s(line), HasSubstr("plugin=resources"));
+  EXPECT_THAT(s(line), HasSubstr("version=1.0.0"));
+  EXPECT_THAT(s(line), HasSubstr("pool=workers"));
+  EXPECT_THAT(s(line), HasSubstr("count=2"));
+  EXPECT_THAT(s(line), HasSubstr("reclaimed=1"));
+  EXPECT_THAT(s(line), HasSubstr("held=1"));
+  auto metrics = scrape();
+  EXPECT_EQ(metrics.value("payhost_leases_leaked_total",
+                          {{"plugin", "resources"}, {"pool", "workers"}, {"outcome", "reclaimed"}}),
+            1);
+  EXPECT_EQ(metrics.value("payhost_leases_leaked_total",
+                          {{"plugin", "resources"}, {"pool", "workers"}, {"outcome", "held"}}),
+            1);
+  EXPECT_EQ(
+      metrics.value("payhost_plugin_versions", {{"plugin", "resources"}, {"state", "parked"}}), 1);
+  EXPECT_EQ(
+      metrics.value("payhost_plugin_versions", {{"plugin", "resources"}, {"state", "active"}}), 1);
+  // The reclaimed request's work never ran; the lease it waited for serves the new version.
+  await(kj::mv(running));
+  await(kj::mv(waiting));
+  auto after = await(screen(service, "offload", 4));
+  EXPECT_EQ(after.getVerdict().getScore(), 8u);
+  EXPECT_EQ(scrape().value("payhost_workers_completed_total"), 2);
+}
+
+// A replaced version with a call in flight drains; a scrape during the drain shows it beside the
+// active one, and one after it shows it gone.
+TEST_F(Metrics, AVersionStillDrainingIsVisiblePerPlugin) {
+  auto daemon = start(kj::str("[[plugin]]\npath = \"", fixture("fixture-resources.so"),
+                              "\"\n[plugin.config]\nblock_ms = 700\n"),
+                      10000, "[deploy]\ndrain_timeout_ms = 5000\n");
+  auto versions = [this](const char* state) {
+    return scrape().value("payhost_plugin_versions", {{"plugin", "resources"}, {"state", state}});
+  };
+  EXPECT_EQ(versions("active"), 1);
+  EXPECT_EQ(versions("draining"), 0);
+  Connection<schema::Gateway> client(io, daemon->tcpAddress());
+  auto service = client.service("test.resources");
+  auto inFlight = screen(service, "block", 1);
+  Connection<schema::Admin> admin(io, daemon->adminAddress());
+  waitForCallsInFlight(admin, 1);
+  auto request = admin.client.deployRequest();
+  request.initRequest().setPath(fixture("fixture-resources.so"));
+  auto deploying = request.send();
+  auto deadline = io.provider->getTimer().now() + STEP_TIMEOUT;
+  while (versions("draining") != 1) {
+    ASSERT_LT(io.provider->getTimer().now(), deadline) << "the old version never showed draining";
+    await(io.provider->getTimer().afterDelay(5 * kj::MILLISECONDS));
+  }
+  EXPECT_EQ(versions("active"), 1);
+  EXPECT_EQ(versions("parked"), 0);
+  // The call finishes on the old version, which then unloads.
+  EXPECT_EQ(rulesOf(await(kj::mv(inFlight))), "blocked");
+  auto response = await(kj::mv(deploying), 30 * kj::SECONDS);
+  EXPECT_EQ(s(response.getReport().getUnloadResult()), "unmapped");
+  EXPECT_EQ(versions("draining"), 0);
+  EXPECT_EQ(versions("active"), 1);
+  EXPECT_EQ(versions("parked"), 0);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <string>
 
 namespace payhost::testing {
@@ -298,6 +299,70 @@ TEST(TestHost, RefusesAPluginThatIsNotReadyAndDestroysIt) {
   EXPECT_TRUE(contains(message, "warm-up failed: no keys")) << message;
   // The instance was made, so the host must destroy it even though construction failed.
   EXPECT_EQ(neverReady.live_objects(), 0u);
+}
+
+}  // namespace
+}  // namespace payhost::testing
+
+namespace payhost::testing {
+namespace {
+
+TEST(TestHostSqlite, GivesThePluginARealSqliteDatabaseWithTheHostsRules) {
+  std::string directory;
+  {
+    TestHost host(echo());
+    auto& db = host.sqliteDatabase("ledger");
+    EXPECT_EQ(&db, &host.sqliteDatabase("ledger"));
+    EXPECT_EQ(db.name(), "ledger");
+    EXPECT_TRUE(db.dialect() == SqlDialect::SQLITE);
+    auto& ws = host.waitScope();
+    EXPECT_EQ(db.execute("PRAGMA journal_mode").wait(ws).text(0, 0), "wal");
+    EXPECT_EQ(db.execute("PRAGMA synchronous").wait(ws).integer(0, 0), 2);
+    auto file = db.execute("PRAGMA database_list").wait(ws);
+    directory = std::string(file.text(0, 2).cStr());
+    EXPECT_NE(directory.find("payhost-testhost-"), std::string::npos) << directory;
+    db.execute(
+          "CREATE TABLE payments (id INTEGER PRIMARY KEY, merchant TEXT, amount BIGINT, "
+          "rate REAL, raw BLOB)")
+        .wait(ws);
+    kj::byte raw[] = {0, 1, 2};
+    auto inserted = db.execute(
+                          "INSERT INTO payments (merchant, amount, rate, raw) "
+                          "VALUES ($1, $2, $3, $4)",
+                          {"m-1", int64_t{1250}, 0.5, kj::ArrayPtr<const kj::byte>(raw)})
+                        .wait(ws);
+    EXPECT_EQ(inserted.changes(), 1u);
+    auto row = db.execute("SELECT merchant, amount, rate, raw FROM payments WHERE amount = $1",
+                          {int64_t{1250}})
+                   .wait(ws);
+    ASSERT_EQ(row.rowCount(), 1u);
+    EXPECT_EQ(row.text(0, 0), "m-1");
+    EXPECT_EQ(row.integer(0, 1), 1250);
+    EXPECT_EQ(row.real(0, 2), 0.5);
+    EXPECT_EQ(row.blob(0, 3).size(), 3u);
+
+    // A throw rolls the whole transaction back.
+    auto failed = db.transaction([](SqlTransaction& tx) {
+                      tx.execute("INSERT INTO payments (merchant, amount) VALUES ($1, $2)",
+                                 {"m-2", int64_t{1}});
+                      KJ_FAIL_REQUIRE("declined by the test");
+                    })
+                      .then([]() { return false; }, [](kj::Exception&&) { return true; })
+                      .wait(ws);
+    EXPECT_TRUE(failed);
+    EXPECT_EQ(db.execute("SELECT count(*) FROM payments").wait(ws).integer(0, 0), 1);
+
+    // Parameters are $1..$N and must all be given, as in payhostd.
+    auto error = db.execute("SELECT $2", {int64_t{1}})
+                     .then([](SqlResult&&) { return kj::str("no error"); },
+                           [](kj::Exception&& e) { return kj::str(e.getDescription()); })
+                     .wait(ws);
+    EXPECT_NE(std::string(error.cStr()).find("parameter $2 has no value"), std::string::npos)
+        << error.cStr();
+    EXPECT_TRUE(std::filesystem::exists(directory));
+  }
+  // Cleaned up with the test host.
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::path(directory).parent_path()));
 }
 
 }  // namespace

@@ -62,12 +62,19 @@ public:
   void provideKey(kj::StringPtr name, KeyHandle& handle);
 
   // Makes `database` the database `name` for the plugin's `Context::sql` (it must outlive the test
-  // host). Without it, `sql()` throws. The test host has no database of its own: give it a fake,
-  // or a real one written for the test.
+  // host). Without it, `sql()` throws.
   void provideDatabase(kj::StringPtr name, Database& database);
 
   // What `Context::caller()` returns for every call from now on (default "test").
   void setCaller(kj::StringPtr identity);
+  // Gives the plugin a real SQLite database named `name` for `Context::sql`: a fresh file in a
+  // temporary directory (under $TMPDIR), opened like payhostd's SQLite pool (WAL,
+  // synchronous=FULL, foreign keys on, BEGIN IMMEDIATE transactions) with the same parameter
+  // rules (`$1..$N`, each given) and typed rows. Transactions run at once on the test's thread,
+  // like `offload`. The database (owned by the test host, returned for the test's own queries)
+  // and its file are removed with the test host. Calling it again with the same name returns the
+  // same database.
+  Database& sqliteDatabase(kj::StringPtr name);
 
   // `Context::offload` runs the work at once on the test's thread (deterministic); this counts
   // the calls.

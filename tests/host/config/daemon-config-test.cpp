@@ -634,11 +634,36 @@ TEST(DaemonConfig, ParsesDatabasesAndPluginGrants) {
   EXPECT_EQ(shared.minConnections, 1u);
   EXPECT_EQ(shared.maxConnections, 6u);
   EXPECT_EQ(shared.leaseWait, 250 * kj::MILLISECONDS);
+  EXPECT_FALSE(shared.scale);
   EXPECT_EQ(str(config.databases[2].path), "/etc/payhost/db/local.db");
   ASSERT_EQ(config.plugins[0].databases.size(), 2u);
   EXPECT_EQ(str(config.plugins[0].databases[1]), "shared");
   EXPECT_EQ(config.plugins[0].databasesReserve, 1u);
   EXPECT_EQ(config.plugins[0].databasesLimit, 3u);
+}
+
+TEST(DaemonConfig, ParsesDatabaseScalingAndRefusesAGrowWaitBeyondTheLeaseWait) {
+  auto config = parse(REQUIRED + lines({"[databases.ledger]", "driver = \"sqlite\"",
+                                        "min_connections = 1", "max_connections = 8",
+                                        "scale = true", "grow_after_ms = 15", "idle_ms = 2000"}));
+  ASSERT_EQ(config.databases.size(), 1u);
+  EXPECT_TRUE(config.databases[0].scale);
+  EXPECT_EQ(config.databases[0].growAfter, 15 * kj::MILLISECONDS);
+  EXPECT_EQ(config.databases[0].idleTimeout, 2000 * kj::MILLISECONDS);
+  EXPECT_EQ(parseError(lines({"[databases.ledger]", "driver = \"sqlite\"", "scale = true",
+                              "lease_wait_ms = 50", "grow_after_ms = 50"}) +
+                       REQUIRED),
+            "/etc/payhost/payhostd.toml:1:1: databases.ledger.grow_after_ms: must be below "
+            "lease_wait_ms (50) when scale = true: a lease would fail OVERLOADED before the pool "
+            "grows");
+  EXPECT_EQ(
+      parseError(lines({"[databases.ledger]", "driver = \"sqlite\"", "idle_ms = 0"}) + REQUIRED),
+      "/etc/payhost/payhostd.toml:3:11: databases.ledger.idle_ms: 0 is out of range "
+      "1..600000");
+  EXPECT_EQ(
+      parseError(lines({"[databases.ledger]", "driver = \"sqlite\"", "scale = 1"}) + REQUIRED),
+      "/etc/payhost/payhostd.toml:3:9: databases.ledger.scale: expected a boolean, got an "
+      "integer");
 }
 
 TEST(DaemonConfig, DatabaseErrorsNameTheKey) {
@@ -657,7 +682,8 @@ TEST(DaemonConfig, DatabaseErrorsNameTheKey) {
   EXPECT_EQ(
       parseError(lines({"[databases.ledger]", "driver = \"sqlite\"", "max_conns = 2"}) + REQUIRED),
       "/etc/payhost/payhostd.toml:3:1: databases.ledger.max_conns: unknown key (known: "
-      "driver, path, conninfo, min_connections, max_connections, lease_wait_ms)");
+      "driver, path, conninfo, min_connections, max_connections, lease_wait_ms, scale, "
+      "grow_after_ms, idle_ms)");
   EXPECT_EQ(parseError(lines({"[databases.ledger]", "driver = \"sqlite\"", "max_connections = 0"}) +
                        REQUIRED),
             "/etc/payhost/payhostd.toml:3:19: databases.ledger.max_connections: 0 is out of range "

@@ -23,8 +23,8 @@ TEST(HostMetrics, ExportsEachDatabasePoolLabelledByName) {
   Registry registry;
   HostShared shared;
   HostMetricsInput input{registry, shared, nullptr, {}, 0, 1, false};
-  SqlPool::Stats store{2, 1, 3, 5, 1, 4, 1500 * kj::MICROSECONDS};
-  SqlPool::Stats ledger{1, 0, 0, 7, 0, 0, 0 * kj::MICROSECONDS};
+  SqlPool::Stats store{2, 1, 3, 5, 1, 4, 1500 * kj::MICROSECONDS, 3, 6, 2};
+  SqlPool::Stats ledger{1, 0, 0, 7, 0, 0, 0 * kj::MICROSECONDS, 4, 0, 0};
   input.databases.add(HostMetricsInput::Database{"store", store});
   input.databases.add(HostMetricsInput::Database{"ledger", ledger});
   auto rendered = renderHostMetrics(input);
@@ -39,6 +39,10 @@ TEST(HostMetrics, ExportsEachDatabasePoolLabelledByName) {
   EXPECT_EQ(sampleValue(text, "payhost_db_discarded_total{pool=\"store\"}"), 4);
   EXPECT_DOUBLE_EQ(sampleValue(text, "payhost_db_wait_seconds_total{pool=\"store\"}"), 0.0015);
   EXPECT_EQ(sampleValue(text, "payhost_db_transactions_total{pool=\"ledger\"}"), 7);
+  EXPECT_EQ(sampleValue(text, "payhost_db_size{pool=\"store\"}"), 3);
+  EXPECT_EQ(sampleValue(text, "payhost_db_size{pool=\"ledger\"}"), 4);
+  EXPECT_EQ(sampleValue(text, "payhost_db_scaling_total{pool=\"store\",decision=\"grow\"}"), 6);
+  EXPECT_EQ(sampleValue(text, "payhost_db_scaling_total{pool=\"store\",decision=\"shrink\"}"), 2);
 }
 
 TEST(HostMetrics, NoDatabasePoolsNoDatabaseSamples) {

@@ -485,6 +485,74 @@ TEST_P(SqlContract, ConnectionsAreOpenedLazilyAndReused) {
   EXPECT_EQ(stats.transactions, 5u);
 }
 
+TEST_P(SqlContract, ScalingFollowsTheLoadUpAndDownWithinItsBounds) {
+  databases.clear();
+  SqlPool::Options options;
+  options.name = kj::str("store");
+  options.dialect = GetParam();
+  options.target = GetParam() == SqlDialect::SQLITE ? kj::str((dir.path / "store.sqlite").c_str())
+                                                    : kj::str(postgres->conninfo.c_str());
+  options.minConnections = 1;
+  options.maxConnections = 3;
+  options.leaseWait = 5 * kj::SECONDS;
+  options.scaling = true;
+  options.growAfter = 10 * kj::MILLISECONDS;
+  options.idleTimeout = 100 * kj::MILLISECONDS;
+  pool = kj::heap<SqlPool>(kj::mv(options), workers, log);
+  auto& timer = io.provider->getTimer();
+  auto waitFor = [&](auto done) {
+    auto deadline = timer.now() + 10 * kj::SECONDS;
+    while (!done() && timer.now() < deadline)
+      timer.afterDelay(2 * kj::MILLISECONDS).wait(io.waitScope);
+    return done();
+  };
+  EXPECT_EQ(pool->stats().capacity, 1u);
+  EXPECT_EQ(pool->stats().size, 1u);
+
+  // Load up: six transactions held open, twice what the pool may have.
+  Gate gate;
+  KJ_DEFER(gate.open());
+  kj::Vector<kj::Promise<void>> load;
+  for (int i = 0; i < 6; ++i) {
+    load.add(
+        db("app").transaction([&gate](SqlTransaction&) { gate.wait(); }).eagerlyEvaluate(nullptr));
+  }
+  ASSERT_TRUE(waitFor([&]() { return pool->stats().inUse == 3; })) << pool->stats().inUse;
+  // Held there however long the others wait: never beyond its maximum.
+  timer.afterDelay(60 * kj::MILLISECONDS).wait(io.waitScope);
+  auto loaded = pool->stats();
+  EXPECT_EQ(loaded.capacity, 3u);
+  EXPECT_EQ(loaded.inUse, 3u);
+  EXPECT_EQ(loaded.waiting, 3u);
+  EXPECT_LE(loaded.size, 3u);
+  EXPECT_EQ(loaded.grown, 2u);
+  EXPECT_EQ(loaded.shrunk, 0u);
+  gate.open();
+  kj::joinPromises(load.releaseAsArray()).wait(io.waitScope);
+
+  // Load down: idle connections close after idle_ms, down to the minimum, not below.
+  ASSERT_TRUE(waitFor([&]() { return pool->stats().capacity == 1 && pool->stats().size == 1; }))
+      << pool->stats().capacity << " " << pool->stats().size;
+  timer.afterDelay(250 * kj::MILLISECONDS).wait(io.waitScope);
+  auto idle = pool->stats();
+  EXPECT_EQ(idle.size, 1u);
+  EXPECT_EQ(idle.capacity, 1u);
+  EXPECT_EQ(idle.shrunk, 2u);
+  EXPECT_EQ(idle.transactions, 6u);
+  // And it grows again under the next load.
+  Gate again;
+  KJ_DEFER(again.open());
+  auto first =
+      db("app").transaction([&again](SqlTransaction&) { again.wait(); }).eagerlyEvaluate(nullptr);
+  auto second =
+      db("app").transaction([&again](SqlTransaction&) { again.wait(); }).eagerlyEvaluate(nullptr);
+  ASSERT_TRUE(waitFor([&]() { return pool->stats().inUse == 2; }));
+  EXPECT_EQ(pool->stats().capacity, 2u);
+  again.open();
+  first.wait(io.waitScope);
+  second.wait(io.waitScope);
+}
+
 TEST_P(SqlContract, ParametersMustBeNumberedAndGiven) {
   db("app").execute("CREATE TABLE t (a BIGINT)").wait(io.waitScope);
   auto failed = db("app")
