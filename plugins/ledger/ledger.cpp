@@ -278,7 +278,7 @@ public:
             context, database,
             static_cast<size_t>(configInteger(context.config(), "max_batch", 512, 1, 65536)))),
         tasks(errors) {}
-  ~LedgerPlugin() noexcept(false) { shard->detach(); }
+  ~LedgerPlugin() noexcept(false) override { shard->detach(); }
   KJ_DISALLOW_COPY(LedgerPlugin);
 
   capnp::Capability::Client service(kj::StringPtr name) override {

@@ -106,8 +106,10 @@ private:
     return database
         .transactionWork([held = kj::atomicAddRef(shared), function](SqlTransaction& tx) mutable {
           auto results = function(tx, held->items.asPtr().asConst());
-          KJ_ASSERT(results.size() == held->items.size(),
-                    "a group-commit batch returned the wrong number of results");
+          if (results.size() != held->items.size()) {
+            KJ_FAIL_ASSERT("a group-commit batch returned the wrong number of results",
+                           results.size(), held->items.size());
+          }
           held->results = kj::mv(results);
         })
         .then([this]() { ++commitCount; });

@@ -502,7 +502,7 @@ TEST_P(LedgerContract, RandomSequencesKeepEveryInvariant) {
                              kj::str(old.pendingId),
                              old.timeoutMs};
         replay = pick(2) == 0;
-        if (!replay) copy.amount += 1;
+        if (!replay) copy.amount = copy.amount == MAX ? copy.amount - 1 : copy.amount + 1;
         operation.transfers = list(kj::mv(copy));
       } else if ((choice == 1 || choice == 2) && pendings.size() > 0) {
         auto& target = pendings[pick(pendings.size())];
