@@ -220,14 +220,17 @@ kj::Promise<void> deliver(Shard& shard, Call call, Outcome outcome) {
 }
 
 using Interface = schema::CardProcessor;
-using AuthorizeCall = capnp::CallContext<Interface::AuthorizeParams, Interface::AuthorizeResults>;
 using CaptureCall = capnp::CallContext<Interface::CaptureParams, Interface::CaptureResults>;
 using VoidCall =
     capnp::CallContext<Interface::VoidAuthorizationParams, Interface::VoidAuthorizationResults>;
 using RefundCall = capnp::CallContext<Interface::RefundParams, Interface::RefundResults>;
 using SyncCall = capnp::CallContext<Interface::SyncParams, Interface::SyncResults>;
 
-kj::Promise<void> authorizeNow(Shard& shard, AuthorizeCall call) {
+using PurchaseCall = capnp::CallContext<Interface::PurchaseParams, Interface::PurchaseResults>;
+
+// Authorize and purchase take the same request; `purchase` selects the issuer's operation.
+template <typename Call>
+kj::Promise<void> authorizeNow(Shard& shard, Call call, bool purchase) {
   auto& context = shard.context();
   auto request = call.getParams().getRequest();
   auto metadataList = request.getMetadata();
@@ -244,7 +247,8 @@ kj::Promise<void> authorizeNow(Shard& shard, AuthorizeCall call) {
       .idempotencyKey = request.getIdempotencyKey(),
       .metadata = metadata,
   };
-  auto outcome = shard.issuer.authorize(plain, context.clock().now());
+  auto now = context.clock().now();
+  auto outcome = purchase ? shard.issuer.purchase(plain, now) : shard.issuer.authorize(plain, now);
 
   auto amountText = kj::str(plain.amount);
   const LogField fields[] = {
@@ -253,7 +257,7 @@ kj::Promise<void> authorizeNow(Shard& shard, AuthorizeCall call) {
       {"currency", currencyForLog(plain.currency)},
       {"token", tokenForLog(plain.cardToken)},
   };
-  logOutcome(context.log(), "card.authorize", fields, outcome);
+  logOutcome(context.log(), purchase ? "card.purchase"_kj : "card.authorize"_kj, fields, outcome);
   return deliver(shard, call, kj::mv(outcome));
 }
 
@@ -323,7 +327,10 @@ public:
   explicit CardServer(kj::Own<Shard> shard) : shard(kj::mv(shard)) {}
 
   kj::Promise<void> authorize(AuthorizeContext call) override {
-    return afterLatency([call](Shard& held) mutable { return authorizeNow(held, call); });
+    return afterLatency([call](Shard& held) mutable { return authorizeNow(held, call, false); });
+  }
+  kj::Promise<void> purchase(PurchaseContext call) override {
+    return afterLatency([call](Shard& held) mutable { return authorizeNow(held, call, true); });
   }
   kj::Promise<void> capture(CaptureContext call) override {
     return afterLatency([call](Shard& held) mutable { return captureNow(held, call); });

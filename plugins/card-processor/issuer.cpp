@@ -307,6 +307,15 @@ void Issuer::remember(Operation operation, kj::StringPtr key, kj::String paramet
 // refuse a reused key, then decide and remember the answer, errors included.
 
 Outcome Issuer::authorize(const AuthorizeRequest& request, kj::Date now) {
+  return authorizeOrPurchase(Operation::AUTHORIZE, request, now);
+}
+
+Outcome Issuer::purchase(const AuthorizeRequest& request, kj::Date now) {
+  return authorizeOrPurchase(Operation::PURCHASE, request, now);
+}
+
+Outcome Issuer::authorizeOrPurchase(Operation operation, const AuthorizeRequest& request,
+                                    kj::Date now) {
   KJ_IF_MAYBE (problem, checkAuthorize(request)) {
     return rejected(RejectCode::INVALID_REQUEST, *problem);
   }
@@ -317,11 +326,11 @@ Outcome Issuer::authorize(const AuthorizeRequest& request, kj::Date now) {
     parameters.add(entry.key).add(entry.value);
   auto canonical = parameters.finish();
 
-  KJ_IF_MAYBE (replay, recall(Operation::AUTHORIZE, request.idempotencyKey, canonical)) {
+  KJ_IF_MAYBE (replay, recall(operation, request.idempotencyKey, canonical)) {
     return kj::mv(*replay);
   }
-  auto outcome = decideAuthorization(request, now);
-  remember(Operation::AUTHORIZE, request.idempotencyKey, kj::mv(canonical), outcome);
+  auto outcome = decideAuthorization(request, now, operation == Operation::PURCHASE);
+  remember(operation, request.idempotencyKey, kj::mv(canonical), outcome);
   return outcome;
 }
 
@@ -394,7 +403,8 @@ Outcome Issuer::sync(kj::StringPtr transactionId, kj::Date now) {
 // ---------------------------------------------------------------------------------------------
 // Decisions
 
-Outcome Issuer::decideAuthorization(const AuthorizeRequest& request, kj::Date now) {
+Outcome Issuer::decideAuthorization(const AuthorizeRequest& request, kj::Date now,
+                                    bool captureAll) {
   auto id = kj::str("txn_", options_.shardIndex, "_", ++transactionCount);
   auto token = request.cardToken;
 
@@ -424,7 +434,12 @@ Outcome Issuer::decideAuthorization(const AuthorizeRequest& request, kj::Date no
   } else if (token == "tok_expired") {
     decline(DeclineCode::EXPIRED_CARD, Advice::DO_NOT_RETRY, "card expired");
   } else if (token == "tok_timeout") {
-    // The issuer approved but its answer was lost: `sync` tells the caller what happened.
+    // The issuer approved (and, for a purchase, captured) but its answer was lost: `sync` tells
+    // the caller what happened.
+    if (captureAll) {
+      transaction.captured = request.amount;
+      transaction.state = TransactionState::CAPTURED;
+    }
     outcome.result = Unknown{kj::heapString(id)};
   } else if (request.amount > options_.maxAmountMinor) {
     decline(DeclineCode::AMOUNT_LIMIT_EXCEEDED, Advice::DO_NOT_RETRY,
@@ -432,9 +447,12 @@ Outcome Issuer::decideAuthorization(const AuthorizeRequest& request, kj::Date no
   } else if (request.amount % 100 == 51) {
     decline(DeclineCode::DO_NOT_HONOR, Advice::CONTACT_ISSUER, "do not honor");
   } else {
-    outcome.result =
-        Approval{kj::heapString(id), kj::heapString(transaction.authCode),
-                 money(request.amount, request.currency), TransactionState::AUTHORIZED};
+    if (captureAll) {
+      transaction.captured = request.amount;
+      transaction.state = TransactionState::CAPTURED;
+    }
+    outcome.result = Approval{kj::heapString(id), kj::heapString(transaction.authCode),
+                              money(request.amount, request.currency), transaction.state};
   }
   if (token == "tok_slow") outcome.delay = options_.slowDelay;
 

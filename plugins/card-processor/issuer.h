@@ -210,6 +210,9 @@ public:
 
   // `now` is the wall-clock time of the call: authorizations expire `authWindow` after theirs.
   [[nodiscard]] Outcome authorize(const AuthorizeRequest& request, kj::Date now);
+  // Authorize and capture the whole amount in one step: an approval ends CAPTURED. Same test
+  // cards and amount rules as `authorize`; its idempotency keys are separate from authorize's.
+  [[nodiscard]] Outcome purchase(const AuthorizeRequest& request, kj::Date now);
   [[nodiscard]] Outcome capture(const CaptureRequest& request, kj::Date now);
   [[nodiscard]] Outcome voidAuthorization(const VoidRequest& request, kj::Date now);
   [[nodiscard]] Outcome refund(const RefundRequest& request, kj::Date now);
@@ -221,8 +224,8 @@ public:
   const Options& options() const { return options_; }
 
 private:
-  enum class Operation { AUTHORIZE, CAPTURE, VOID, REFUND };
-  static constexpr size_t OPERATION_COUNT = 4;
+  enum class Operation { AUTHORIZE, CAPTURE, VOID, REFUND, PURCHASE };
+  static constexpr size_t OPERATION_COUNT = 5;
 
   struct Transaction {
     kj::String id;
@@ -247,7 +250,9 @@ private:
   void remember(Operation operation, kj::StringPtr key, kj::String parameters,
                 const Outcome& outcome);
 
-  Outcome decideAuthorization(const AuthorizeRequest& request, kj::Date now);
+  Outcome authorizeOrPurchase(Operation operation, const AuthorizeRequest& request, kj::Date now);
+  // `captureAll`: a purchase, which captures the whole amount when it is approved.
+  Outcome decideAuthorization(const AuthorizeRequest& request, kj::Date now, bool captureAll);
   Outcome decideCapture(const CaptureRequest& request, kj::Date now);
   Outcome decideVoid(const VoidRequest& request, kj::Date now);
   Outcome decideRefund(const RefundRequest& request, kj::Date now);

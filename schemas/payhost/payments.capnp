@@ -14,6 +14,13 @@ $Cxx.namespace("payhost::schema");
 struct Money {
   # An amount of money: a signed count of the currency's minor unit (cents for EUR, yen for JPY,
   # fils for KWD) and the ISO 4217 alphabetic code. Never a float.
+  #
+  # The currency's exponent (digits after the decimal point) comes from the ISO 4217 table in
+  # the SDK (<payhost/money.h>): 0 for JPY, KRW, VND, CLP, ISK, ...; 3 for BHD, IQD, JOD, KWD,
+  # LYD, OMR, TND; 2 for most others. So {minorUnits = 1234, currency = "KWD"} is 1.234 KWD and
+  # {1234, "JPY"} is 1234 yen. Where a charge, capture, refund, quote or transfer is meant the
+  # amount must be positive; arithmetic on amounts is checked, and an overflow is an error
+  # (rejected), never a wrap. A currency that is not in the table is rejected.
   minorUnits @0 :Int64;
   currency @1 :Text;
   # Three upper-case letters, e.g. "EUR".
@@ -72,6 +79,19 @@ enum RejectCode {
   amountExceedsAvailable @5;
   # Capture above the authorized amount, or refund above the captured amount.
   currencyMismatch @6;
+  quoteExpired @7;
+  # An FX quote was used after its expiry; ask for a new quote.
+  unknownQuote @8;
+  # An FX quote id this service never issued (or has forgotten).
+  unsupportedCurrency @9;
+  # The currency is not in the ISO 4217 table, or the service has no rate for it.
+  amountOverflow @10;
+  # The result would not fit a signed 64-bit count of minor units.
+  invalidCard @11;
+  # The vault refused a card: bad length for its brand, failed Luhn check, bad expiry. The
+  # message never repeats the card number.
+  unknownToken @12;
+  # A vault token this vault never issued, or one that was deleted.
 }
 
 struct Approval {
@@ -153,6 +173,96 @@ interface CardProcessor {
   refund @3 (request :RefundRequest) -> (result :PaymentResult);
   sync @4 (transactionId :Text) -> (result :PaymentResult);
   # Ask for the current state of a transaction, e.g. after an `unknown` outcome.
+  purchase @5 (request :AuthorizeRequest) -> (result :PaymentResult);
+  # Authorize and capture the whole amount in one step; an approval ends in state `captured`.
+  # Idempotency keys of `purchase` are their own namespace (not shared with `authorize`).
+}
+
+# ===========================================================================================
+# Card vault
+#
+# The only place a card number (PAN) enters payhost. `Vault` is what merchants and front ends
+# call: it takes a card number once and hands back a token; nothing in it returns the number.
+# `VaultReveal` is a separate interface, served under a separate service name
+# (`payments.vault.reveal`), for the one internal caller that must send the number to an issuer
+# (the card processor). Operators expose `payments.vault` to merchants and keep
+# `payments.vault.reveal` off every merchant-facing listener; plugins reach it in process through
+# `Context::service` only when the operator's config routes it to them.
+
+enum CardBrand {
+  unspecified @0;
+  visa @1;
+  mastercard @2;
+  amex @3;
+  discover @4;
+  jcb @5;
+  dinersClub @6;
+  unionPay @7;
+  maestro @8;
+  other @9;
+  # Passes the Luhn check and is 12 to 19 digits, but matches no known brand's prefix.
+}
+
+struct TokenizeRequest {
+  pan @0 :Text;
+  # The card number: digits only (spaces and dashes between groups are ignored). Checked with
+  # the Luhn algorithm and the length rules of its brand (12 to 19 digits). Never logged, never
+  # echoed in an error.
+  expiryMonth @1 :UInt8;
+  # 1 to 12.
+  expiryYear @2 :UInt16;
+  # Four digits, e.g. 2029. A card expired before the current month is refused.
+}
+
+struct CardInfo {
+  # What may be shown about a stored card: never the number.
+  token @0 :Text;
+  # `tok_` followed by random characters; not derived from the card number, so two
+  # tokenizations of one card give two tokens.
+  brand @1 :CardBrand;
+  last4 @2 :Text;
+  expiryMonth @3 :UInt8;
+  expiryYear @4 :UInt16;
+}
+
+struct VaultResult {
+  union {
+    unspecified @0 :Void;
+    card @1 :CardInfo;
+    rejected @2 :Rejection;
+    # `invalidCard` (tokenize), `unknownToken` (describe, deleteToken), `invalidRequest`.
+    deleted @3 :Text;
+    # deleteToken: the token that was deleted; the card number is gone for good.
+  }
+}
+
+interface Vault {
+  tokenize @0 (request :TokenizeRequest) -> (result :VaultResult);
+  describe @1 (token :Text) -> (result :VaultResult);
+  # Brand, last four digits and expiry of a stored card.
+  deleteToken @2 (token :Text) -> (result :VaultResult);
+}
+
+struct RevealedCard {
+  pan @0 :Text;
+  expiryMonth @1 :UInt8;
+  expiryYear @2 :UInt16;
+  brand @3 :CardBrand;
+}
+
+struct RevealResult {
+  union {
+    unspecified @0 :Void;
+    card @1 :RevealedCard;
+    rejected @2 :Rejection;
+  }
+}
+
+interface VaultReveal {
+  # Internal only (service `payments.vault.reveal`): never expose it to merchants.
+  reveal @0 (token :Text, purpose :Text) -> (result :RevealResult);
+  # The card behind `token`. `purpose` (e.g. "authorize txn_0_12") is logged with the token, so
+  # every reveal leaves an audit record; the number itself is never logged.
 }
 
 # ===========================================================================================
@@ -165,6 +275,9 @@ struct ScreenRequest {
   cardCountry @3 :Text;
   # ISO 3166-1 alpha-2 of the issuing country, if known.
   ipCountry @4 :Text;
+  # ISO 3166-1 alpha-2 of the buyer's IP address, if known.
+  merchantCountry @5 :Text;
+  # ISO 3166-1 alpha-2 of the merchant, if known.
 }
 
 enum FraudDecision {
@@ -172,6 +285,17 @@ enum FraudDecision {
   allow @1;
   review @2;
   deny @3;
+  rejected @4;
+  # The request was invalid (see `FraudVerdict.rejection`); nothing was counted.
+}
+
+struct FiredRule {
+  name @0 :Text;
+  # e.g. "velocity.card", "velocity.merchant", "amount.limit", "country.mismatch".
+  score @1 :UInt32;
+  # What this rule added to the verdict's score.
+  detail @2 :Text;
+  # Human-readable, e.g. "6 attempts in 60s (limit 5)". Never card data.
 }
 
 struct FraudVerdict {
@@ -179,6 +303,11 @@ struct FraudVerdict {
   score @1 :UInt32;
   # 0 (clean) to 1000 (certain fraud).
   firedRules @2 :List(Text);
+  # Names of the rules that fired, in evaluation order.
+  rules @3 :List(FiredRule);
+  # The same rules with their scores and details.
+  rejection @4 :Rejection;
+  # Set when `decision` is `rejected`.
 }
 
 interface FraudScreen {
@@ -193,7 +322,9 @@ struct FxQuote {
   source @1 :Money;
   target @2 :Money;
   rate @3 :Text;
-  # Exact decimal string, e.g. "1.0842".
+  # Exact decimal string, e.g. "1.0842": units of the target currency per unit of the source
+  # currency (major units, not minor). target = source * rate, rounded half-even to the target
+  # currency's minor unit.
   expiresAtUnixMs @4 :Int64;
 }
 
@@ -201,12 +332,23 @@ struct FxResult {
   union {
     unspecified @0 :Void;
     quote @1 :FxQuote;
+    # From `quote`: a rate held until `expiresAtUnixMs`.
     rejected @2 :Rejection;
+    # `unsupportedCurrency`, `amountOverflow`, `quoteExpired`, `unknownQuote`, `currencyMismatch`,
+    # `invalidRequest`.
+    converted @3 :FxQuote;
+    # From `convert`: `source` is the amount converted, `target` what it became at the quote's
+    # rate, `quoteId`, `rate` and `expiresAtUnixMs` those of the quote.
   }
 }
 
 interface Fx {
   quote @0 (source :Money, targetCurrency :Text) -> (result :FxResult);
+  # A quote for converting `source` (positive) into `targetCurrency`, valid until its expiry.
+  convert @1 (quoteId :Text, amount :Money) -> (result :FxResult);
+  # Converts at a quote's rate, before its expiry (`quoteExpired` after). `amount` must be in the
+  # quote's source currency and positive; leave it unset (null) to convert the quoted amount.
+  # Nothing is stored by a conversion: converting twice gives the same answer twice.
 }
 
 # ===========================================================================================

@@ -63,6 +63,19 @@ public:
     return sendAuthorize(token, amount, key, currency, merchant).wait(host.waitScope());
   }
 
+  capnp::Response<CardProcessor::PurchaseResults> purchase(kj::StringPtr token, int64_t amount,
+                                                           kj::StringPtr key) {
+    auto request = card.purchaseRequest();
+    auto body = request.initRequest();
+    body.setMerchantId("m_1");
+    auto money = body.initAmount();
+    money.setMinorUnits(amount);
+    money.setCurrency("EUR");
+    body.setCardToken(token);
+    body.setIdempotencyKey(key);
+    return request.send().wait(host.waitScope());
+  }
+
   capnp::Response<CardProcessor::CaptureResults> capture(kj::StringPtr id, int64_t amount,
                                                          kj::StringPtr key,
                                                          kj::StringPtr currency = "EUR") {
@@ -497,6 +510,23 @@ TEST(CardProcessor, RefusesBadConfig) {
         "auth_window_s = 0"_kj, "max_amount_minor = 0"_kj}) {
     EXPECT_ANY_THROW(payhost::testing::TestHost(plugin, config)) << config.cStr();
   }
+}
+
+TEST(CardProcessor, PurchaseAuthorizesAndCapturesInOneCall) {
+  Harness card;
+  auto response = card.purchase("tok_visa_approve", 1250, "order-1");
+  ASSERT_TRUE(isApproved(response.getResult(), TransactionState::CAPTURED));
+  auto id = kj::heapString(response.getResult().getApproved().getTransactionId());
+  EXPECT_EQ(card.stateOf(id), TransactionState::CAPTURED);
+  EXPECT_TRUE(
+      isApproved(card.refund(id, 250, "r1").getResult(), TransactionState::PARTIALLY_REFUNDED));
+  EXPECT_TRUE(isDeclined(card.purchase("tok_stolen", 1000, "order-2").getResult(),
+                         schema::DeclineCode::STOLEN_CARD, schema::Advice::DO_NOT_RETRY));
+  bool logged = false;
+  for (auto& record : card.host.logs()) {
+    if (record.event == "card.purchase") logged = true;
+  }
+  EXPECT_TRUE(logged);
 }
 
 }  // namespace

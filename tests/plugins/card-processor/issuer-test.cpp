@@ -767,5 +767,68 @@ TEST(Issuer, RefusesNonsensicalOptions) {
   EXPECT_ANY_THROW(Issuer({.slowDelay = -1 * kj::SECONDS}));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Purchase: authorize and capture in one step
+
+TEST(Issuer, PurchaseCapturesTheWholeAmountAtOnce) {
+  Issuer issuer({});
+  auto outcome = issuer.purchase(auth("tok_visa_approve", 1000, "p1"), start());
+  ASSERT_TRUE(isApproved(outcome, TransactionState::CAPTURED));
+  auto id = kj::heapString(approvalOf(outcome).transactionId);
+  EXPECT_EQ(approvalOf(outcome).amount.minorUnits, 1000);
+  EXPECT_EQ(stateOf(issuer, id), TransactionState::CAPTURED);
+  // Nothing is left to capture or void; all of it can be refunded.
+  EXPECT_TRUE(isRejected(issuer.capture(capture(id, 1, "c1"), start()), RejectCode::INVALID_STATE));
+  EXPECT_TRUE(isRejected(issuer.voidAuthorization({id, "v1"}, start()), RejectCode::INVALID_STATE));
+  EXPECT_TRUE(isRejected(issuer.refund(refund(id, 1001, "r1"), start()),
+                         RejectCode::AMOUNT_EXCEEDS_AVAILABLE));
+  EXPECT_TRUE(
+      isApproved(issuer.refund(refund(id, 1000, "r2"), start()), TransactionState::REFUNDED));
+}
+
+TEST(Issuer, PurchaseUsesTheSameTestCardsAndAmountRules) {
+  Issuer issuer({.maxAmountMinor = 5000});
+  EXPECT_TRUE(isDeclined(issuer.purchase(auth("tok_insufficient_funds", 1000, "p1"), start()),
+                         DeclineCode::INSUFFICIENT_FUNDS, Advice::RETRY_LATER));
+  EXPECT_TRUE(isDeclined(issuer.purchase(auth("tok_stolen", 1000, "p2"), start()),
+                         DeclineCode::STOLEN_CARD, Advice::DO_NOT_RETRY));
+  EXPECT_TRUE(isDeclined(issuer.purchase(auth("tok_visa_approve", 5001, "p3"), start()),
+                         DeclineCode::AMOUNT_LIMIT_EXCEEDED, Advice::DO_NOT_RETRY));
+  EXPECT_TRUE(isDeclined(issuer.purchase(auth("tok_visa_approve", 151, "p4"), start()),
+                         DeclineCode::DO_NOT_HONOR, Advice::CONTACT_ISSUER));
+  EXPECT_TRUE(isRejected(issuer.purchase(auth("tok_visa_approve", 0, "p5"), start()),
+                         RejectCode::INVALID_REQUEST));
+  auto slow = issuer.purchase(auth("tok_slow", 1000, "p6"), start());
+  EXPECT_TRUE(isApproved(slow, TransactionState::CAPTURED));
+  EXPECT_EQ(slow.delay, 2 * kj::SECONDS);
+}
+
+TEST(Issuer, PurchaseTimeoutIsUnknownAndSyncShowsItCaptured) {
+  Issuer issuer({});
+  auto outcome = issuer.purchase(auth("tok_timeout", 700, "p1"), start());
+  ASSERT_TRUE(outcome.result.is<Unknown>()) << describe(outcome.result).cStr();
+  auto id = kj::heapString(outcome.result.get<Unknown>().transactionId);
+  EXPECT_EQ(stateOf(issuer, id), TransactionState::CAPTURED);
+  EXPECT_TRUE(
+      isApproved(issuer.refund(refund(id, 700, "r1"), start()), TransactionState::REFUNDED));
+}
+
+TEST(Issuer, PurchaseKeysAreSeparateFromAuthorizeKeysAndReplay) {
+  Issuer issuer({});
+  auto authorizedOutcome = issuer.authorize(auth("tok_visa_approve", 1000, "k1"), start());
+  ASSERT_TRUE(isApproved(authorizedOutcome, TransactionState::AUTHORIZED));
+  // The same key under purchase is a different operation: a new transaction, captured.
+  auto purchased = issuer.purchase(auth("tok_visa_approve", 1000, "k1"), start());
+  ASSERT_TRUE(isApproved(purchased, TransactionState::CAPTURED));
+  EXPECT_NE(approvalOf(purchased).transactionId, approvalOf(authorizedOutcome).transactionId);
+
+  auto replay = issuer.purchase(auth("tok_visa_approve", 1000, "k1"), start());
+  EXPECT_TRUE(replay.replayed);
+  EXPECT_EQ(approvalOf(replay).transactionId, approvalOf(purchased).transactionId);
+  EXPECT_TRUE(isRejected(issuer.purchase(auth("tok_visa_approve", 999, "k1"), start()),
+                         RejectCode::IDEMPOTENCY_CONFLICT));
+  EXPECT_EQ(issuer.sync("txn_0_3", start()).result.is<Rejection>(), true);
+}
+
 }  // namespace
 }  // namespace payhost::plugins::card
