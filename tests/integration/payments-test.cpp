@@ -277,7 +277,8 @@ TEST_F(PaymentsFlow, RandomOperationsKeepCapturedAndRefundedWithinBounds) {
       }
       auto sync = client.syncRequest();
       sync.setPaymentId(id);
-      auto payment = await(sync.send()).getPayment();
+      auto synced = await(sync.send());
+      auto payment = synced.getPayment();
       int64_t authorized = payment.getAuthorized().getMinorUnits();
       int64_t captured = payment.getCaptured().getMinorUnits();
       int64_t refunded = payment.getRefunded().getMinorUnits();

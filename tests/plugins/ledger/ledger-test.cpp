@@ -446,7 +446,7 @@ struct Step {
 TEST_P(LedgerContract, RandomSequencesKeepEveryInvariant) {
   uint64_t seed = envNumber("LEDGER_PROPERTY_SEED", std::random_device{}());
   uint64_t sequences =
-      envNumber("LEDGER_PROPERTY_SEQUENCES", GetParam() == SqlDialect::SQLITE ? 1000 : 200);
+      envNumber("LEDGER_PROPERTY_SEQUENCES", GetParam() == SqlDialect::SQLITE ? 600 : 120);
   constexpr int STEPS = 12;
   std::printf("ledger property test: LEDGER_PROPERTY_SEED=%llu LEDGER_PROPERTY_SEQUENCES=%llu\n",
               static_cast<unsigned long long>(seed), static_cast<unsigned long long>(sequences));
