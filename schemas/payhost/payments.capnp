@@ -353,31 +353,112 @@ interface Fx {
 
 # ===========================================================================================
 # Ledger
+#
+# Double-entry accounts and transfers, one ledger per currency (the ledger of an account or a
+# transfer is its currency code). An account is named by (accountId, currency) and must be
+# created before a transfer names it. Every transfer moves a positive amount from one account's
+# debits to another account's credits in the same ledger, so in every ledger the sum of all
+# debits equals the sum of all credits, pending and posted alike.
+#
+# Two-phase transfers: a `pending` transfer reserves the amount (debitsPending and
+# creditsPending); exactly one `postPending` (of at most the pending amount: the rest is
+# released), `voidPending`, or expiry (its timeout passed, by the ledger's clock) resolves it.
+#
+# Transfers are immutable and there is at most one per id: a transfer id is its idempotency key.
+# A request whose id was recorded before with the same fields returns the first result
+# (`replayed` is true) and changes nothing; with different fields it is rejected with
+# `idempotencyConflict` and changes nothing. A rejected transfer is not recorded: its id stays
+# free. Every balance can be recomputed from the transfer log (`audit`).
+
+enum TransferKind {
+  unspecified @0;
+  # Read as `posted`, for clients written before the kinds existed.
+  posted @1;
+  # Single-phase: debits and credits posted at once.
+  pending @2;
+  postPending @3;
+  voidPending @4;
+  expirePending @5;
+  # Written by the ledger when a pending transfer's timeout passes; never requested.
+}
 
 struct TransferRequest {
   transferId @0 :Text;
   # At most one transfer per id; a repeat with the same fields returns the first result.
+  # 1 to 255 bytes.
   debitAccount @1 :Text;
   creditAccount @2 :Text;
+  # For postPending and voidPending both may be empty (the pending transfer's are used) or must
+  # equal the pending transfer's.
   amount @3 :Money;
+  # Positive. postPending: at most the pending amount. voidPending: zero or the pending amount.
+  kind @4 :TransferKind;
+  pendingId @5 :Text;
+  # postPending and voidPending: the pending transfer they resolve.
+  timeoutMs @6 :Int64;
+  # pending: it expires this many milliseconds after it was recorded (0: never).
 }
 
 struct LedgerResult {
   union {
     unspecified @0 :Void;
     posted @1 :Text;
-    # The transfer id.
+    # Recorded (or recorded before, see `replayed`): the transfer id.
     rejected @2 :Rejection;
   }
+  replayed @3 :Bool;
+  # The id was already recorded with the same fields: nothing changed now.
 }
 
 struct Balance {
   accountId @0 :Text;
   debits @1 :Money;
   credits @2 :Money;
+  # Posted.
+  debitsPending @3 :Money;
+  creditsPending @4 :Money;
+  exists @5 :Bool;
+  flags @6 :AccountFlags;
+}
+
+struct AccountFlags {
+  debitsMustNotExceedCredits @0 :Bool;
+  # Pending and posted debits together never above posted credits (e.g. a merchant's payable).
+  creditsMustNotExceedDebits @1 :Bool;
+}
+
+struct AccountRequest {
+  accountId @0 :Text;
+  # 1 to 255 bytes.
+  currency @1 :Text;
+  flags @2 :AccountFlags;
+  # Creating an existing account with the same flags succeeds (replayed); with other flags it is
+  # rejected with `idempotencyConflict`.
+}
+
+struct AuditReport {
+  # The ledger of one currency recomputed from its transfer log and compared with the stored
+  # balances.
+  currency @0 :Text;
+  transfers @1 :UInt64;
+  accounts @2 :UInt32;
+  debitsEqualCredits @3 :Bool;
+  # Sums over every account, posted and pending each.
+  mismatches @4 :List(Text);
+  # One line per account whose stored balance differs from the replay; empty when all match.
 }
 
 interface Ledger {
   transfer @0 (request :TransferRequest) -> (result :LedgerResult);
   balance @1 (accountId :Text, currency :Text) -> (balance :Balance);
+  createAccount @2 (request :AccountRequest) -> (result :LedgerResult);
+  transferAll @3 (requests :List(TransferRequest)) -> (result :LedgerResult);
+  # Linked transfers, applied all or none (in order, each seeing the ones before it): the
+  # result is `posted` with the first id, or the first rejection (its message names the index).
+  balances @4 (currency :Text) -> (balances :List(Balance));
+  # Every account of the currency's ledger.
+  audit @5 (currency :Text) -> (report :AuditReport);
+  expire @6 () -> (expired :UInt32);
+  # Records the expiry of every pending transfer whose timeout has passed (the ledger also does
+  # this on its own timer and whenever a post or void names one).
 }

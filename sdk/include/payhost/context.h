@@ -133,11 +133,13 @@ kj::Promise<std::invoke_result_t<Func&>> Context::offload(Func&& work) {
   if constexpr (std::is_void_v<Result>) {
     return offloadWork(kj::fwd<Func>(work));
   } else {
-    // Written on the worker thread, read here after the promise resolves.
-    auto slot = kj::heap<kj::Maybe<Result>>();
-    auto& result = *slot;
-    return offloadWork([&result, work = kj::fwd<Func>(work)]() mutable { result = work(); })
-        .then([slot = kj::mv(slot)]() mutable { return kj::mv(KJ_ASSERT_NONNULL(*slot)); });
+    // Written on the worker thread, read here after the promise resolves. Shared, because a
+    // caller that cancels the promise must not free it under a worker still running `work`.
+    auto slot = kj::atomicRefcounted<_::ResultSlot<Result>>();
+    return offloadWork([held = kj::atomicAddRef(*slot), work = kj::fwd<Func>(work)]() mutable {
+             held->value = work();
+           })
+        .then([slot = kj::mv(slot)]() mutable { return kj::mv(KJ_ASSERT_NONNULL(slot->value)); });
   }
 }
 

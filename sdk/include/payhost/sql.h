@@ -26,6 +26,7 @@
 #include <kj/async.h>
 #include <kj/debug.h>
 #include <kj/function.h>
+#include <kj/refcount.h>
 #include <kj/string.h>
 
 #include <cstdint>
@@ -125,6 +126,14 @@ public:
   }
 };
 
+namespace _ {  // private
+// One result crossing from a worker thread to the shard.
+template <typename Result>
+struct ResultSlot final : public kj::AtomicRefcounted {
+  mutable kj::Maybe<Result> value;
+};
+}  // namespace _
+
 class Database {
 public:
   virtual ~Database() noexcept(false) = default;
@@ -157,13 +166,12 @@ kj::Promise<std::invoke_result_t<Func&, SqlTransaction&>> Database::transaction(
   if constexpr (std::is_void_v<Result>) {
     return transactionWork(kj::fwd<Func>(work));
   } else {
-    // Written on the worker thread, read here after the promise resolves.
-    auto slot = kj::heap<kj::Maybe<Result>>();
-    auto& result = *slot;
-    return transactionWork([&result, work = kj::fwd<Func>(work)](SqlTransaction& tx) mutable {
-             result = work(tx);
-           })
-        .then([slot = kj::mv(slot)]() mutable { return kj::mv(KJ_ASSERT_NONNULL(*slot)); });
+    // Written on the worker thread, read here after the promise resolves. Shared, because a
+    // caller that cancels the promise must not free it under a worker still running `work`.
+    auto slot = kj::atomicRefcounted<_::ResultSlot<Result>>();
+    return transactionWork([held = kj::atomicAddRef(*slot), work = kj::fwd<Func>(work)](
+                               SqlTransaction& tx) mutable { held->value = work(tx); })
+        .then([slot = kj::mv(slot)]() mutable { return kj::mv(KJ_ASSERT_NONNULL(slot->value)); });
   }
 }
 

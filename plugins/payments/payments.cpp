@@ -1,0 +1,941 @@
+// The payments plugin: serves `payhost::schema::Payments` (schemas/payhost/flow.capnp) as
+// "payments.payments". A merchant's call goes: idempotency claim (its own database, group
+// committed) -> fraud screen -> card processor -> ledger (pending and posted transfers, FX when
+// the settlement currency differs) -> result and payment state stored in one transaction, and
+// only then answered. See README.md for the state machine and the ledger accounts.
+
+#include <payhost/context.h>
+#include <payhost/flow.capnp.h>
+#include <payhost/group-commit.h>
+#include <payhost/payments.capnp.h>
+#include <payhost/plugin.h>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/debug.h>
+#include <kj/refcount.h>
+#include <kj/vector.h>
+
+#include <cstdint>
+#include <set>
+#include <string>
+
+namespace payhost::plugins::payments {
+namespace {
+
+namespace schema = payhost::schema;
+using schema::TransactionState;
+
+constexpr kj::StringPtr SERVICE_NAME = "payments.payments"_kj;
+constexpr size_t MAX_KEY_BYTES = 255;
+
+// ---------------------------------------------------------------------------------------------
+// Stored state
+
+struct PaymentRow {
+  kj::String id;
+  kj::String merchant;
+  kj::String currency;
+  kj::String settlement;
+  kj::String cardTxn;
+  int64_t authorized = 0;
+  int64_t captured = 0;
+  int64_t refunded = 0;
+  int64_t settled = 0;
+  TransactionState state = TransactionState::UNSPECIFIED;
+  int64_t expiresAtMs = 0;
+  int64_t captures = 0;
+  int64_t refunds = 0;
+  bool released = false;
+
+  PaymentRow clone() const {
+    return PaymentRow{kj::str(id),       kj::str(merchant),
+                      kj::str(currency), kj::str(settlement),
+                      kj::str(cardTxn),  authorized,
+                      captured,          refunded,
+                      settled,           state,
+                      expiresAtMs,       captures,
+                      refunds,           released};
+  }
+};
+
+struct DbOp {
+  enum class Type : uint8_t { CLAIM, FINISH };
+  Type type = Type::CLAIM;
+  // CLAIM: a claim older than this is taken over: its process died before finishing (the retry
+  // reruns the flow with the same ids, so nothing is applied twice).
+  int64_t staleMs = 30'000;
+  kj::String key;
+  kj::String request;
+  int64_t nowMs = 0;
+  // CLAIM: the payment to load. FINISH: the payment to store (if any).
+  kj::String paymentId;
+  kj::Maybe<PaymentRow> payment;
+  kj::Array<kj::byte> result;
+};
+
+struct DbResult {
+  enum class Kind : uint8_t { PROCEED, STORED, CONFLICT, BUSY, DONE };
+  Kind kind = Kind::DONE;
+  kj::Array<kj::byte> stored;
+  kj::Maybe<PaymentRow> payment;
+};
+
+constexpr kj::StringPtr PAYMENT_COLUMNS =
+    "id, merchant, currency, settlement, card_txn, authorized, captured, refunded, settled, "
+    "state, expires_at_ms, captures, refunds, released"_kj;
+
+PaymentRow rowFrom(const SqlResult& r, size_t i) {
+  return PaymentRow{kj::str(r.text(i, 0)), kj::str(r.text(i, 1)),
+                    kj::str(r.text(i, 2)), kj::str(r.text(i, 3)),
+                    kj::str(r.text(i, 4)), r.integer(i, 5),
+                    r.integer(i, 6),       r.integer(i, 7),
+                    r.integer(i, 8),       static_cast<TransactionState>(r.integer(i, 9)),
+                    r.integer(i, 10),      r.integer(i, 11),
+                    r.integer(i, 12),      r.integer(i, 13) != 0};
+}
+
+kj::Maybe<PaymentRow> loadPayment(SqlTransaction& tx, kj::StringPtr id) {
+  auto r = tx.execute(kj::str("SELECT ", PAYMENT_COLUMNS, " FROM payments WHERE id = $1"), {id});
+  if (r.rowCount() == 0) return nullptr;
+  return rowFrom(r, 0);
+}
+
+void createSchema(SqlTransaction& tx) {
+  tx.execute(
+      "CREATE TABLE IF NOT EXISTS payments_keys (key TEXT PRIMARY KEY, request TEXT NOT NULL, "
+      "result BYTEA, claimed_at_ms BIGINT NOT NULL)");
+  tx.execute(
+      "CREATE TABLE IF NOT EXISTS payments (id TEXT PRIMARY KEY, merchant TEXT NOT NULL, "
+      "currency TEXT NOT NULL, settlement TEXT NOT NULL, card_txn TEXT NOT NULL, "
+      "authorized BIGINT NOT NULL, captured BIGINT NOT NULL, refunded BIGINT NOT NULL, "
+      "settled BIGINT NOT NULL, state BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL, "
+      "captures BIGINT NOT NULL, refunds BIGINT NOT NULL, released BIGINT NOT NULL)");
+}
+
+kj::Array<DbResult> applyDb(SqlTransaction& tx, kj::ArrayPtr<const DbOp> ops) {
+  auto results = kj::heapArrayBuilder<DbResult>(ops.size());
+  for (auto& op : ops) {
+    DbResult out;
+    if (op.type == DbOp::Type::CLAIM) {
+      auto found = tx.execute(
+          "SELECT request, result, claimed_at_ms FROM payments_keys WHERE key = $1", {op.key});
+      if (found.rowCount() == 0) {
+        tx.execute(
+            "INSERT INTO payments_keys (key, request, result, claimed_at_ms) "
+            "VALUES ($1, $2, NULL, $3)",
+            {op.key, op.request, op.nowMs});
+        out.kind = DbResult::Kind::PROCEED;
+      } else if (found.text(0, 0) != op.request) {
+        out.kind = DbResult::Kind::CONFLICT;
+      } else if (!found.isNull(0, 1)) {
+        out.kind = DbResult::Kind::STORED;
+        out.stored = kj::heapArray(found.blob(0, 1));
+      } else if (op.nowMs - found.integer(0, 2) >= op.staleMs) {
+        tx.execute("UPDATE payments_keys SET claimed_at_ms = $2 WHERE key = $1",
+                   {op.key, op.nowMs});
+        out.kind = DbResult::Kind::PROCEED;
+      } else {
+        out.kind = DbResult::Kind::BUSY;
+      }
+      if (out.kind == DbResult::Kind::PROCEED && op.paymentId.size() > 0) {
+        out.payment = loadPayment(tx, op.paymentId);
+      }
+    } else {
+      tx.execute("UPDATE payments_keys SET result = $2 WHERE key = $1", {op.key, op.result});
+      KJ_IF_MAYBE (p, op.payment) {
+        tx.execute(kj::str("INSERT INTO payments (", PAYMENT_COLUMNS,
+                           ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
+                           "ON CONFLICT (id) DO UPDATE SET card_txn = excluded.card_txn, "
+                           "authorized = excluded.authorized, captured = excluded.captured, "
+                           "refunded = excluded.refunded, settled = excluded.settled, "
+                           "state = excluded.state, expires_at_ms = excluded.expires_at_ms, "
+                           "captures = excluded.captures, refunds = excluded.refunds, "
+                           "released = excluded.released"),
+                   {p->id, p->merchant, p->currency, p->settlement, p->cardTxn, p->authorized,
+                    p->captured, p->refunded, p->settled, static_cast<int64_t>(p->state),
+                    p->expiresAtMs, p->captures, p->refunds, int64_t{p->released ? 1 : 0}});
+      }
+      out.kind = DbResult::Kind::DONE;
+    }
+    results.add(kj::mv(out));
+  }
+  return results.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+using Message = kj::Own<capnp::MallocMessageBuilder>;
+
+Message newResult() {
+  return kj::heap<capnp::MallocMessageBuilder>();
+}
+
+Message rejected(schema::RejectCode code, kj::StringPtr message) {
+  auto m = newResult();
+  auto r = m->initRoot<schema::PaymentResult>().initRejected();
+  r.setCode(code);
+  r.setMessage(message);
+  return m;
+}
+
+Message approved(kj::StringPtr paymentId, kj::StringPtr authCode, int64_t amount,
+                 kj::StringPtr currency, TransactionState state) {
+  auto m = newResult();
+  auto a = m->initRoot<schema::PaymentResult>().initApproved();
+  a.setTransactionId(paymentId);
+  a.setAuthCode(authCode);
+  a.initAmount().setMinorUnits(amount);
+  a.getAmount().setCurrency(currency);
+  a.setState(state);
+  return m;
+}
+
+Message copyOf(schema::PaymentResult::Reader reader) {
+  auto m = newResult();
+  m->setRoot(reader);
+  return m;
+}
+
+kj::Array<kj::byte> encode(capnp::MallocMessageBuilder& message) {
+  auto words = capnp::messageToFlatArray(message);
+  return kj::heapArray(words.asBytes());
+}
+
+Message decode(kj::ArrayPtr<const kj::byte> bytes) {
+  auto words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+  memcpy(words.begin(), bytes.begin(), words.size() * sizeof(capnp::word));
+  capnp::FlatArrayMessageReader reader(words);
+  return copyOf(reader.getRoot<schema::PaymentResult>());
+}
+
+uint64_t fnv(kj::StringPtr text, uint64_t seed) {
+  uint64_t h = seed;
+  for (char c : text) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+kj::String paymentIdFor(kj::StringPtr key) {
+  return kj::str("pay_", kj::hex(fnv(key, 14695981039346656037ull)),
+                 kj::hex(fnv(key, 1469598103934665603ull)));
+}
+
+bool validText(kj::StringPtr text, size_t max) {
+  if (text.size() == 0 || text.size() > max) return false;
+  for (char c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;
+  }
+  return true;
+}
+
+kj::String merchantAccount(kj::StringPtr merchant) {
+  return kj::str("merchant:", merchant);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The flow
+
+struct Done {
+  Message result;
+  kj::Maybe<PaymentRow> payment;
+};
+
+struct LedgerStep {
+  kj::String id;
+  kj::String debit;
+  kj::String credit;
+  int64_t amount;
+  kj::String currency;
+  schema::TransferKind kind;
+  kj::String pendingId;
+  int64_t timeoutMs = 0;
+};
+
+// Shared by an instance's servers; detached when the instance goes. Shard-local.
+class Shard final : public kj::Refcounted {
+public:
+  Shard(Context& context, Database& database, int64_t windowMs, int64_t claimTimeoutMs)
+      : context(context),
+        database(database),
+        windowMs(windowMs),
+        claimTimeoutMs(claimTimeoutMs),
+        commits(database, &applyDb),
+        card(context.service<schema::CardProcessor>("payments.card")),
+        fraud(context.service<schema::FraudScreen>("payments.fraud")),
+        fx(context.service<schema::Fx>("payments.fx")),
+        ledger(context.service<schema::Ledger>("payments.ledger")) {}
+
+  void detach() { detached = true; }
+  void check() {
+    if (detached) {
+      kj::throwFatalException(
+          KJ_EXCEPTION(DISCONNECTED, "the payments instance has been shut down"));
+    }
+  }
+
+  int64_t nowMs() { return (context.clock().now() - kj::UNIX_EPOCH) / kj::MILLISECONDS; }
+
+  // Runs `flow(payment)` under the idempotency key, once; stores and returns its result.
+  template <typename Flow>
+  kj::Promise<Message> idempotent(kj::StringPtr key, kj::String request, kj::String paymentId,
+                                  Flow flow) {
+    check();
+    if (!validText(key, MAX_KEY_BYTES)) {
+      return rejected(schema::RejectCode::INVALID_REQUEST,
+                      "idempotency key must be 1 to 255 printable bytes");
+    }
+    DbOp claim;
+    claim.type = DbOp::Type::CLAIM;
+    claim.key = kj::str(key);
+    claim.request = kj::mv(request);
+    claim.nowMs = nowMs();
+    claim.staleMs = claimTimeoutMs;
+    claim.paymentId = kj::mv(paymentId);
+    return commits.submit(kj::mv(claim))
+        .then([this, key = kj::str(key),
+               flow = kj::mv(flow)](DbResult claimed) mutable -> kj::Promise<Message> {
+          switch (claimed.kind) {
+            case DbResult::Kind::CONFLICT:
+              return rejected(schema::RejectCode::IDEMPOTENCY_CONFLICT,
+                              "idempotency key was used before with a different request");
+            case DbResult::Kind::STORED:
+              return decode(claimed.stored);
+            case DbResult::Kind::BUSY: {
+              auto m = newResult();
+              m->initRoot<schema::PaymentResult>().setNotAttempted(
+                  "a request with this idempotency key is in progress; retry");
+              return kj::mv(m);
+            }
+            case DbResult::Kind::DONE:
+            case DbResult::Kind::PROCEED:
+              break;
+          }
+          return flow(kj::mv(claimed.payment)).then([this, key = kj::mv(key)](Done done) mutable {
+            DbOp finish;
+            finish.type = DbOp::Type::FINISH;
+            finish.key = kj::mv(key);
+            finish.result = encode(*done.result);
+            finish.payment = kj::mv(done.payment);
+            return commits.submit(kj::mv(finish))
+                .then([result = kj::mv(done.result)](DbResult) mutable { return kj::mv(result); });
+          });
+        });
+  }
+
+  // Creates the accounts once per instance (the ledger makes creation idempotent).
+  kj::Promise<void> ensureAccount(kj::StringPtr id, kj::StringPtr currency, bool limited) {
+    auto k = std::string(currency.cStr()) + "/" + id.cStr();
+    if (accounts.count(k) != 0) return kj::READY_NOW;
+    auto request = ledger.createAccountRequest();
+    auto r = request.initRequest();
+    r.setAccountId(id);
+    r.setCurrency(currency);
+    r.initFlags().setDebitsMustNotExceedCredits(limited);
+    return request.send().then(
+        [this, k = kj::mv(k)](capnp::Response<schema::Ledger::CreateAccountResults>&& response) {
+          auto result = response.getResult();
+          KJ_REQUIRE(result.isPosted(), "ledger refused an account",
+                     result.isRejected() ? result.getRejected().getMessage() : "");
+          accounts.insert(k);
+        });
+  }
+
+  // Linked ledger transfers; the ledger's refusal message, if any.
+  kj::Promise<kj::Maybe<kj::String>> post(kj::Array<LedgerStep> steps) {
+    auto request = ledger.transferAllRequest();
+    auto list = request.initRequests(steps.size());
+    for (auto i : kj::indices(steps)) {
+      auto& s = steps[i];
+      auto t = list[i];
+      t.setTransferId(s.id);
+      t.setDebitAccount(s.debit);
+      t.setCreditAccount(s.credit);
+      t.initAmount().setMinorUnits(s.amount);
+      t.getAmount().setCurrency(s.currency);
+      t.setKind(s.kind);
+      t.setPendingId(s.pendingId);
+      t.setTimeoutMs(s.timeoutMs);
+    }
+    return request.send().then([](capnp::Response<schema::Ledger::TransferAllResults>&& response)
+                                   -> kj::Maybe<kj::String> {
+      auto result = response.getResult();
+      if (result.isPosted()) return nullptr;
+      return kj::str(result.isRejected() ? result.getRejected().getMessage() : "no result");
+    });
+  }
+
+  // `amount` of `from` in `to`, through Fx (same currency: as is).
+  kj::Promise<int64_t> convert(int64_t amount, kj::StringPtr from, kj::StringPtr to) {
+    if (from == to) return amount;
+    auto request = fx.quoteRequest();
+    request.initSource().setMinorUnits(amount);
+    request.getSource().setCurrency(from);
+    request.setTargetCurrency(to);
+    return request.send().then([](capnp::Response<schema::Fx::QuoteResults>&& response) {
+      auto result = response.getResult();
+      KJ_REQUIRE(result.isQuote(), "fx refused a quote",
+                 result.isRejected() ? result.getRejected().getMessage() : "");
+      return result.getQuote().getTarget().getMinorUnits();
+    });
+  }
+
+  Context& context;
+  Database& database;
+  int64_t windowMs;
+  int64_t claimTimeoutMs;
+  GroupCommit<DbOp, DbResult> commits;
+  schema::CardProcessor::Client card;
+  schema::FraudScreen::Client fraud;
+  schema::Fx::Client fx;
+  schema::Ledger::Client ledger;
+  std::set<std::string> accounts;
+  bool detached = false;
+};
+
+// The account a charge is credited to in the presentment ledger: the merchant itself, or the FX
+// desk when the merchant settles in another currency.
+kj::String creditFor(const PaymentRow& p) {
+  return p.currency == p.settlement ? merchantAccount(p.merchant) : kj::str("fx");
+}
+
+Message ledgerFailed(kj::StringPtr message) {
+  return rejected(schema::RejectCode::AMOUNT_EXCEEDS_AVAILABLE,
+                  kj::str("ledger refused: ", message));
+}
+
+class PaymentsServer final : public schema::Payments::Server {
+public:
+  explicit PaymentsServer(kj::Own<Shard> shard) : shard(kj::mv(shard)) {}
+
+protected:
+  kj::Promise<void> authorize(AuthorizeContext call) override {
+    return start(call.getParams().getRequest(), false).then([call](Message m) mutable {
+      call.getResults().setResult(m->getRoot<schema::PaymentResult>().asReader());
+    });
+  }
+  kj::Promise<void> purchase(PurchaseContext call) override {
+    return start(call.getParams().getRequest(), true).then([call](Message m) mutable {
+      call.getResults().setResult(m->getRoot<schema::PaymentResult>().asReader());
+    });
+  }
+  kj::Promise<void> capture(CaptureContext call) override {
+    return operate(call.getParams().getRequest(), Op::CAPTURE).then([call](Message m) mutable {
+      call.getResults().setResult(m->getRoot<schema::PaymentResult>().asReader());
+    });
+  }
+  kj::Promise<void> voidPayment(VoidPaymentContext call) override {
+    return operate(call.getParams().getRequest(), Op::VOID).then([call](Message m) mutable {
+      call.getResults().setResult(m->getRoot<schema::PaymentResult>().asReader());
+    });
+  }
+  kj::Promise<void> refund(RefundContext call) override {
+    return operate(call.getParams().getRequest(), Op::REFUND).then([call](Message m) mutable {
+      call.getResults().setResult(m->getRoot<schema::PaymentResult>().asReader());
+    });
+  }
+
+  kj::Promise<void> sync(SyncContext call) override {
+    shard->check();
+    auto id = kj::str(call.getParams().getPaymentId());
+    return shard->database
+        .transaction([id = kj::mv(id)](SqlTransaction& tx) { return loadPayment(tx, id); })
+        .then([call](kj::Maybe<PaymentRow> found) mutable {
+          auto out = call.getResults().initPayment();
+          KJ_IF_MAYBE (p, found) {
+            out.setExists(true);
+            out.setPaymentId(p->id);
+            out.setMerchantId(p->merchant);
+            out.setState(p->state);
+            auto money = [](schema::Money::Builder m, int64_t v, kj::StringPtr c) {
+              m.setMinorUnits(v);
+              m.setCurrency(c);
+            };
+            money(out.initAuthorized(), p->authorized, p->currency);
+            money(out.initCaptured(), p->captured, p->currency);
+            money(out.initRefunded(), p->refunded, p->currency);
+            money(out.initSettled(), p->settled, p->settlement);
+          }
+        });
+  }
+
+private:
+  enum class Op : uint8_t { CAPTURE, VOID, REFUND };
+  kj::Own<Shard> shard;
+
+  kj::Promise<Message> start(schema::PaymentRequest::Reader request, bool purchase) {
+    auto merchant = kj::str(request.getMerchantId());
+    auto currency = kj::str(request.getAmount().getCurrency());
+    int64_t amount = request.getAmount().getMinorUnits();
+    auto settlement = request.getSettlementCurrency().size() == 0
+                          ? kj::str(currency)
+                          : kj::str(request.getSettlementCurrency());
+    auto token = kj::str(request.getCardToken());
+    auto key = kj::str(request.getIdempotencyKey());
+    auto paymentId = paymentIdFor(key);
+    auto canonical =
+        kj::str(purchase ? "purchase" : "authorize", "|", merchant, "|", amount, "|", currency, "|",
+                settlement, "|", token, "|", request.getCardCountry(), "|", request.getIpCountry());
+    auto cardCountry = kj::str(request.getCardCountry());
+    auto ipCountry = kj::str(request.getIpCountry());
+    Shard& s = *shard;
+    return s.idempotent(
+        key, kj::mv(canonical), kj::str(paymentId),
+        [&s, purchase, merchant = kj::mv(merchant), currency = kj::mv(currency), amount,
+         settlement = kj::mv(settlement), token = kj::mv(token), paymentId = kj::mv(paymentId),
+         cardCountry = kj::mv(cardCountry), ipCountry = kj::mv(ipCountry)](
+            kj::Maybe<PaymentRow> existing) mutable -> kj::Promise<Done> {
+          KJ_IF_MAYBE (p, existing) {
+            // A payment id from a retried claim: it was already recorded.
+            return Done{approved(p->id, "", p->authorized, p->currency, p->state), p->clone()};
+          }
+          if (!validText(merchant, 200) || merchant.findFirst(' ') != nullptr) {
+            return Done{rejected(schema::RejectCode::INVALID_REQUEST, "bad merchant id"), nullptr};
+          }
+          if (amount <= 0 || currency.size() != 3 || settlement.size() != 3) {
+            return Done{rejected(schema::RejectCode::INVALID_REQUEST,
+                                 "amount must be positive, currencies three letters"),
+                        nullptr};
+          }
+          auto screen = s.fraud.screenRequest();
+          auto sr = screen.initRequest();
+          sr.setMerchantId(merchant);
+          sr.initAmount().setMinorUnits(amount);
+          sr.getAmount().setCurrency(currency);
+          sr.setCardToken(token);
+          sr.setCardCountry(cardCountry);
+          sr.setIpCountry(ipCountry);
+          return screen.send().then(
+              [&s, purchase, merchant = kj::mv(merchant), currency = kj::mv(currency), amount,
+               settlement = kj::mv(settlement), token = kj::mv(token),
+               paymentId = kj::mv(paymentId)](
+                  capnp::Response<schema::FraudScreen::ScreenResults>&& verdict) mutable
+              -> kj::Promise<Done> {
+                auto decision = verdict.getVerdict().getDecision();
+                PaymentRow row;
+                row.id = kj::str(paymentId);
+                row.merchant = kj::str(merchant);
+                row.currency = kj::str(currency);
+                row.settlement = kj::str(settlement);
+                row.cardTxn = kj::str();
+                if (decision == schema::FraudDecision::REJECTED) {
+                  return Done{rejected(schema::RejectCode::INVALID_REQUEST,
+                                       verdict.getVerdict().getRejection().getMessage()),
+                              nullptr};
+                }
+                if (decision == schema::FraudDecision::DENY) {
+                  auto m = newResult();
+                  auto d = m->initRoot<schema::PaymentResult>().initDeclined();
+                  d.setCode(schema::DeclineCode::SUSPECTED_FRAUD);
+                  d.setReason("declined by the fraud screen");
+                  d.setAdvice(schema::Advice::DO_NOT_RETRY);
+                  d.setTransactionId(paymentId);
+                  row.state = TransactionState::FAILED;
+                  return Done{kj::mv(m), kj::mv(row)};
+                }
+                auto fillAuth = [&](schema::AuthorizeRequest::Builder ar) {
+                  ar.setMerchantId(merchant);
+                  ar.initAmount().setMinorUnits(amount);
+                  ar.getAmount().setCurrency(currency);
+                  ar.setCardToken(token);
+                  ar.setIdempotencyKey(paymentId);
+                };
+                kj::Promise<Message> sent = nullptr;
+                if (purchase) {
+                  auto auth = s.card.purchaseRequest();
+                  fillAuth(auth.initRequest());
+                  sent = auth.send().then(
+                      [](capnp::Response<schema::CardProcessor::PurchaseResults>&& response) {
+                        return copyOf(response.getResult());
+                      });
+                } else {
+                  auto auth = s.card.authorizeRequest();
+                  fillAuth(auth.initRequest());
+                  sent = auth.send().then(
+                      [](capnp::Response<schema::CardProcessor::AuthorizeResults>&& response) {
+                        return copyOf(response.getResult());
+                      });
+                }
+                return sent.then([&s, purchase, amount,
+                                  row = kj::mv(row)](Message m) mutable -> kj::Promise<Done> {
+                  auto result = m->getRoot<schema::PaymentResult>();
+                  if (result.isDeclined()) {
+                    row.state = TransactionState::FAILED;
+                    result.getDeclined().setTransactionId(row.id);
+                    return Done{kj::mv(m), kj::mv(row)};
+                  }
+                  if (!result.isApproved()) return Done{kj::mv(m), nullptr};
+                  auto approval = result.getApproved();
+                  row.cardTxn = kj::str(approval.getTransactionId());
+                  row.authorized = amount;
+                  row.expiresAtMs = s.nowMs() + s.windowMs;
+                  auto authCode = kj::str(approval.getAuthCode());
+                  return flowLedgerStart(s, kj::mv(row), purchase, kj::mv(authCode));
+                });
+              });
+        });
+  }
+
+  static kj::Promise<Done> flowLedgerStart(Shard& s, PaymentRow row, bool purchase,
+                                           kj::String authCode) {
+    auto credit = creditFor(row);
+    auto accounts = kj::joinPromises(
+        kj::arr(s.ensureAccount("cards", row.currency, false),
+                s.ensureAccount(credit, row.currency, row.currency == row.settlement),
+                s.ensureAccount(merchantAccount(row.merchant), row.settlement, true),
+                s.ensureAccount("fx", row.settlement, false)));
+    return accounts.then([&s, row = kj::mv(row), purchase, authCode = kj::mv(authCode),
+                          credit = kj::mv(credit)]() mutable {
+      auto settle = purchase ? s.convert(row.authorized, row.currency, row.settlement)
+                             : kj::Promise<int64_t>(int64_t{0});
+      return settle.then([&s, row = kj::mv(row), purchase, authCode = kj::mv(authCode),
+                          credit = kj::mv(credit)](int64_t settled) mutable {
+        kj::Vector<LedgerStep> steps;
+        if (purchase) {
+          steps.add(LedgerStep{kj::str(row.id, "/capture/0"), kj::str("cards"), kj::mv(credit),
+                               row.authorized, kj::str(row.currency), schema::TransferKind::POSTED,
+                               kj::str()});
+        } else {
+          steps.add(LedgerStep{kj::str(row.id, "/hold/0"), kj::str("cards"), kj::mv(credit),
+                               row.authorized, kj::str(row.currency), schema::TransferKind::PENDING,
+                               kj::str(), s.windowMs});
+        }
+        auto first = s.post(steps.releaseAsArray());
+        return first.then([&s, row = kj::mv(row), purchase, authCode = kj::mv(authCode),
+                           settled](kj::Maybe<kj::String> refusal) mutable -> kj::Promise<Done> {
+          KJ_IF_MAYBE (message, refusal) {
+            return Done{ledgerFailed(*message), nullptr};
+          }
+          if (purchase) {
+            row.captured = row.authorized;
+            row.captures = 1;
+            row.settled = settled;
+            row.state = TransactionState::CAPTURED;
+          } else {
+            row.state = TransactionState::AUTHORIZED;
+          }
+          auto settleStep = kj::Promise<kj::Maybe<kj::String>>(kj::Maybe<kj::String>(nullptr));
+          if (purchase && row.currency != row.settlement) {
+            settleStep = s.post(kj::arr(LedgerStep{
+                kj::str(row.id, "/settle/0"), kj::str("fx"), merchantAccount(row.merchant), settled,
+                kj::str(row.settlement), schema::TransferKind::POSTED, kj::str()}));
+          }
+          return settleStep.then([row = kj::mv(row), authCode = kj::mv(authCode)](
+                                     kj::Maybe<kj::String> settleRefusal) mutable {
+            KJ_IF_MAYBE (message, settleRefusal) {
+              return Done{ledgerFailed(*message), nullptr};
+            }
+            auto m = approved(row.id, authCode, row.authorized, row.currency, row.state);
+            return Done{kj::mv(m), kj::mv(row)};
+          });
+        });
+      });
+    });
+  }
+
+  kj::Promise<Message> operate(schema::PaymentOperation::Reader request, Op op) {
+    auto id = kj::str(request.getPaymentId());
+    int64_t amount = op == Op::VOID ? 0 : request.getAmount().getMinorUnits();
+    auto currency = kj::str(request.getAmount().getCurrency());
+    auto key = kj::str(request.getIdempotencyKey());
+    auto canonical = kj::str(op == Op::CAPTURE ? "capture"
+                             : op == Op::VOID  ? "void"
+                                               : "refund",
+                             "|", id, "|", amount, "|", op == Op::VOID ? "" : currency.cStr());
+    Shard& s = *shard;
+    return s.idempotent(
+        key, kj::mv(canonical), kj::str(id),
+        [&s, op, amount, currency = kj::mv(currency),
+         key = kj::str(key)](kj::Maybe<PaymentRow> found) mutable -> kj::Promise<Done> {
+          PaymentRow* p = nullptr;
+          KJ_IF_MAYBE (row, found) {
+            p = row;
+          }
+          if (p == nullptr) {
+            return Done{rejected(schema::RejectCode::UNKNOWN_TRANSACTION, "no such payment"),
+                        nullptr};
+          }
+          auto state = p->state;
+          bool open = state == TransactionState::AUTHORIZED ||
+                      state == TransactionState::PARTIALLY_CAPTURED;
+          if (op != Op::REFUND && open && s.nowMs() >= p->expiresAtMs && !p->released) {
+            // The authorization window passed: expired, the hold is released.
+            p->state = TransactionState::EXPIRED;
+            p->released = true;
+            auto row = p->clone();
+            return s
+                .post(kj::arr(LedgerStep{kj::str(row.id, "/release"), kj::str(), kj::str(), 0,
+                                         kj::str(row.currency), schema::TransferKind::VOID_PENDING,
+                                         kj::str(row.id, "/hold/", row.captures)}))
+                .then([row = kj::mv(row)](kj::Maybe<kj::String>) mutable {
+                  // The ledger may have expired the hold itself already: either way it is gone.
+                  return Done{
+                      rejected(schema::RejectCode::INVALID_STATE, "the authorization expired"),
+                      kj::mv(row)};
+                });
+          }
+          if (op != Op::VOID && currency != p->currency) {
+            return Done{rejected(schema::RejectCode::CURRENCY_MISMATCH,
+                                 kj::str("the payment is in ", p->currency)),
+                        nullptr};
+          }
+          if (op != Op::VOID && amount <= 0) {
+            return Done{rejected(schema::RejectCode::INVALID_REQUEST, "amount must be positive"),
+                        nullptr};
+          }
+          switch (op) {
+            case Op::CAPTURE:
+              if (!open) {
+                return Done{
+                    rejected(schema::RejectCode::INVALID_STATE,
+                             kj::str("cannot capture a payment that is ", stateName(state))),
+                    nullptr};
+              }
+              if (amount > p->authorized - p->captured) {
+                return Done{rejected(schema::RejectCode::AMOUNT_EXCEEDS_AVAILABLE,
+                                     kj::str("capture above the uncaptured rest (",
+                                             p->authorized - p->captured, ")")),
+                            nullptr};
+              }
+              break;
+            case Op::VOID:
+              if (state != TransactionState::AUTHORIZED) {
+                return Done{rejected(schema::RejectCode::INVALID_STATE,
+                                     kj::str("cannot void a payment that is ", stateName(state))),
+                            nullptr};
+              }
+              break;
+            case Op::REFUND:
+              if (state != TransactionState::CAPTURED &&
+                  state != TransactionState::PARTIALLY_CAPTURED &&
+                  state != TransactionState::PARTIALLY_REFUNDED) {
+                return Done{rejected(schema::RejectCode::INVALID_STATE,
+                                     kj::str("cannot refund a payment that is ", stateName(state))),
+                            nullptr};
+              }
+              if (amount > p->captured - p->refunded) {
+                return Done{rejected(schema::RejectCode::AMOUNT_EXCEEDS_AVAILABLE,
+                                     kj::str("refund above the captured rest (",
+                                             p->captured - p->refunded, ")")),
+                            nullptr};
+              }
+              break;
+          }
+          return cardStep(s, op, p->clone(), amount, key);
+        });
+  }
+
+  static kj::StringPtr stateName(TransactionState state) {
+    switch (state) {
+      case TransactionState::AUTHORIZED:
+        return "authorized";
+      case TransactionState::PARTIALLY_CAPTURED:
+        return "partially captured";
+      case TransactionState::CAPTURED:
+        return "captured";
+      case TransactionState::VOIDED:
+        return "voided";
+      case TransactionState::PARTIALLY_REFUNDED:
+        return "partially refunded";
+      case TransactionState::REFUNDED:
+        return "refunded";
+      case TransactionState::EXPIRED:
+        return "expired";
+      case TransactionState::FAILED:
+        return "failed";
+      case TransactionState::UNSPECIFIED:
+        break;
+    }
+    return "unknown";
+  }
+
+  // The card processor's part of a capture, void or refund, then the ledger's.
+  static kj::Promise<Done> cardStep(Shard& s, Op op, PaymentRow row, int64_t amount,
+                                    kj::StringPtr key) {
+    kj::Promise<capnp::Response<schema::CardProcessor::CaptureResults>> sent = nullptr;
+    auto cardKey = kj::str(row.id,
+                           op == Op::CAPTURE  ? "/capture/"
+                           : op == Op::REFUND ? "/refund/"
+                                              : "/void",
+                           op == Op::CAPTURE  ? kj::str(row.captures)
+                           : op == Op::REFUND ? kj::str(row.refunds)
+                                              : kj::str());
+    auto setMoney = [&](schema::Money::Builder m) {
+      m.setMinorUnits(amount);
+      m.setCurrency(row.currency);
+    };
+    kj::Promise<schema::PaymentResult::Reader> unused = nullptr;
+    (void)unused;
+    kj::Promise<Message> card = nullptr;
+    if (op == Op::CAPTURE) {
+      auto r = s.card.captureRequest();
+      r.initRequest().setTransactionId(row.cardTxn);
+      setMoney(r.getRequest().initAmount());
+      r.getRequest().setIdempotencyKey(cardKey);
+      card = r.send().then([](capnp::Response<schema::CardProcessor::CaptureResults>&& response) {
+        return copyOf(response.getResult());
+      });
+    } else if (op == Op::REFUND) {
+      auto r = s.card.refundRequest();
+      r.initRequest().setTransactionId(row.cardTxn);
+      setMoney(r.getRequest().initAmount());
+      r.getRequest().setIdempotencyKey(cardKey);
+      card = r.send().then([](capnp::Response<schema::CardProcessor::RefundResults>&& response) {
+        return copyOf(response.getResult());
+      });
+    } else {
+      auto r = s.card.voidAuthorizationRequest();
+      r.initRequest().setTransactionId(row.cardTxn);
+      r.getRequest().setIdempotencyKey(cardKey);
+      card = r.send().then(
+          [](capnp::Response<schema::CardProcessor::VoidAuthorizationResults>&& response) {
+            return copyOf(response.getResult());
+          });
+    }
+    return card.then([&s, op, row = kj::mv(row), amount](Message m) mutable -> kj::Promise<Done> {
+      auto result = m->getRoot<schema::PaymentResult>();
+      if (!result.isApproved()) return Done{kj::mv(m), nullptr};
+      auto authCode = kj::str(result.getApproved().getAuthCode());
+      return ledgerStep(s, op, kj::mv(row), amount, kj::mv(authCode));
+    });
+  }
+
+  static kj::Promise<Done> ledgerStep(Shard& s, Op op, PaymentRow row, int64_t amount,
+                                      kj::String authCode) {
+    bool fx = row.currency != row.settlement;
+    auto merchant = merchantAccount(row.merchant);
+    auto credit = creditFor(row);
+    auto hold = kj::str(row.id, "/hold/", row.captures);
+    auto converted = op == Op::VOID ? kj::Promise<int64_t>(int64_t{0})
+                                    : s.convert(amount, row.currency, row.settlement);
+    return converted.then([&s, op, row = kj::mv(row), amount, authCode = kj::mv(authCode), fx,
+                           merchant = kj::mv(merchant), credit = kj::mv(credit),
+                           hold = kj::mv(hold)](int64_t settledAmount) mutable {
+      kj::Vector<LedgerStep> presentment;
+      kj::Vector<LedgerStep> settlement;
+      switch (op) {
+        case Op::CAPTURE: {
+          presentment.add(LedgerStep{kj::str(row.id, "/capture/", row.captures), kj::str(),
+                                     kj::str(), amount, kj::str(row.currency),
+                                     schema::TransferKind::POST_PENDING, kj::str(hold)});
+          int64_t rest = row.authorized - row.captured - amount;
+          int64_t timeout = row.expiresAtMs - s.nowMs();
+          if (rest > 0) {
+            presentment.add(LedgerStep{kj::str(row.id, "/hold/", row.captures + 1),
+                                       kj::str("cards"), kj::str(credit), rest,
+                                       kj::str(row.currency), schema::TransferKind::PENDING,
+                                       kj::str(), timeout > 0 ? timeout : 1});
+          }
+          if (fx) {
+            settlement.add(LedgerStep{kj::str(row.id, "/settle/", row.captures), kj::str("fx"),
+                                      kj::str(merchant), settledAmount, kj::str(row.settlement),
+                                      schema::TransferKind::POSTED, kj::str()});
+          }
+          row.captured += amount;
+          row.settled += settledAmount;
+          row.captures += 1;
+          row.state = row.captured == row.authorized ? TransactionState::CAPTURED
+                                                     : TransactionState::PARTIALLY_CAPTURED;
+          break;
+        }
+        case Op::VOID:
+          presentment.add(LedgerStep{kj::str(row.id, "/void"), kj::str(), kj::str(), 0,
+                                     kj::str(row.currency), schema::TransferKind::VOID_PENDING,
+                                     kj::mv(hold)});
+          row.state = TransactionState::VOIDED;
+          row.released = true;
+          break;
+        case Op::REFUND: {
+          if (row.captured < row.authorized && !row.released) {
+            presentment.add(LedgerStep{kj::str(row.id, "/release"), kj::str(), kj::str(), 0,
+                                       kj::str(row.currency), schema::TransferKind::VOID_PENDING,
+                                       kj::mv(hold)});
+            row.released = true;
+          }
+          if (fx) {
+            settlement.add(LedgerStep{kj::str(row.id, "/unsettle/", row.refunds), kj::str(merchant),
+                                      kj::str("fx"), settledAmount, kj::str(row.settlement),
+                                      schema::TransferKind::POSTED, kj::str()});
+          }
+          presentment.add(LedgerStep{kj::str(row.id, "/refund/", row.refunds), kj::str(credit),
+                                     kj::str("cards"), amount, kj::str(row.currency),
+                                     schema::TransferKind::POSTED, kj::str()});
+          row.refunded += amount;
+          row.settled -= settledAmount;
+          row.refunds += 1;
+          row.state = row.refunded == row.captured ? TransactionState::REFUNDED
+                                                   : TransactionState::PARTIALLY_REFUNDED;
+          break;
+        }
+      }
+      // Refunds take from the merchant's settlement account first, so its limit is checked
+      // before the card is credited.
+      auto first = op == Op::REFUND && settlement.size() > 0
+                       ? s.post(settlement.releaseAsArray())
+                       : kj::Promise<kj::Maybe<kj::String>>(kj::Maybe<kj::String>(nullptr));
+      auto presentmentSteps = presentment.releaseAsArray();
+      auto settlementSteps = settlement.releaseAsArray();
+      return first.then([&s, row = kj::mv(row), amount, authCode = kj::mv(authCode),
+                         presentmentSteps = kj::mv(presentmentSteps),
+                         settlementSteps = kj::mv(settlementSteps)](
+                            kj::Maybe<kj::String> refusal) mutable -> kj::Promise<Done> {
+        KJ_IF_MAYBE (message, refusal) {
+          return Done{ledgerFailed(*message), nullptr};
+        }
+        return s.post(kj::mv(presentmentSteps))
+            .then([&s, settlementSteps = kj::mv(settlementSteps)](
+                      kj::Maybe<kj::String> presentmentRefusal) mutable
+                  -> kj::Promise<kj::Maybe<kj::String>> {
+              if (presentmentRefusal != nullptr || settlementSteps.size() == 0) {
+                return kj::mv(presentmentRefusal);
+              }
+              return s.post(kj::mv(settlementSteps));
+            })
+            .then([row = kj::mv(row), amount,
+                   authCode = kj::mv(authCode)](kj::Maybe<kj::String> lastRefusal) mutable {
+              KJ_IF_MAYBE (message, lastRefusal) {
+                return Done{ledgerFailed(*message), nullptr};
+              }
+              auto m = approved(row.id, authCode, amount, row.currency, row.state);
+              return Done{kj::mv(m), kj::mv(row)};
+            });
+      });
+    });
+  }
+};
+
+class PaymentsPlugin final : public Plugin {
+public:
+  explicit PaymentsPlugin(Context& context)
+      : database(context.sql(context.config().string("database", "payments"))),
+        shard(kj::refcounted<Shard>(context, database,
+                                    context.config().integer("auth_window_s", 7 * 24 * 3600) * 1000,
+                                    context.config().integer("claim_timeout_ms", 30'000))) {}
+  ~PaymentsPlugin() noexcept(false) override { shard->detach(); }
+  KJ_DISALLOW_COPY(PaymentsPlugin);
+
+  capnp::Capability::Client service(kj::StringPtr name) override {
+    KJ_REQUIRE(name == SERVICE_NAME, "payments provides only payments.payments", name);
+    return serve<PaymentsServer>(kj::addRef(*shard));
+  }
+
+  kj::Promise<void> ready() override {
+    return database.transaction([](SqlTransaction& tx) { createSchema(tx); })
+        .catch_([this](kj::Exception&&) {
+          return database.transaction([](SqlTransaction& tx) { createSchema(tx); });
+        });
+  }
+
+private:
+  Database& database;
+  kj::Own<Shard> shard;
+};
+
+}  // namespace
+}  // namespace payhost::plugins::payments
+
+PAYHOST_PLUGIN(payhost::plugins::payments::PaymentsPlugin, "payments", "1.0.0",
+               PAYHOST_SERVICE("payments.payments", payhost::schema::Payments));

@@ -1,0 +1,428 @@
+// The payment flow end to end: payhostd with the card-processor, fraud-screen, fx, ledger and
+// payments plugins over real SQLite files, called over TCP. States and refusals, FX, idempotency
+// under concurrent replays from several clients, and kill -9 durability (PAYMENTS_KILL_SEED
+// replays a run, PAYMENTS_KILL_ROUNDS=N soaks).
+#include <payhost/flow.capnp.h>
+#include <payhost/payments.capnp.h>
+
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <string>
+
+#include "daemon-process.h"
+
+namespace payhost::test {
+namespace {
+
+using schema::TransactionState;
+using Result = capnp::Response<schema::Payments::PurchaseResults>;
+
+uint64_t envNumber(const char* name, uint64_t fallback) {
+  const char* text = getenv(name);
+  return text == nullptr ? fallback : strtoull(text, nullptr, 10);
+}
+
+class PaymentsFlow : public EndToEnd {
+protected:
+  kj::Own<DaemonProcess> start() {
+    DaemonOptions options;
+    // The simulated issuer keeps its transactions per shard: one shard, so a capture finds
+    // its authorization.
+    options.shards = 1;
+    options.dataDir = kj::heapString(data.path());
+    options.extra = kj::str(
+        "[workers]\nmin_threads = 2\nmax_threads = 4\n"
+        "[databases.ledger]\ndriver = \"sqlite\"\nmax_connections = 2\nlease_wait_ms = 5000\n"
+        "[databases.payments]\ndriver = \"sqlite\"\nmax_connections = 2\nlease_wait_ms = 5000\n");
+    options.plugins =
+        kj::str("[[plugin]]\npath = \"", CARD_PLUGIN, "\"\n",                              //
+                "[[plugin]]\npath = \"", FRAUD_PLUGIN, "\"\n[plugin.config.velocity]\n",   //
+                "card_limit = 1000000\nmerchant_limit = 1000000\n",                        //
+                "[[plugin]]\npath = \"", FX_PLUGIN, "\"\n[plugin.config.rates]\n",         //
+                "EUR_USD = \"1.0842\"\nUSD_EUR = \"0.9223\"\n",                            //
+                "[[plugin]]\npath = \"", LEDGER_PLUGIN, "\"\ndatabases = [\"ledger\"]\n",  //
+                "[[plugin]]\npath = \"", PAYMENTS_PLUGIN, "\"\ndatabases = [\"payments\"]\n",
+                "[plugin.config]\nclaim_timeout_ms = 1000\n");
+    return kj::heap<DaemonProcess>(kj::mv(options));
+  }
+
+  static schema::Payments::Client payments(Connection<schema::Gateway>& connection) {
+    auto request = connection.client.getServiceRequest();
+    request.setName("payments.payments");
+    return request.send().getService().castAs<schema::Payments>();
+  }
+
+  static schema::Ledger::Client ledger(Connection<schema::Gateway>& connection) {
+    auto request = connection.client.getServiceRequest();
+    request.setName("payments.ledger");
+    return request.send().getService().castAs<schema::Ledger>();
+  }
+
+  static void fill(schema::PaymentRequest::Builder r, kj::StringPtr key, int64_t amount,
+                   kj::StringPtr token = "tok_visa_approve", kj::StringPtr currency = "EUR",
+                   kj::StringPtr settlement = "") {
+    r.setMerchantId("m1");
+    r.initAmount().setMinorUnits(amount);
+    r.getAmount().setCurrency(currency);
+    r.setCardToken(token);
+    r.setIdempotencyKey(key);
+    r.setSettlementCurrency(settlement);
+  }
+
+public:
+  kj::Promise<Result> purchase(schema::Payments::Client& client, kj::StringPtr key, int64_t amount,
+                               kj::StringPtr token = "tok_visa_approve",
+                               kj::StringPtr currency = "EUR", kj::StringPtr settlement = "") {
+    auto request = client.purchaseRequest();
+    fill(request.initRequest(), key, amount, token, currency, settlement);
+    return request.send().then(
+        [](capnp::Response<schema::Payments::PurchaseResults>&& r) { return kj::mv(r); });
+  }
+
+protected:
+  template <typename Request>
+  schema::PaymentResult::Reader op(Request&& request, kj::StringPtr id, int64_t amount,
+                                   kj::StringPtr key,
+                                   kj::Vector<kj::Own<capnp::MessageBuilder>>& keep) {
+    auto r = request.initRequest();
+    r.setPaymentId(id);
+    r.initAmount().setMinorUnits(amount);
+    r.getAmount().setCurrency("EUR");
+    r.setIdempotencyKey(key);
+    auto response = await(request.send());
+    auto copy = kj::heap<capnp::MallocMessageBuilder>();
+    copy->setRoot(response.getResult());
+    auto reader = copy->getRoot<schema::PaymentResult>().asReader();
+    keep.add(kj::mv(copy));
+    return reader;
+  }
+
+  schema::AuditReport::Reader audit(schema::Ledger::Client& client, kj::StringPtr currency,
+                                    kj::Vector<kj::Own<capnp::MessageBuilder>>& keep) {
+    auto request = client.auditRequest();
+    request.setCurrency(currency);
+    auto response = await(request.send());
+    auto copy = kj::heap<capnp::MallocMessageBuilder>();
+    copy->setRoot(response.getReport());
+    auto reader = copy->getRoot<schema::AuditReport>().asReader();
+    keep.add(kj::mv(copy));
+    return reader;
+  }
+
+  int64_t credits(schema::Ledger::Client& client, kj::StringPtr account, kj::StringPtr currency) {
+    auto request = client.balanceRequest();
+    request.setAccountId(account);
+    request.setCurrency(currency);
+    auto response = await(request.send());
+    return response.getBalance().getCredits().getMinorUnits() -
+           response.getBalance().getDebits().getMinorUnits();
+  }
+
+  void expectClean(schema::Ledger::Client& client, kj::StringPtr currency) {
+    kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+    auto report = audit(client, currency, keep);
+    EXPECT_TRUE(report.getDebitsEqualCredits()) << currency.cStr();
+    for (auto line : report.getMismatches())
+      ADD_FAILURE() << line.cStr();
+  }
+
+  TempDir data;
+};
+
+TEST_F(PaymentsFlow, ApprovedDeclinedCapturedRefundedVoidedAndFx) {
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+  kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+
+  // Purchase approved: captured at once.
+  auto paid = await(purchase(client, "k-purchase", 1000));
+  ASSERT_TRUE(paid.getResult().isApproved()) << kj::str(paid.getResult()).cStr();
+  EXPECT_EQ(paid.getResult().getApproved().getState(), TransactionState::CAPTURED);
+  // Declined by the issuer: failed, nothing in the ledger.
+  auto stolen = await(purchase(client, "k-stolen", 500, "tok_stolen"));
+  ASSERT_TRUE(stolen.getResult().isDeclined());
+  EXPECT_EQ(stolen.getResult().getDeclined().getCode(), schema::DeclineCode::STOLEN_CARD);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 1000);
+
+  // Authorize 5000, capture 2000 then 3000, refund 1000 twice.
+  auto auth = client.authorizeRequest();
+  fill(auth.initRequest(), "k-auth", 5000);
+  auto authorized = await(auth.send());
+  ASSERT_TRUE(authorized.getResult().isApproved());
+  auto id = kj::str(authorized.getResult().getApproved().getTransactionId());
+  EXPECT_EQ(authorized.getResult().getApproved().getState(), TransactionState::AUTHORIZED);
+  auto c1 = op(client.captureRequest(), id, 2000, "k-c1", keep);
+  ASSERT_TRUE(c1.isApproved()) << kj::str(c1).cStr();
+  EXPECT_EQ(c1.getApproved().getState(), TransactionState::PARTIALLY_CAPTURED);
+  auto over = op(client.captureRequest(), id, 3001, "k-c-over", keep);
+  ASSERT_TRUE(over.isRejected());
+  EXPECT_EQ(over.getRejected().getCode(), schema::RejectCode::AMOUNT_EXCEEDS_AVAILABLE);
+  auto c2 = op(client.captureRequest(), id, 3000, "k-c2", keep);
+  ASSERT_TRUE(c2.isApproved()) << kj::str(c2).cStr();
+  EXPECT_EQ(c2.getApproved().getState(), TransactionState::CAPTURED);
+  auto r1 = op(client.refundRequest(), id, 1000, "k-r1", keep);
+  ASSERT_TRUE(r1.isApproved()) << kj::str(r1).cStr();
+  EXPECT_EQ(r1.getApproved().getState(), TransactionState::PARTIALLY_REFUNDED);
+  auto r2 = op(client.refundRequest(), id, 1000, "k-r2", keep);
+  ASSERT_TRUE(r2.isApproved());
+  auto r3 = op(client.refundRequest(), id, 3001, "k-r3", keep);
+  ASSERT_TRUE(r3.isRejected());
+  EXPECT_EQ(r3.getRejected().getCode(), schema::RejectCode::AMOUNT_EXCEEDS_AVAILABLE);
+  auto c3 = op(client.captureRequest(), id, 1, "k-c3", keep);
+  ASSERT_TRUE(c3.isRejected());
+  EXPECT_EQ(c3.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 1000 + 5000 - 2000);
+
+  // Void before capture; nothing capturable after.
+  auto auth2 = client.authorizeRequest();
+  fill(auth2.initRequest(), "k-auth2", 700);
+  auto authorized2 = await(auth2.send());
+  auto id2 = kj::str(authorized2.getResult().getApproved().getTransactionId());
+  auto voided = op(client.voidPaymentRequest(), id2, 0, "k-v", keep);
+  ASSERT_TRUE(voided.isApproved()) << kj::str(voided).cStr();
+  EXPECT_EQ(voided.getApproved().getState(), TransactionState::VOIDED);
+  auto late = op(client.captureRequest(), id2, 100, "k-late", keep);
+  ASSERT_TRUE(late.isRejected());
+  EXPECT_EQ(late.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+
+  // FX: charged in EUR, settled in USD at 1.0842.
+  auto fx = await(purchase(client, "k-fx", 10000, "tok_visa_approve", "EUR", "USD"));
+  ASSERT_TRUE(fx.getResult().isApproved()) << kj::str(fx.getResult()).cStr();
+  EXPECT_EQ(credits(book, "merchant:m1", "USD"), 10842);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 4000);
+
+  auto sync = client.syncRequest();
+  sync.setPaymentId(id);
+  auto payment = await(sync.send());
+  EXPECT_EQ(payment.getPayment().getState(), TransactionState::PARTIALLY_REFUNDED);
+  EXPECT_EQ(payment.getPayment().getCaptured().getMinorUnits(), 5000);
+  EXPECT_EQ(payment.getPayment().getRefunded().getMinorUnits(), 2000);
+  expectClean(book, "EUR");
+  expectClean(book, "USD");
+}
+
+TEST_F(PaymentsFlow, RandomOperationsKeepCapturedAndRefundedWithinBounds) {
+  uint64_t seed = envNumber("PAYMENTS_SEED", std::random_device{}());
+  uint64_t steps = envNumber("PAYMENTS_PROPERTY_STEPS", 150);
+  std::printf("payments property test: PAYMENTS_SEED=%llu PAYMENTS_PROPERTY_STEPS=%llu\n",
+              static_cast<unsigned long long>(seed), static_cast<unsigned long long>(steps));
+  SCOPED_TRACE(testing::Message() << "PAYMENTS_SEED=" << seed);
+  std::mt19937_64 random(seed);
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+  KJ_ON_SCOPE_FAILURE({
+    daemon->readAvailableLog();
+    std::printf("%s\n", daemon->logText().cStr());
+  });
+  kj::Vector<kj::String> ids;
+  std::map<std::string, bool> wasVoided;
+  int64_t expectedMerchant = 0;
+  for (uint64_t step = 0; step < steps; ++step) {
+    SCOPED_TRACE(testing::Message() << "step " << step);
+    kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+    auto key = kj::str("prop-", seed, "-", step);
+    if (getenv("PAYMENTS_TRACE") != nullptr) {
+      std::printf("step %llu\n", static_cast<unsigned long long>(step));
+    }
+    int choice = static_cast<int>(random() % 6);
+    int64_t amount = 1 + static_cast<int64_t>(random() % 3000);
+    if (getenv("PAYMENTS_TRACE") != nullptr) {
+      std::printf("choice %d amount %lld ids %zu\n", choice, static_cast<long long>(amount),
+                  ids.size());
+    }
+    if (amount % 100 == 51) ++amount;  // the issuer's do-not-honor amounts
+    if (choice == 0 || ids.size() == 0) {
+      auto r = client.authorizeRequest();
+      fill(r.initRequest(), key, amount);
+      auto response = await(r.send());
+      ASSERT_TRUE(response.getResult().isApproved());
+      ids.add(kj::str(response.getResult().getApproved().getTransactionId()));
+    } else if (choice == 1) {
+      auto response = await(purchase(client, key, amount));
+      ASSERT_TRUE(response.getResult().isApproved());
+      expectedMerchant += amount;
+    } else {
+      auto& id = ids[random() % ids.size()];
+      schema::PaymentResult::Reader result;
+      if (choice == 2 || choice == 3) {
+        result = op(client.captureRequest(), id, amount, key, keep);
+        if (result.isApproved()) {
+          EXPECT_FALSE(wasVoided[id.cStr()]) << "captured after a void";
+          expectedMerchant += amount;
+        }
+      } else if (choice == 4) {
+        result = op(client.refundRequest(), id, amount, key, keep);
+        if (result.isApproved()) expectedMerchant -= amount;
+      } else {
+        result = op(client.voidPaymentRequest(), id, 0, key, keep);
+        if (result.isApproved()) wasVoided[id.cStr()] = true;
+      }
+      // Refusals are rejections with a reason, never exceptions.
+      EXPECT_TRUE(result.isApproved() || result.isRejected()) << kj::str(result).cStr();
+      // Replaying the same key returns the same result.
+      if (step % 7 == 0) {
+        auto again = choice == 4   ? op(client.refundRequest(), id, amount, key, keep)
+                     : choice == 5 ? op(client.voidPaymentRequest(), id, 0, key, keep)
+                                   : op(client.captureRequest(), id, amount, key, keep);
+        EXPECT_EQ(kj::str(again), kj::str(result));
+      }
+      auto sync = client.syncRequest();
+      sync.setPaymentId(id);
+      auto synced = await(sync.send());
+      auto payment = synced.getPayment();
+      int64_t authorized = payment.getAuthorized().getMinorUnits();
+      int64_t captured = payment.getCaptured().getMinorUnits();
+      int64_t refunded = payment.getRefunded().getMinorUnits();
+      EXPECT_LE(captured, authorized);
+      EXPECT_LE(refunded, captured);
+      EXPECT_GE(refunded, 0);
+      if (wasVoided[id.cStr()]) {
+        EXPECT_EQ(payment.getState(), TransactionState::VOIDED);
+        EXPECT_EQ(captured, 0);
+      }
+    }
+    if (HasFailure()) return;
+  }
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), expectedMerchant);
+  expectClean(book, "EUR");
+}
+
+TEST_F(PaymentsFlow, ReplaysFromSeveralClientsHaveExactlyOneEffect) {
+  uint64_t seed = envNumber("PAYMENTS_SEED", std::random_device{}());
+  std::printf("payments idempotency test: PAYMENTS_SEED=%llu\n",
+              static_cast<unsigned long long>(seed));
+  std::mt19937_64 random(seed);
+  auto daemon = start();
+  constexpr int CLIENTS = 3;
+  kj::Vector<kj::Own<Connection<schema::Gateway>>> connections;
+  kj::Vector<schema::Payments::Client> clients;
+  for (int i = 0; i < CLIENTS; ++i) {
+    connections.add(kj::heap<Connection<schema::Gateway>>(io, daemon->tcpAddress()));
+    clients.add(payments(*connections.back()));
+  }
+  auto book = ledger(*connections[0]);
+  constexpr int PAYMENTS = 40;
+  kj::Vector<kj::Promise<Result>> calls;
+  kj::Vector<int> owner;
+  for (int p = 0; p < PAYMENTS; ++p) {
+    int copies = 1 + static_cast<int>(random() % 5);
+    for (int c = 0; c < copies; ++c) {
+      calls.add(purchase(clients[random() % CLIENTS], kj::str("idem-", p), 100 + p));
+      owner.add(p);
+    }
+  }
+  auto results = await(kj::joinPromises(calls.releaseAsArray()), 60 * kj::SECONDS);
+  std::map<int, std::string> ids;
+  for (auto i : kj::indices(results)) {
+    auto result = results[i].getResult();
+    if (result.isNotAttempted()) continue;  // a duplicate that met the first still running
+    ASSERT_TRUE(result.isApproved()) << kj::str(result).cStr();
+    std::string id = result.getApproved().getTransactionId().cStr();
+    auto [it, fresh] = ids.emplace(owner[i], id);
+    EXPECT_EQ(it->second, id) << "two payments for one key";
+  }
+  // Retry each key once more: the stored result, and exactly one effect each.
+  int64_t expected = 0;
+  for (int p = 0; p < PAYMENTS; ++p) {
+    auto again = await(purchase(clients[0], kj::str("idem-", p), 100 + p));
+    ASSERT_TRUE(again.getResult().isApproved());
+    expected += 100 + p;
+  }
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), expected);
+  // The same key with another amount: refused, no effect.
+  auto conflict = await(purchase(clients[1], "idem-0", 999));
+  ASSERT_TRUE(conflict.getResult().isRejected());
+  EXPECT_EQ(conflict.getResult().getRejected().getCode(), schema::RejectCode::IDEMPOTENCY_CONFLICT);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), expected);
+  expectClean(book, "EUR");
+}
+
+TEST_F(PaymentsFlow, AcknowledgedPaymentsSurviveKillNineExactlyOnce) {
+  uint64_t seed = envNumber("PAYMENTS_KILL_SEED", std::random_device{}());
+  uint64_t rounds = envNumber("PAYMENTS_KILL_ROUNDS", 3);
+  std::printf("payments kill test: PAYMENTS_KILL_SEED=%llu PAYMENTS_KILL_ROUNDS=%llu\n",
+              static_cast<unsigned long long>(seed), static_cast<unsigned long long>(rounds));
+  std::mt19937_64 random(seed);
+  std::map<std::string, std::string> acknowledged;  // key -> payment id and auth code
+  uint64_t attempted = 0;
+  for (uint64_t round = 0; round < rounds; ++round) {
+    auto daemon = start();
+    Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+    auto client = payments(connection);
+    auto deadline = now() + (300 + random() % 1200) * kj::MILLISECONDS;
+    bool stop = false;
+    struct Loop {
+      static kj::Promise<void> run(PaymentsFlow& test, schema::Payments::Client& client,
+                                   uint64_t& attempted,
+                                   std::map<std::string, std::string>& acknowledged, bool& stop) {
+        if (stop) return kj::READY_NOW;
+        auto key = kj::str("dur-", attempted++);
+        return test.purchase(client, key, 100)
+            .then([&test, &client, &attempted, &acknowledged, &stop,
+                   key = kj::mv(key)](Result&& response) mutable {
+              auto result = response.getResult();
+              KJ_ASSERT(result.isApproved(), key);
+              acknowledged[key.cStr()] = kj::str(result.getApproved().getTransactionId(), "/",
+                                                 result.getApproved().getAuthCode())
+                                             .cStr();
+              return run(test, client, attempted, acknowledged, stop);
+            });
+      }
+    };
+    kj::Vector<kj::Promise<void>> loops;
+    for (int i = 0; i < 16; ++i) {
+      loops.add(Loop::run(*this, client, attempted, acknowledged, stop)
+                    .catch_([](kj::Exception&&) { /* cut by the kill */ }));
+    }
+    auto all = kj::joinPromises(loops.releaseAsArray());
+    io.provider->getTimer().atTime(deadline).wait(io.waitScope);
+    daemon->signal(SIGKILL);
+    stop = true;
+    await(kj::mv(all));
+    EXPECT_EQ(daemon->waitForExit(10 * kj::SECONDS), 128 + SIGKILL);
+  }
+  EXPECT_GT(acknowledged.size(), 0u);
+
+  // After restart: retries of acknowledged keys return the original result; every attempted key
+  // completes; the ledger holds each payment exactly once.
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+  // Keys the killed process had claimed are taken over once their claim is stale (1 s here).
+  io.provider->getTimer().afterDelay(1100 * kj::MILLISECONDS).wait(io.waitScope);
+  uint64_t completed = 0;
+  for (uint64_t i = 0; i < attempted; ++i) {
+    auto key = kj::str("dur-", i);
+    auto response = await(purchase(client, key, 100));
+    auto result = response.getResult();
+    ASSERT_TRUE(result.isApproved()) << key.cStr() << " " << kj::str(result).cStr();
+    auto it = acknowledged.find(key.cStr());
+    if (it != acknowledged.end()) {
+      EXPECT_EQ(it->second, kj::str(result.getApproved().getTransactionId(), "/",
+                                    result.getApproved().getAuthCode())
+                                .cStr())
+          << "retry of an acknowledged payment returned another result";
+    }
+    ++completed;
+  }
+  // Every attempted payment is now in the ledger exactly once.
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), static_cast<int64_t>(attempted) * 100);
+  EXPECT_EQ(completed, attempted);
+  expectClean(book, "EUR");
+  std::printf("payments kill test: %llu kills, %llu attempted, %zu acknowledged, %llu completed\n",
+              static_cast<unsigned long long>(rounds), static_cast<unsigned long long>(attempted),
+              acknowledged.size(), static_cast<unsigned long long>(completed));
+}
+
+}  // namespace
+}  // namespace payhost::test
