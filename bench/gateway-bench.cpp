@@ -226,8 +226,8 @@ int runBenchmark(const std::string& payhostd, const std::string& plugin, const s
     // payhostd picked comes from its admin interface.
     std::ofstream config(configPath.cStr());
     config << "[host]\nshards = 1\nlog_level = \"warning\"\n[listen]\ntcp = [\"127.0.0.1:0\"]\n"
-           << "[admin]\nsocket = \"" << dir << "/admin.sock\"\n[[plugin]]\npath = \"" << plugin
-           << "\"\n";
+           << "[admin]\nsocket = \"" << dir << "/admin.sock\"\n[security]\nallow_unsigned = true\n"
+           << "[[plugin]]\npath = \"" << plugin << "\"\n";
   }
   auto io = kj::setupAsyncIo();
   auto adminSocket = kj::str(dir, "/admin.sock");

@@ -294,6 +294,8 @@ private:
     auto request = admin.deployRequest();
     auto body = request.initRequest();
     body.setPath(number % 2 == 1 ? v2 : v3);
+    // v3 -> v2 is a downgrade.
+    body.setForce(true);
     body.setConfig(kj::str("label = \"s", number, "\"\n"));
     auto firstNew = tracker.firstAnswerOf(number)
                         .then([](kj::TimePoint at) -> kj::Maybe<kj::TimePoint> { return at; })
@@ -558,7 +560,8 @@ int runBenchmark(const Options& options) {
     // the admin interface.
     std::ofstream config(configPath.cStr());
     config << "[host]\nshards = 1\nlog_level = \"warning\"\n[listen]\ntcp = [\"127.0.0.1:0\"]\n"
-           << "[admin]\nsocket = \"" << adminSocket.cStr() << "\"\n[[plugin]]\npath = \"" << v1
+           << "[admin]\nsocket = \"" << adminSocket.cStr()
+           << "\"\n[security]\nallow_unsigned = true\n[[plugin]]\npath = \"" << v1
            << "\"\n[plugin.config]\nlabel = \"s0\"\n";
   }
   auto io = kj::setupAsyncIo();

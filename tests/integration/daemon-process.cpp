@@ -204,6 +204,9 @@ DaemonProcess::DaemonProcess(DaemonOptions options)
   config.add(kj::str("unix = [\"", unixSocket_, "\"]"));
   config.add(kj::str("[admin]"));
   config.add(kj::str("socket = \"", adminSocket_, "\""));
+  config.add(kj::str("[security]"));
+  config.add(options.security.size() > 0 ? kj::mv(options.security)
+                                         : kj::str("allow_unsigned = true"));
   if (options.extra.size() > 0) config.add(kj::mv(options.extra));
   config.add(kj::mv(options.plugins));
   writeFile(configPath_, kj::strArray(config, "\n"));

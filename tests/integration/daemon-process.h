@@ -125,6 +125,9 @@ struct DaemonOptions {
   kj::String dataDir = nullptr;
   // Other tables (e.g. `[deploy]`), placed before the plugins.
   kj::String extra = nullptr;
+  // The `[security]` table's lines; empty means `allow_unsigned = true` (the fixtures are not
+  // signed; tests of signing set their own).
+  kj::String security = nullptr;
   // `[[plugin]]` tables, appended to the config as they are.
   kj::String plugins = nullptr;
 };

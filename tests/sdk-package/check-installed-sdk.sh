@@ -26,6 +26,8 @@ shards = 1
 unix = ["$work/data.sock"]
 [admin]
 socket = "$work/admin.sock"
+[security]
+allow_unsigned = true
 [[plugin]]
 path = "$work/plugin/limit-screen.so"
 [plugin.config]

@@ -190,11 +190,12 @@ TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
             "(known: shards, log_level, log_format, drain_timeout_ms, data_dir)");
   EXPECT_EQ(parseError(lines({"[hots]"}) + REQUIRED),
             "/etc/payhost/payhostd.toml:1:2: hots: unknown key "
-            "(known: host, listen, admin, deploy, workers, keys, databases, metrics, plugin)");
+            "(known: host, listen, admin, deploy, workers, keys, databases, metrics, "
+            "security, plugin)");
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"a:1\"]", "udp = [\"a:1\"]"})),
             "/etc/payhost/payhostd.toml:3:1: listen.udp: unknown key (known: tcp, unix)");
   EXPECT_EQ(parseError(lines({"[admin]", "  sockett = \"a\""})),
-            "/etc/payhost/payhostd.toml:2:3: admin.sockett: unknown key (known: socket)");
+            "/etc/payhost/payhostd.toml:2:3: admin.sockett: unknown key (known: socket, group)");
   EXPECT_EQ(parseError(REQUIRED + lines({
                                       "[[plugin]]",
                                       "path = \"a.so\"",
