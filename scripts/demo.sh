@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian 12 machine (as root): installs what is missing, builds
 # payhost, installs the SDK into build/demo/sdk and builds the out-of-tree example plugin against
-# it, starts payhostd with the card processor and that plugin, runs a short live demo through the
+# it, signs both plugins with a demo key, starts payhostd with the card processor and that plugin, runs a short live demo through the
 # example client and payhostctl, then stops the daemon with SIGTERM.
 #
 #   bash scripts/demo.sh               # serves on 127.0.0.1:7400 (PAYHOST_DEMO_PORT to change)
@@ -26,6 +26,14 @@ cmake -S examples/hello-plugin -B "$demo/limit-screen" -G Ninja -DCMAKE_BUILD_TY
   -DCMAKE_PREFIX_PATH="$demo/sdk" > /dev/null
 cmake --build "$demo/limit-screen" --target limit-screen
 
+echo "=== signing the plugins with a demo key ($demo/signing.key; payhostd trusts signing.pub)"
+ctl() { "$build/host/payhostctl" --socket "$demo/admin.sock" "$@"; }
+ctl keygen "$demo/signing"
+ctl sign --key "$demo/signing.key" "$build/plugins/card-processor/card-processor.so" \
+  --name card-processor --version 1.0.0
+ctl sign --key "$demo/signing.key" "$demo/limit-screen/limit-screen.so" \
+  --name limit-screen --version 1.0.0
+
 sed -e "s|@PORT@|$port|" -e "s|@DEMO@|$demo|" -e "s|@BUILD@|$PWD/$build|" \
   examples/config/payhostd-demo.toml > "$demo/payhostd.toml"
 echo "=== starting payhostd --config $demo/payhostd.toml"
@@ -40,7 +48,6 @@ for _ in $(seq 200); do
 done
 cat "$demo/payhostd.log"
 
-ctl() { "$build/host/payhostctl" --socket "$demo/admin.sock" "$@"; }
 client() { "$build/examples/client/payhost-client" --connect "127.0.0.1:$port" "$@"; }
 echo; echo "=== payhostctl list"; ctl list
 echo; echo "=== payhost-client list"; client list
@@ -51,6 +58,8 @@ client --service payments.screen screen --amount 1250 --currency EUR --token tok
 client --service payments.screen screen --amount 900000 --currency EUR --token tok_visa_approve \
   --card-country DE --ip-country BR
 echo; echo "=== payhostctl status"; ctl status
+echo; echo "=== payhostctl audit verify (the audit log's hash chain and head)"
+ctl audit verify --config "$demo/payhostd.toml"
 
 if [[ -n ${PAYHOST_DEMO_KEEP:-} ]]; then
   trap - EXIT

@@ -16,6 +16,7 @@ packages=(
   libgtest-dev libgmock-dev       # tests
   libbenchmark-dev                # micro-benchmarks
   clang-format clang-tidy         # formatting and lint checks
+  clang-14 libclang-rt-14-dev     # libFuzzer with ASan/UBSan for tests/fuzz (scripts/fuzz.sh)
 )
 missing=()
 for package in "${packages[@]}"; do

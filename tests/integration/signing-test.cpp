@@ -38,16 +38,16 @@ bool exists(kj::StringPtr path) {
   return access(path.cStr(), F_OK) == 0;
 }
 
-class Security : public EndToEnd {
+class Signing : public EndToEnd {
 protected:
-  Security() {
+  Signing() {
     setenv("PAYHOST_MARKER_FILE", marker.cStr(), 1);
     auto made = ctl({"keygen", key.cStr()});
     KJ_ASSERT(made.exitCode == 0, made.err);
     auto other = ctl({"keygen", stranger.cStr()});
     KJ_ASSERT(other.exitCode == 0, other.err);
   }
-  ~Security() noexcept override { unsetenv("PAYHOST_MARKER_FILE"); }
+  ~Signing() noexcept override { unsetenv("PAYHOST_MARKER_FILE"); }
 
   ProcessResult ctl(std::initializer_list<kj::StringPtr> args) {
     kj::Vector<kj::StringPtr> argv;
@@ -90,7 +90,7 @@ protected:
   kj::Vector<kj::String> outputs;
 };
 
-TEST_F(Security, KeygenWritesAnOwnerOnlyPrivateKeyAndSignWritesTheSignatureFile) {
+TEST_F(Signing, KeygenWritesAnOwnerOnlyPrivateKeyAndSignWritesTheSignatureFile) {
   struct stat info;
   ASSERT_EQ(stat(kj::str(key, ".key").cStr(), &info), 0);
   EXPECT_EQ(info.st_mode & 0777, 0600u);
@@ -108,7 +108,7 @@ TEST_F(Security, KeygenWritesAnOwnerOnlyPrivateKeyAndSignWritesTheSignatureFile)
   EXPECT_THAT(s(refused.err), HasSubstr("has mode 0640"));
 }
 
-TEST_F(Security, RefusesUnsignedTamperedAndUntrustedPluginsBeforeAnyOfTheirCodeRuns) {
+TEST_F(Signing, RefusesUnsignedTamperedAndUntrustedPluginsBeforeAnyOfTheirCodeRuns) {
   auto unsignedPath = package("fixture-writes-marker.so", "unsigned.so", "", "", "");
   auto tampered = package("fixture-writes-marker.so", "tampered.so", key, "marker", "1.0.0");
   {
@@ -156,7 +156,7 @@ TEST_F(Security, RefusesUnsignedTamperedAndUntrustedPluginsBeforeAnyOfTheirCodeR
   EXPECT_THAT(s(verified.out), HasSubstr("hash chain intact, reaches the recorded head"));
 }
 
-TEST_F(Security, DowngradeIsRefusedUnlessForcedNamingBothVersions) {
+TEST_F(Signing, DowngradeIsRefusedUnlessForcedNamingBothVersions) {
   auto v1 = package("fixture-echo.so", "echo-1.so", key, "echo", "1.0.0");
   auto v2 = package("fixture-echo-v2.so", "echo-2.so", key, "echo", "2.0.0");
   auto v3 = package("fixture-echo-v3.so", "echo-3.so", key, "echo", "3.0.0");
@@ -208,7 +208,7 @@ TEST_F(Security, DowngradeIsRefusedUnlessForcedNamingBothVersions) {
   EXPECT_EQ(back.exitCode, 0) << s(back.out) << s(back.err);
 }
 
-TEST_F(Security, AdminSocketIsOwnerOnlyOrGroupAndRefusesOtherPeers) {
+TEST_F(Signing, AdminSocketIsOwnerOnlyOrGroupAndRefusesOtherPeers) {
   {
     DaemonProcess daemon({});
     struct stat info;
@@ -267,7 +267,7 @@ ProcessResult verifyEdited(kj::StringPtr original, kj::StringPtr path,
   return runProcess({PAYHOSTCTL, "audit", "verify", "--log", path});
 }
 
-TEST_F(Security, AuditVerifyNamesTheFirstEditedRemovedReorderedOrCutRecord) {
+TEST_F(Signing, AuditVerifyNamesTheFirstEditedRemovedReorderedOrCutRecord) {
   auto v1 = package("fixture-echo.so", "echo-1.so", key, "echo", "1.0.0");
   auto v2 = package("fixture-echo-v2.so", "echo-2.so", key, "echo", "2.0.0");
   kj::String dataDir = dir.file("data");
@@ -320,7 +320,7 @@ TEST_F(Security, AuditVerifyNamesTheFirstEditedRemovedReorderedOrCutRecord) {
   EXPECT_THAT(s(cut.out), HasSubstr("(entries were cut from the end)"));
 }
 
-TEST_F(Security, NoKeyMaterialInAnyLogOrOutput) {
+TEST_F(Signing, NoKeyMaterialInAnyLogOrOutput) {
   auto vault = dir.file("vault.hex");
   auto vaultHex = kj::str("00112233445566778899aabbccddeeff0f1e2d3c4b5a69788796a5b4c3d2e1f0");
   writeFile(vault, kj::str(vaultHex, "\n"));
