@@ -124,8 +124,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   memcpy(buffer.begin(), data + 1, words * sizeof(capnp::word));
   KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
                  capnp::FlatArrayMessageReader reader(buffer, readerOptions());
-                 auto request = target->card.typelessRequest(
-                     capnp::typeId<CardProcessor>(), method, nullptr);
+                 auto request =
+                     target->card.typelessRequest(capnp::typeId<CardProcessor>(), method, nullptr);
                  request.set(reader.getRoot<capnp::AnyPointer>());
                  auto promise = request.send();
                  auto& waitScope = target->host.waitScope();

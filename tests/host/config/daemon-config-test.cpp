@@ -623,5 +623,37 @@ TEST(DaemonConfig, LoadMissingFileNamesPathAndReason) {
   }
 }
 
+TEST(DaemonConfig, SecurityTableTrustsKeysAndRefusesUnsignedByDefault) {
+  auto plain = parse(REQUIRED);
+  EXPECT_FALSE(plain.allowUnsigned);
+  EXPECT_EQ(plain.trustedKeys.size(), 0u);
+  EXPECT_EQ(str(plain.adminGroup), "");
+  auto config = parse(lines({"[security]", "trusted_keys = [\"keys/release.pub\", \"/k/b.pub\"]",
+                             "allow_unsigned = true"}) +
+                      lines({"[listen]", "tcp = [\"127.0.0.1:0\"]", "[admin]",
+                             "socket = \"admin.sock\"", "group = \"payhost-admin\""}));
+  ASSERT_EQ(config.trustedKeys.size(), 2u);
+  EXPECT_EQ(str(config.trustedKeys[0]), "/etc/payhost/keys/release.pub");
+  EXPECT_EQ(str(config.trustedKeys[1]), "/k/b.pub");
+  EXPECT_TRUE(config.allowUnsigned);
+  EXPECT_EQ(str(config.adminGroup), "payhost-admin");
+}
+
+TEST(DaemonConfig, SecurityAndAdminGroupMistakesNameTheKey) {
+  EXPECT_EQ(parseError(lines({"[security]", "allow_unsigned = \"yes\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:18: security.allow_unsigned: expected a boolean, got a "
+            "string");
+  EXPECT_EQ(parseError(lines({"[security]", "trusted_keys = \"k.pub\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:16: security.trusted_keys: expected an array, got a "
+            "string");
+  EXPECT_EQ(parseError(lines({"[security]", "trusted = []"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:1: security.trusted: unknown key (known: trusted_keys, "
+            "allow_unsigned)");
+  EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"127.0.0.1:0\"]", "[admin]", "socket = \"a\"",
+                              "group = \"bad group\""})),
+            "/etc/payhost/payhostd.toml:5:9: admin.group: must be a group name (1 to 32 of A-Z a-z "
+            "0-9 _ - .)");
+}
+
 }  // namespace
 }  // namespace payhost::host
