@@ -201,12 +201,14 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
           [this, &plugin, generation = kj::mv(generation)]() mutable {
             auto services = kj::strArray(
                 KJ_MAP(service, generation->services()) { return service.name.asPtr(); }, ",");
-            info("plugin.loaded", {{"plugin", generation->name()},
-                                   {"version", generation->version()},
-                                   {"services", services},
-                                   {"path", plugin.path},
-                                   {"sha256", generation->library().sha256()},
-                                   {"generation", kj::str(generation->id())}});
+            info("plugin.loaded",
+                 {{"plugin", generation->name()},
+                  {"version", generation->version()},
+                  {"services", services},
+                  {"path", plugin.path},
+                  {"sha256", generation->library().sha256()},
+                  {"signed_by", generation->library().signer().orDefault("unsigned")},
+                  {"generation", kj::str(generation->id())}});
             // A copy of the package, so a later deploy can be rolled back to this version.
             auto& deploys = *KJ_ASSERT_NONNULL(deployer);
             generation->package = deploys.packagePath(*generation);
