@@ -11,53 +11,19 @@
 #include <payhost/plugin.h>
 #include <payhost/testing.h>
 
-#include <capnp/message.h>
-#include <capnp/serialize.h>
-#include <kj/debug.h>
-#include <kj/exception.h>
-#include <kj/io.h>
-
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cstddef>
-#include <cstdint>
 #include <cstdlib>
-#include <cstring>
+
+#include "rpc-fuzz.h"
 
 namespace {
 
+using payhost::fuzz::writeSeed;
 using payhost::schema::CardProcessor;
-
-constexpr uint16_t METHODS = 5;
-
-// Tighter than Cap'n Proto's defaults (64 Mi words, depth 64), as a host serving untrusted
-// callers sets them.
-// TODO(security): take these from host/rpc once it exports the host's ReaderOptions.
-capnp::ReaderOptions readerOptions() {
-  capnp::ReaderOptions options;
-  options.traversalLimitInWords = 1u << 16;
-  options.nestingLimit = 32;
-  return options;
-}
 
 struct Target {
   payhost::testing::TestHost host{*payhostPluginDescriptor(), "latency_ms = 0"};
-  CardProcessor::Client card = host.service<CardProcessor>("payments.card");
+  capnp::Capability::Client card = host.serviceCapability("payments.card");
 };
-
-void writeSeed(const char* dir, int method, capnp::MessageBuilder& message) {
-  auto words = capnp::messageToFlatArray(message);
-  auto bytes = words.asBytes();
-  auto path = kj::str(dir, "/method-", method);
-  int fd = open(path.cStr(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  KJ_ASSERT(fd >= 0, path);
-  kj::AutoCloseFd owned(fd);
-  kj::byte selector = static_cast<kj::byte>(method);
-  kj::FdOutputStream out(fd);
-  out.write(&selector, 1);
-  out.write(bytes.begin(), bytes.size());
-}
 
 void writeSeeds(const char* dir) {
   {
@@ -116,26 +82,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // One plugin instance for the whole run, as a shard keeps one: state carried from call to call
   // (authorizations, idempotency keys) is part of what is fuzzed.
   static Target* target = new Target;
-  if (size < 1) return 0;
-  uint16_t method = data[0] % METHODS;
-  // Aligned copy: a message on the wire is read into word-aligned buffers too.
-  size_t words = (size - 1) / sizeof(capnp::word);
-  auto buffer = kj::heapArray<capnp::word>(words);
-  memcpy(buffer.begin(), data + 1, words * sizeof(capnp::word));
-  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
-                 capnp::FlatArrayMessageReader reader(buffer, readerOptions());
-                 auto request =
-                     target->card.typelessRequest(capnp::typeId<CardProcessor>(), method, nullptr);
-                 request.set(reader.getRoot<capnp::AnyPointer>());
-                 auto promise = request.send();
-                 auto& waitScope = target->host.waitScope();
-                 // The plugin may wait on its (fake) clock; move it on a little, then give up.
-                 for (int i = 0; i < 4 && !promise.poll(waitScope); ++i) {
-                   target->host.advanceTime(1 * kj::SECONDS);
-                 }
-                 if (promise.poll(waitScope)) (void)promise.wait(waitScope);
-               })) {
-    (void)e;
-  }
+  payhost::fuzz::callOnce(target->host, target->card, capnp::typeId<CardProcessor>(), 5, data,
+                          size);
   return 0;
 }
