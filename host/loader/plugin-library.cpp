@@ -238,6 +238,23 @@ kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId,
 PluginLibrary::PluginLibrary(Token) {}
 
 void PluginLibrary::saveCopy(kj::StringPtr target) const {
+  if (signature_.size() > 0) {
+    // Written (again) even when the package is already there: it may have been kept from an
+    // unsigned load, and a rollback to it must find the signature that was verified. First, so a
+    // package copy is never there without it.
+    auto signatureTarget = kj::str(target, SIGNATURE_FILE_SUFFIX);
+    auto signatureTemporary = kj::str(signatureTarget, ".tmp.", getpid());
+    int sig = open(signatureTemporary.cStr(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (sig < 0) {
+      PAYHOST_FAIL(FAILED, signatureTemporary, ": cannot write signature copy: ", strerror(errno));
+    }
+    kj::AutoCloseFd ownedSignature(sig);
+    kj::FdOutputStream(sig).write(signature_.begin(), signature_.size());
+    KJ_SYSCALL(fsync(sig), signatureTemporary);
+    if (rename(signatureTemporary.cStr(), signatureTarget.cStr()) != 0) {
+      PAYHOST_FAIL(FAILED, signatureTarget, ": cannot store signature copy: ", strerror(errno));
+    }
+  }
   if (access(target.cStr(), F_OK) == 0) return;
   auto temporary = kj::str(target, ".tmp.", getpid());
   int out = open(temporary.cStr(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -255,21 +272,6 @@ void PluginLibrary::saveCopy(kj::StringPtr target) const {
     offset += n;
   }
   KJ_SYSCALL(fsync(out), temporary);
-  if (signature_.size() > 0) {
-    // The signature goes first: a package copy is never there without it.
-    auto signatureTarget = kj::str(target, SIGNATURE_FILE_SUFFIX);
-    auto signatureTemporary = kj::str(signatureTarget, ".tmp.", getpid());
-    int sig = open(signatureTemporary.cStr(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (sig < 0) {
-      PAYHOST_FAIL(FAILED, signatureTemporary, ": cannot write signature copy: ", strerror(errno));
-    }
-    kj::AutoCloseFd ownedSignature(sig);
-    kj::FdOutputStream(sig).write(signature_.begin(), signature_.size());
-    KJ_SYSCALL(fsync(sig), signatureTemporary);
-    if (rename(signatureTemporary.cStr(), signatureTarget.cStr()) != 0) {
-      PAYHOST_FAIL(FAILED, signatureTarget, ": cannot store signature copy: ", strerror(errno));
-    }
-  }
   if (rename(temporary.cStr(), target.cStr()) != 0) {
     PAYHOST_FAIL(FAILED, target, ": cannot store package copy: ", strerror(errno));
   }

@@ -206,6 +206,18 @@ TEST_F(SignedLoad, SignedByATrustedKeyLoadsAndItsCodeRuns) {
   EXPECT_TRUE(exists(marker));
 }
 
+TEST_F(SignedLoad, AKeptCopyCarriesItsSignatureAndLoadsAgain) {
+  auto path = copyOf("fixture-echo.so", "echo.so", key.privatePem, "echo", "1.0.0");
+  auto copy = dir.file("kept.so");
+  {
+    auto library = PluginLibrary::load(path.c_str(), nextLoadId(), policy);
+    library->saveCopy(copy.c_str());
+  }
+  EXPECT_EQ(readFile(copy + ".sig"), readFile(path + ".sig"));
+  auto again = PluginLibrary::load(copy.c_str(), nextLoadId(), policy);
+  EXPECT_EQ(kj::StringPtr(again->descriptor().name), "echo");
+}
+
 TEST_F(SignedLoad, UnsignedIsRefusedBeforeAnyOfItsCodeRuns) {
   auto path = copyOf("fixture-writes-marker.so", "marker.so", "");
   auto failure = loadFailure(path);
