@@ -88,9 +88,10 @@ EVP_PKEY* readPem(kj::StringPtr pem, bool isPrivate) {
   return key;
 }
 
-// Splits off one "field value\n" line at `at`; fails naming the line.
-kj::StringPtr takeLine(kj::ArrayPtr<const char> text, size_t& at, unsigned lineNumber,
-                       kj::StringPtr field, kj::StringPtr source) {
+// Splits off one "field value\n" line at `at` and returns the value (not NUL-terminated); fails
+// naming the line.
+kj::ArrayPtr<const char> takeLine(kj::ArrayPtr<const char> text, size_t& at, unsigned lineNumber,
+                                  kj::StringPtr field, kj::StringPtr source) {
   size_t start = at;
   while (at < text.size() && text[at] != '\n')
     ++at;
@@ -107,10 +108,10 @@ kj::StringPtr takeLine(kj::ArrayPtr<const char> text, size_t& at, unsigned lineN
                  " <value>' (the lines are payhost-plugin-signature, name, version, sha256, key, "
                  "signature, in that order)");
   }
-  return kj::StringPtr(line.begin() + fieldSize + 1, line.end());
+  return kj::ArrayPtr<const char>(line.begin() + fieldSize + 1, line.end());
 }
 
-kj::String checkedField(kj::StringPtr value, unsigned lineNumber, kj::StringPtr field,
+kj::String checkedField(kj::ArrayPtr<const char> value, unsigned lineNumber, kj::StringPtr field,
                         kj::StringPtr source, bool (*allowed)(char), size_t minSize, size_t maxSize,
                         kj::StringPtr rule) {
   bool ok = value.size() >= minSize && value.size() <= maxSize;
