@@ -669,10 +669,11 @@ int runSuite(const Options& options) {
       std::ofstream config(configPath.cStr());
       config << "[host]\nshards = " << options.shards << "\nlog_level = \"warning\"\n[listen]\n"
              << "tcp = [{ address = \"127.0.0.1:0\", insecure = true }]\n"
-             << "unix = [{ address = \"" << host.unixPath.cStr() << "\", insecure = true }]\n"
+             << "unix = [{ path = \"" << host.unixPath.cStr() << "\", insecure = true }]\n"
              << "[[access]]\nidentity = \"anonymous\"\nservices = [\"*\"]\n"
-             << "[admin]\nsocket = \"" << adminSocket.cStr() << "\"\n[[plugin]]\npath = \""
-             << options.plugin << "\"\n";
+             << "[admin]\nsocket = \"" << adminSocket.cStr()
+             << "\"\n[security]\nallow_unsigned = true\n[[plugin]]\npath = \"" << options.plugin
+             << "\"\n";
     }
     host.pid = startProcess({path, "--config", configPath.cStr()}, kj::str(dir, "/", name, ".log"));
     host.port =

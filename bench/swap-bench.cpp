@@ -294,6 +294,8 @@ private:
     auto request = admin.deployRequest();
     auto body = request.initRequest();
     body.setPath(number % 2 == 1 ? v2 : v3);
+    // v3 -> v2 is a downgrade.
+    body.setForce(true);
     body.setConfig(kj::str("label = \"s", number, "\"\n"));
     auto firstNew = tracker.firstAnswerOf(number)
                         .then([](kj::TimePoint at) -> kj::Maybe<kj::TimePoint> { return at; })
@@ -560,7 +562,8 @@ int runBenchmark(const Options& options) {
     config << "[host]\nshards = 1\nlog_level = \"warning\"\n[listen]\n"
            << "tcp = [{ address = \"127.0.0.1:0\", insecure = true }]\n"
            << "[[access]]\nidentity = \"anonymous\"\nservices = [\"*\"]\n"
-           << "[admin]\nsocket = \"" << adminSocket.cStr() << "\"\n[[plugin]]\npath = \"" << v1
+           << "[admin]\nsocket = \"" << adminSocket.cStr()
+           << "\"\n[security]\nallow_unsigned = true\n[[plugin]]\npath = \"" << v1
            << "\"\n[plugin.config]\nlabel = \"s0\"\n";
   }
   auto io = kj::setupAsyncIo();

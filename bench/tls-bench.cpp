@@ -253,7 +253,7 @@ kj::String writePayhostdConfig(kj::StringPtr dir, kj::StringPtr name, const std:
   }
   config << "[[access]]\nidentity = \"merchant-a\"\nservices = [\"payments.card\"]\n"
          << "[admin]\nsocket = \"" << dir.cStr() << "/" << name.cStr()
-         << ".sock\"\n[[plugin]]\npath = \"" << plugin << "\"\n";
+         << ".sock\"\n[security]\nallow_unsigned = true\n[[plugin]]\npath = \"" << plugin << "\"\n";
   return configPath;
 }
 

@@ -130,6 +130,8 @@ private:
   Registry registry;
   kj::Vector<kj::Own<Shard>> shards;
   kj::Maybe<kj::Own<AuditLog>> audit;
+  // `[security] trusted_keys`, read at start.
+  TrustedKeys trusted;
   kj::Maybe<kj::Own<Deployer>> deployer;
   uint32_t nextShard = 0;
 
@@ -140,7 +142,7 @@ private:
   // Accept loops apart from other tasks, so shutdown can cancel them before closing listeners.
   kj::Own<kj::TaskSet> acceptLoops = kj::heap<kj::TaskSet>(acceptErrors);
   kj::Own<kj::TaskSet> acceptTasks = kj::heap<kj::TaskSet>(acceptErrors);
-  kj::Maybe<kj::Own<capnp::TwoPartyServer>> adminServer;
+  kj::Maybe<kj::Own<AdminListener>> adminServer;
   kj::Maybe<kj::Own<kj::ConnectionReceiver>> adminListener;
   kj::Maybe<kj::Promise<void>> adminTask;
   kj::Maybe<kj::Own<kj::PromiseFulfiller<kj::String>>> stopFulfiller;
@@ -154,7 +156,16 @@ private:
 kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
   kj::Own<Generation> generation;
   try {
-    auto library = PluginLibrary::load(plugin.path, registry.nextLoadId());
+    LoadPolicy policy;
+    policy.trusted = &trusted;
+    policy.allowUnsigned = config.allowUnsigned;
+    auto library = PluginLibrary::load(plugin.path, registry.nextLoadId(), policy);
+    if (library->signer() == nullptr) {
+      warn("plugin.unsigned",
+           {{"path", plugin.path},
+            {"plugin", library->descriptor().name},
+            {"warning", "loaded without a signature ([security] allow_unsigned = true)"}});
+    }
     // The plugin keeps its own copy of its config table.
     auto pluginConfig = Config::parse(plugin.config.toToml(), plugin.path);
     generation = kj::atomicRefcounted<Generation>(registry.nextLoadId(), kj::mv(library),
@@ -190,6 +201,9 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
   } catch (const kj::Exception& e) {
     error("plugin.refused", {{"path", plugin.path}, {"error", e.getDescription()}});
     registry.addFailed(plugin.path, kj::heapString(e.getDescription()));
+    AuditRecord record{"load-refused", "", "", "", plugin.path, e.getDescription()};
+    record.outcome = "refused";
+    KJ_ASSERT_NONNULL(audit)->append(record);
     return kj::READY_NOW;
   }
 
@@ -205,12 +219,14 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
           [this, &plugin, generation = kj::mv(generation)]() mutable {
             auto services = kj::strArray(
                 KJ_MAP(service, generation->services()) { return service.name.asPtr(); }, ",");
-            info("plugin.loaded", {{"plugin", generation->name()},
-                                   {"version", generation->version()},
-                                   {"services", services},
-                                   {"path", plugin.path},
-                                   {"sha256", generation->library().sha256()},
-                                   {"generation", kj::str(generation->id())}});
+            info("plugin.loaded",
+                 {{"plugin", generation->name()},
+                  {"version", generation->version()},
+                  {"services", services},
+                  {"path", plugin.path},
+                  {"sha256", generation->library().sha256()},
+                  {"signed_by", generation->library().signer().orDefault("unsigned")},
+                  {"generation", kj::str(generation->id())}});
             // A copy of the package, so a later deploy can be rolled back to this version.
             auto& deploys = *KJ_ASSERT_NONNULL(deployer);
             generation->package = deploys.packagePath(*generation);
@@ -220,8 +236,10 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
               warn("plugin.package_not_kept",
                    {{"path", plugin.path}, {"error", e.getDescription()}});
             }
+            auto detail = kj::str(plugin.path, ", signed by ",
+                                  generation->library().signer().orDefault("nobody (unsigned)"));
             KJ_ASSERT_NONNULL(audit)->append({"load", generation->name(), "", generation->version(),
-                                              generation->package, plugin.path});
+                                              generation->package, detail});
             auto package = kj::heapString(generation->package);
             registry.addServing(plugin.path, kj::mv(generation)).packages.add(kj::mv(package));
             return kj::Promise<void>(kj::READY_NOW);
@@ -229,6 +247,10 @@ kj::Promise<void> Daemon::Impl::loadPlugin(const PluginConfig& plugin) {
           [this, &plugin, failed = g.addRef()](kj::Exception&& e) mutable {
             error("plugin.refused", {{"path", plugin.path}, {"error", e.getDescription()}});
             registry.addFailed(plugin.path, kj::heapString(e.getDescription()));
+            AuditRecord record{"load-refused",    failed->name(), "",
+                               failed->version(), plugin.path,    e.getDescription()};
+            record.outcome = "refused";
+            KJ_ASSERT_NONNULL(audit)->append(record);
             // Shards where the instance was created drop it again.
             auto& refused = *failed;
             return uninstallEverywhere(refused).attach(kj::mv(failed));
@@ -334,13 +356,17 @@ void Daemon::Impl::openAdmin() {
   auto address = io.provider->getNetwork()
                      .parseAddress(kj::str("unix:", config.adminSocket))
                      .wait(io.waitScope);
+  // Bound with the process umask (022: only the owner may connect) until the mode is set.
   auto receiver = address->listen();
-  // Only the daemon's user may administer it.
-  KJ_SYSCALL(chmod(config.adminSocket.cStr(), 0600), config.adminSocket);
-  auto server = kj::heap<capnp::TwoPartyServer>(
-      kj::heap<AdminServer>(registry, *KJ_ASSERT_NONNULL(deployer), *KJ_ASSERT_NONNULL(audit),
-                            [this](schema::HostStatus::Builder status) { fillStatus(status); }));
-  adminTask = server->listen(*receiver).eagerlyEvaluate([this](kj::Exception&& e) {
+  // The daemon's user, or with `[admin] group` that group too (0660).
+  auto adminGid = secureAdminSocket(config.adminSocket, config.adminGroup);
+  auto& auditLog = *KJ_ASSERT_NONNULL(audit);
+  auto server = kj::heap<AdminListener>(*receiver, auditLog, adminGid, [this](kj::String actor) {
+    return kj::heap<AdminServer>(
+        registry, *KJ_ASSERT_NONNULL(deployer), *KJ_ASSERT_NONNULL(audit),
+        [this](schema::HostStatus::Builder status) { fillStatus(status); }, kj::mv(actor));
+  });
+  adminTask = server->run().eagerlyEvaluate([this](kj::Exception&& e) {
     warn("admin.failed", {{"error", e.getDescription()}});
   });
   info("admin.open", {{"socket", config.adminSocket}});
@@ -501,6 +527,10 @@ void Daemon::Impl::shutdown(kj::StringPtr reason) {
       auto result = g.library().unload();
       auto fields = {LogField{"plugin", g.name()}, LogField{"version", g.version()},
                      LogField{"result", unloadResultName(result)}};
+      KJ_IF_MAYBE (log, audit) {
+        (*log)->append({"unload", g.name(), g.version(), "", "",
+                        kj::str(unloadResultName(result), ", at shutdown")});
+      }
       if (result == PluginLibrary::UnloadResult::UNMAPPED) {
         info("plugin.unloaded", fields);
       } else {
@@ -534,6 +564,13 @@ int Daemon::Impl::run() {
     // Packages are copied here as they load (for rollback), the configured ones included.
     std::filesystem::create_directories(kj::str(config.dataDir, "/packages").cStr(), ignored);
     audit = kj::heap<AuditLog>(kj::str(config.dataDir, "/audit.log"));
+    trusted = TrustedKeys::load(config.trustedKeys);
+    if (config.allowUnsigned) {
+      warn("security.unsigned_allowed",
+           {{"warning",
+             "[security] allow_unsigned = true: plugins without a signature load "
+             "(development only)"}});
+    }
     auto keys = kj::heap<KeyStore>(config.keys);
     counters.keys = keys.get();
     keyStore = kj::mv(keys);
@@ -602,7 +639,7 @@ int Daemon::Impl::run() {
     warn("tls.reload_failed", {{"error", e.getDescription()}});
   });
   deployer = kj::heap<Deployer>(config, log, io.provider->getTimer(), shards, registry,
-                                *KJ_ASSERT_NONNULL(audit));
+                                *KJ_ASSERT_NONNULL(audit), trusted);
   for (auto& plugin : config.plugins) {
     if (!plugin.enabled) {
       info("plugin.disabled", {{"path", plugin.path}});

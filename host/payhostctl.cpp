@@ -1,4 +1,9 @@
-// payhostctl: the operator's command line for a running payhostd, over its admin socket.
+// payhostctl: the operator's command line for a running payhostd, over its admin socket, and
+// the offline commands around it: signing keys and plugin signatures, and audit log checks.
+
+#include "host/admin/audit-log.h"
+#include "host/config/daemon-config.h"
+#include "host/loader/package-signature.h"
 
 #include <payhost/host.capnp.h>
 
@@ -9,10 +14,13 @@
 #include <CLI/CLI.hpp>
 #include <climits>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 
@@ -170,13 +178,99 @@ int main(int argc, char** argv) {
   auto rollback = app.add_subcommand("rollback", "Go back to the previous version of a service");
   rollback->add_option("service", service, "a service of the plugin, e.g. payments.card")
       ->required();
+  bool force = false;
+  deploy->add_flag("--force", force, "deploy even an older version than the running one");
   uint32_t limit = 50;
   auto history = app.add_subcommand("history", "Deploys, promotions, rollbacks and refusals");
   history->add_option("-n,--limit", limit, "newest entries to show (0: all)")
       ->capture_default_str();
+
+  std::string keyPrefix;
+  auto keygen = app.add_subcommand(
+      "keygen", "Make an Ed25519 plugin signing key: PREFIX.key (private, 0600) and PREFIX.pub");
+  keygen->add_option("prefix", keyPrefix, "e.g. /etc/payhost/keys/release")->required();
+  std::string signKey, signPlugin, signName, signVersion, signOut;
+  auto sign = app.add_subcommand("sign", "Sign a plugin: writes PLUGIN.sig beside it");
+  sign->add_option("plugin", signPlugin, "the plugin .so")->required();
+  sign->add_option("--key", signKey, "the private key from payhostctl keygen")->required();
+  sign->add_option("--name", signName, "the plugin's name (as in its PAYHOST_PLUGIN line)")
+      ->required();
+  sign->add_option("--version", signVersion, "the plugin's version (as in PAYHOST_PLUGIN)")
+      ->required();
+  sign->add_option("-o,--out", signOut, "where to write the signature (default PLUGIN.sig)");
+  auto audit = app.add_subcommand("audit", "Check the audit log");
+  audit->require_subcommand(1);
+  std::string auditLog, auditConfig;
+  auto verify = audit->add_subcommand(
+      "verify", "Check the audit log's hash chain and head; name the first bad record");
+  verify->add_option("--log", auditLog, "the audit log (data_dir/audit.log)");
+  verify->add_option("-c,--config", auditConfig, "payhostd's config, to find its data_dir");
   CLI11_PARSE(app, argc, argv);
 
   try {
+    if (keygen->parsed()) {
+      auto pair = payhost::host::generateSigningKey();
+      auto privatePath = kj::str(keyPrefix.c_str(), ".key");
+      auto publicPath = kj::str(keyPrefix.c_str(), ".pub");
+      payhost::host::writeSigningKey(pair, privatePath, publicPath);
+      printf(
+          "private key %s (mode 0600: keep it off the servers)\npublic key  %s (list it in "
+          "[security] trusted_keys)\nkey %s\n",
+          privatePath.cStr(), publicPath.cStr(),
+          payhost::host::publicKeyHexOf(pair.publicPem).cStr());
+      return 0;
+    }
+    if (sign->parsed()) {
+      std::ifstream in(signPlugin, std::ios::binary);
+      if (!in.good()) {
+        fprintf(stderr, "payhostctl: %s: cannot read the plugin\n", signPlugin.c_str());
+        return 1;
+      }
+      std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      auto text = payhost::host::signPackage(
+          signKey.c_str(),
+          kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()),
+          signName.c_str(), signVersion.c_str());
+      auto out = signOut.empty() ? kj::str(signPlugin.c_str(), payhost::host::SIGNATURE_FILE_SUFFIX)
+                                 : kj::str(signOut.c_str());
+      std::ofstream file(out.cStr(), std::ios::binary | std::ios::trunc);
+      file << text.cStr();
+      file.close();
+      if (!file.good()) {
+        fprintf(stderr, "payhostctl: %s: cannot write the signature\n", out.cStr());
+        return 1;
+      }
+      printf("signed %s %s: %s\n", signName.c_str(), signVersion.c_str(), out.cStr());
+      return 0;
+    }
+    if (verify->parsed()) {
+      kj::String path;
+      if (!auditLog.empty()) {
+        path = kj::str(auditLog.c_str());
+      } else if (!auditConfig.empty()) {
+        auto config = payhost::host::loadDaemonConfig(auditConfig.c_str(), 1);
+        path = kj::str(config.dataDir, "/audit.log");
+      } else {
+        fprintf(stderr, "payhostctl: audit verify needs --log FILE or --config FILE\n");
+        return 2;
+      }
+      if (access(path.cStr(), F_OK) != 0 &&
+          access(payhost::host::AuditLog::headPath(path).cStr(), F_OK) != 0) {
+        fprintf(stderr, "payhostctl: %s: no audit log there\n", path.cStr());
+        return 1;
+      }
+      KJ_IF_MAYBE (problem, payhost::host::AuditLog::verify(path)) {
+        printf("BROKEN: %s\n", problem->cStr());
+        return 1;
+      }
+      auto head = payhost::host::AuditLog::headPath(path);
+      printf("ok: %s: %llu records, hash chain intact%s\n", path.cStr(),
+             (unsigned long long)payhost::host::AuditLog::countEntries(path),
+             access(head.cStr(), F_OK) == 0 ? ", reaches the recorded head"
+                                            : " (no head file: a cut tail would not show)");
+      return 0;
+    }
+
     auto io = kj::setupAsyncIo();
     auto address =
         io.provider->getNetwork().parseAddress(kj::str("unix:", socket.c_str())).wait(io.waitScope);
@@ -206,6 +300,7 @@ int main(int argc, char** argv) {
         body.setConfig(text);
       }
       body.setDrainTimeoutMs(drainMs);
+      body.setForce(force);
       return printReport(request.send().wait(io.waitScope).getReport());
     } else if (rollback->parsed()) {
       auto request = admin.rollbackRequest();
@@ -218,7 +313,11 @@ int main(int argc, char** argv) {
     }
     return 0;
   } catch (const kj::Exception& e) {
-    fprintf(stderr, "payhostctl: %s: %s\n", socket.c_str(), e.getDescription().cStr());
+    if (keygen->parsed() || sign->parsed() || verify->parsed()) {
+      fprintf(stderr, "payhostctl: %s\n", e.getDescription().cStr());
+    } else {
+      fprintf(stderr, "payhostctl: %s: %s\n", socket.c_str(), e.getDescription().cStr());
+    }
     return 1;
   }
 }

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian 12 machine (as root): installs what is missing, builds
 # payhost, installs the SDK into build/demo/sdk and builds the out-of-tree example plugin against
-# it, issues a demo CA and certificates (scripts/make-certs.sh), starts payhostd with the card
-# processor and that plugin serving TLS with client certificates, runs a short live demo through
-# the example client (as merchant-a, then a refused merchant-b) and payhostctl, then stops the
-# daemon with SIGTERM.
+# it, signs both plugins with a demo key, issues a demo CA and certificates
+# (scripts/make-certs.sh), starts payhostd with the card processor and that plugin serving TLS
+# with client certificates, runs a short live demo through the example client (as merchant-a,
+# then a refused merchant-b) and payhostctl, then stops the daemon with SIGTERM.
 #
 #   bash scripts/demo.sh               # serves on 127.0.0.1:7400 (PAYHOST_DEMO_PORT to change)
 #   PAYHOST_DEMO_KEEP=1 bash scripts/demo.sh   # leave the daemon running afterwards
@@ -31,6 +31,14 @@ cmake --build "$demo/limit-screen" --target limit-screen
 echo "=== issuing a demo CA, payhostd's certificate and client certificates into $demo/certs"
 bash scripts/make-certs.sh "$demo/certs" merchant-a merchant-b
 
+echo "=== signing the plugins with a demo key ($demo/signing.key; payhostd trusts signing.pub)"
+ctl() { "$build/host/payhostctl" --socket "$demo/admin.sock" "$@"; }
+ctl keygen "$demo/signing"
+ctl sign --key "$demo/signing.key" "$build/plugins/card-processor/card-processor.so" \
+  --name card-processor --version 1.0.0
+ctl sign --key "$demo/signing.key" "$demo/limit-screen/limit-screen.so" \
+  --name limit-screen --version 1.0.0
+
 sed -e "s|@PORT@|$port|" -e "s|@DEMO@|$demo|" -e "s|@BUILD@|$PWD/$build|" \
   examples/config/payhostd-demo.toml > "$demo/payhostd.toml"
 echo "=== starting payhostd --config $demo/payhostd.toml"
@@ -45,7 +53,6 @@ for _ in $(seq 200); do
 done
 cat "$demo/payhostd.log"
 
-ctl() { "$build/host/payhostctl" --socket "$demo/admin.sock" "$@"; }
 # Over TLS, as merchant-a (its certificate's CN); `as NAME` picks another client certificate.
 as() {
   local who=$1
@@ -68,6 +75,8 @@ echo; echo "=== no client certificate: refused during the TLS handshake"
 "$build/examples/client/payhost-client" --connect "127.0.0.1:$port" --ca "$demo/certs/ca.pem" \
   list || true
 echo; echo "=== payhostctl status"; ctl status
+echo; echo "=== payhostctl audit verify (the audit log's hash chain and head)"
+ctl audit verify --config "$demo/payhostd.toml"
 
 if [[ -n ${PAYHOST_DEMO_KEEP:-} ]]; then
   trap - EXIT

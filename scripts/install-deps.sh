@@ -21,6 +21,7 @@ packages=(
                                   # the build skips it when they are missing)
   gnuplot-nox                     # the benchmark suite's plot (bench/run.sh only)
   clang-format clang-tidy         # formatting and lint checks
+  clang-14 libclang-rt-14-dev     # libFuzzer with ASan/UBSan for tests/fuzz (scripts/fuzz.sh)
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -66,23 +66,34 @@ AuditLog::AuditLog(kj::StringPtr path) : path_(kj::heapString(path)) {
   capnp::JsonCodec json;
   std::ifstream in(path.cStr());
   std::string line;
+  auto locked = state.lockExclusive();
+  locked->lastHash = kj::heapString("");
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     capnp::MallocMessageBuilder message;
     json.decode(kj::StringPtr(line.c_str(), line.size()), message.initRoot<schema::AuditEntry>());
     auto entry = message.getRoot<schema::AuditEntry>().asReader();
-    lastHash = kj::heapString(entry.getHash());
-    entries.add(compactCopy(entry));
+    locked->lastHash = kj::heapString(entry.getHash());
+    locked->entries.add(compactCopy(entry));
   }
   int raw = open(path.cStr(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
   if (raw < 0) PAYHOST_FAIL(FAILED, path, ": cannot open the audit log: ", strerror(errno));
   fd = kj::AutoCloseFd(raw);
 }
 
+void AuditLog::record(kj::StringPtr action, kj::StringPtr actor, kj::StringPtr outcome,
+                      kj::StringPtr detail) {
+  AuditRecord entry{action, "", "", "", "", detail};
+  entry.actor = actor;
+  entry.outcome = outcome;
+  append(entry);
+}
+
 void AuditLog::append(const AuditRecord& record) {
+  auto locked = state.lockExclusive();
   capnp::MallocMessageBuilder message;
   auto entry = message.initRoot<schema::AuditEntry>();
-  entry.setSequence(entries.size() + 1);
+  entry.setSequence(locked->entries.size() + 1);
   entry.setTimeUnixMs((kj::systemPreciseCalendarClock().now() - kj::UNIX_EPOCH) / kj::MILLISECONDS);
   entry.setAction(record.action);
   entry.setPlugin(record.plugin);
@@ -90,7 +101,9 @@ void AuditLog::append(const AuditRecord& record) {
   entry.setToVersion(record.toVersion);
   entry.setPackage(record.package);
   entry.setDetail(record.detail);
-  entry.setPreviousHash(lastHash);
+  entry.setPreviousHash(locked->lastHash);
+  entry.setActor(record.actor.size() == 0 ? "payhostd" : record.actor);
+  entry.setOutcome(record.outcome.size() == 0 ? "ok" : record.outcome);
   capnp::JsonCodec json;
   auto hash = hashOf(json, entry.asReader());
   entry.setHash(hash);
@@ -103,19 +116,83 @@ void AuditLog::append(const AuditRecord& record) {
     done += n;
   }
   KJ_SYSCALL(fdatasync(fd), path_);
-  lastHash = kj::mv(hash);
-  entries.add(compactCopy(entry.asReader()));
+  writeHead(entry.getSequence(), hash);
+  locked->lastHash = kj::mv(hash);
+  locked->entries.add(compactCopy(entry.asReader()));
+}
+
+kj::String AuditLog::headPath(kj::StringPtr path) {
+  return kj::str(path, ".head");
+}
+
+void AuditLog::writeHead(uint64_t sequence, kj::StringPtr hash) {
+  auto target = headPath(path_);
+  auto temporary = kj::str(target, ".tmp");
+  int out = open(temporary.cStr(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (out < 0) PAYHOST_FAIL(FAILED, temporary, ": cannot write the audit head: ", strerror(errno));
+  kj::AutoCloseFd owned(out);
+  auto text = kj::str("sequence ", sequence, "\nhash ", hash, "\n");
+  kj::FdOutputStream(out).write(text.begin(), text.size());
+  KJ_SYSCALL(fdatasync(out), temporary);
+  if (rename(temporary.cStr(), target.cStr()) != 0) {
+    PAYHOST_FAIL(FAILED, target, ": cannot store the audit head: ", strerror(errno));
+  }
 }
 
 schema::AuditEntry::Reader AuditLog::operator[](size_t i) const {
-  return const_cast<capnp::MallocMessageBuilder&>(*entries[i])
+  auto locked = state.lockShared();
+  return const_cast<capnp::MallocMessageBuilder&>(*locked->entries[i])
       .getRoot<schema::AuditEntry>()
       .asReader();
 }
 
-kj::Maybe<kj::String> AuditLog::verify(kj::StringPtr path) {
+namespace {
+
+struct Head {
+  uint64_t sequence = 0;
+  kj::String hash;
+};
+
+// The head file's "sequence N\nhash H\n"; null when there is none, a message when unreadable.
+kj::Maybe<Head> readHead(kj::StringPtr headFile, kj::Maybe<kj::String>& problem) {
+  std::ifstream in(headFile.cStr());
+  if (!in) return nullptr;
+  std::string word, hash;
+  uint64_t sequence = 0;
+  if (!(in >> word) || word != "sequence" || !(in >> sequence) || !(in >> word) || word != "hash" ||
+      !(in >> hash) || hash.size() != 64) {
+    problem = kj::str(headFile, ": unreadable audit head (expected 'sequence N' and 'hash H')");
+    return nullptr;
+  }
+  return Head{sequence, kj::heapString(hash.c_str())};
+}
+
+}  // namespace
+
+uint64_t AuditLog::countEntries(kj::StringPtr path) {
   std::ifstream in(path.cStr());
-  if (!in) return nullptr;  // No log yet: nothing to break.
+  std::string line;
+  uint64_t count = 0;
+  while (std::getline(in, line))
+    count += line.empty() ? 0 : 1;
+  return count;
+}
+
+kj::Maybe<kj::String> AuditLog::verify(kj::StringPtr path) {
+  kj::Maybe<kj::String> headProblem;
+  auto head = readHead(headPath(path), headProblem);
+  KJ_IF_MAYBE (problem, headProblem) {
+    return kj::mv(*problem);
+  }
+  std::ifstream in(path.cStr());
+  if (!in) {
+    // No log yet: nothing to break, unless a head says there was one.
+    KJ_IF_MAYBE (h, head) {
+      return kj::str(path, ": missing, but ", headPath(path), " records ", h->sequence,
+                     " entries (the log was deleted)");
+    }
+    return nullptr;
+  }
   capnp::JsonCodec json;
   std::string line;
   kj::String previous = kj::heapString("");
@@ -142,8 +219,21 @@ kj::Maybe<kj::String> AuditLog::verify(kj::StringPtr path) {
     if (hashOf(json, entry) != entry.getHash()) {
       return kj::str(path, ":", number, ": hash mismatch (the entry was edited)");
     }
+    KJ_IF_MAYBE (h, head) {
+      if (entry.getSequence() == h->sequence && entry.getHash() != h->hash) {
+        return kj::str(path, ":", number, ": sequence ", h->sequence, " is not the entry ",
+                       headPath(path), " records (the log was rewritten from here)");
+      }
+    }
     previous = kj::heapString(entry.getHash());
     ++expectedSequence;
+  }
+  KJ_IF_MAYBE (h, head) {
+    // The head may lag the log by the entry being written when payhostd died, never lead it.
+    if (expectedSequence - 1 < h->sequence) {
+      return kj::str(path, ": ends at sequence ", expectedSequence - 1, " but ", headPath(path),
+                     " records sequence ", h->sequence, " (entries were cut from the end)");
+    }
   }
   return nullptr;
 }

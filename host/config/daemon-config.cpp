@@ -148,6 +148,8 @@ public:
         parseDatabases(expectTable(*entry.value, name), config);
       } else if (name == "metrics") {
         parseMetrics(expectTable(*entry.value, name), config);
+      } else if (name == "security") {
+        parseSecurity(expectTable(*entry.value, name), config);
       } else if (name == "remotes") {
         parseRemotes(expectTable(*entry.value, name), config);
       } else if (name == "tls") {
@@ -159,7 +161,7 @@ public:
       } else {
         unknownKey(*entry.key, name,
                    "host, listen, tls, access, limits, admin, deploy, workers, keys, databases, "
-                   "metrics, remotes, plugin");
+                   "metrics, remotes, security, plugin");
       }
     }
     if (config.tls == nullptr) {
@@ -796,6 +798,23 @@ private:
     }
   }
 
+  void parseSecurity(const toml::table& table, DaemonConfig& config) {
+    for (auto& entry : inFileOrder(table)) {
+      auto name = toKj(entry.key->str());
+      auto path = kj::str("security.", name);
+      if (name == "trusted_keys") {
+        auto& array = expectArray(*entry.value, path);
+        for (size_t i = 0; i < array.size(); ++i) {
+          config.trustedKeys.add(expectPath(*array.get(i), kj::str(path, "[", i, "]")));
+        }
+      } else if (name == "allow_unsigned") {
+        config.allowUnsigned = expectBoolean(*entry.value, path);
+      } else {
+        unknownKey(*entry.key, path, "trusted_keys, allow_unsigned");
+      }
+    }
+  }
+
   void parseAdmin(const toml::table& table, DaemonConfig& config) {
     bool haveSocket = false;
     for (auto& entry : inFileOrder(table)) {
@@ -804,8 +823,20 @@ private:
       if (name == "socket") {
         config.adminSocket = expectPath(*entry.value, path);
         haveSocket = true;
+      } else if (name == "group") {
+        auto group = expectString(*entry.value, path);
+        bool ok = !group.empty() && group.size() <= 32;
+        for (char c : group) {
+          ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      c == '_' || c == '-' || c == '.');
+        }
+        if (!ok) {
+          fail(entry.value->source().begin, path,
+               "must be a group name (1 to 32 of A-Z a-z 0-9 _ - .)");
+        }
+        config.adminGroup = toKj(group);
       } else {
-        unknownKey(*entry.key, path, "socket");
+        unknownKey(*entry.key, path, "socket, group");
       }
     }
     if (!haveSocket) fail(table.source().begin, "admin.socket", "missing required key");

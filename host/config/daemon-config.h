@@ -225,6 +225,17 @@ struct DaemonConfig {
   // [admin]
   // Absolute path of the admin unix socket (required).
   kj::String adminSocket;
+  // `group = "payhost-admin"`: the socket is given to this group with mode 0660, so its members
+  // may administer payhostd. Empty: mode 0600, the daemon's user only.
+  kj::String adminGroup;
+
+  // [security]
+  // `trusted_keys = ["release.pub", ...]`: absolute paths of the PEM Ed25519 public keys whose
+  // plugin signatures payhostd accepts (written by `payhostctl keygen`).
+  kj::Vector<kj::String> trustedKeys;
+  // `allow_unsigned = true`: development only. Plugins without a signature file are loaded, with
+  // a warning logged at each load. A signature file that is present is still checked.
+  bool allowUnsigned = false;
 
   // [[plugin]], in file order.
   kj::Vector<PluginConfig> plugins;

@@ -73,11 +73,31 @@ void checkElf(kj::StringPtr path, kj::ArrayPtr<const kj::byte> bytes) {
   }
 }
 
-kj::String sha256Hex(kj::ArrayPtr<const kj::byte> bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int size = 0;
-  KJ_ASSERT(EVP_Digest(bytes.begin(), bytes.size(), digest, &size, EVP_sha256(), nullptr) == 1);
-  return kj::encodeHex(kj::arrayPtr(digest, size));
+// The SHA-256 of what the memfd holds now that it is sealed: the bytes dlopen() will map.
+kj::String sealedSha256(int memfd, size_t size, kj::StringPtr path) {
+  void* mapped = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, memfd, 0);
+  if (mapped == MAP_FAILED) PAYHOST_FAIL(FAILED, path, ": cannot map the memfd: ", strerror(errno));
+  KJ_DEFER(munmap(mapped, size));
+  return sha256Hex(kj::arrayPtr(static_cast<const kj::byte*>(mapped), size));
+}
+
+// The signature file beside the plugin; null when there is none.
+kj::Maybe<kj::Array<kj::byte>> readSignatureFile(kj::StringPtr signaturePath) {
+  int fd = open(signaturePath.cStr(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) return nullptr;
+  if (fd < 0) PAYHOST_FAIL(FAILED, signaturePath, ": cannot open: ", strerror(errno));
+  kj::AutoCloseFd owned(fd);
+  // One byte more than allowed, so that a longer file is seen to be too long.
+  auto buffer = kj::heapArray<kj::byte>(MAX_SIGNATURE_FILE_BYTES + 1);
+  size_t done = 0;
+  while (done < buffer.size()) {
+    ssize_t n = read(fd, buffer.begin() + done, buffer.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) PAYHOST_FAIL(FAILED, signaturePath, ": cannot read: ", strerror(errno));
+    if (n == 0) break;
+    done += n;
+  }
+  return kj::heapArray<kj::byte>(buffer.slice(0, done));
 }
 
 kj::StringPtr baseName(kj::StringPtr path) {
@@ -116,12 +136,34 @@ bool isMapped(kj::StringPtr name) {
 }
 
 kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId) {
+  return load(path, loadId, nullptr);
+}
+
+kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId,
+                                           const LoadPolicy& policy) {
+  return load(path, loadId, &policy);
+}
+
+kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId,
+                                           const LoadPolicy* policy) {
   auto bytes = readWholeFile(path);
   checkElf(path, bytes);
 
   auto result = kj::heap<PluginLibrary>(Token{});
   result->path_ = kj::heapString(path);
-  result->sha256_ = sha256Hex(bytes);
+
+  kj::Maybe<PackageManifest> manifest;
+  if (policy != nullptr) {
+    auto signaturePath = kj::str(path, SIGNATURE_FILE_SUFFIX);
+    KJ_IF_MAYBE (text, readSignatureFile(signaturePath)) {
+      manifest = parsePackageSignature(*text, signaturePath);
+      result->signature_ = kj::heapString(text->asChars());
+    } else if (!policy->allowUnsigned) {
+      PAYHOST_FAIL(FAILED, path, ": plugin refused: it is not signed (no ", signaturePath,
+                   "; sign it with payhostctl sign, or allow unsigned plugins for development ",
+                   "with [security] allow_unsigned = true)");
+    }
+  }
 
   auto memfdName = kj::str("payhost:", baseName(path), ":", loadId);
   int memfd = memfd_create(memfdName.cStr(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -131,6 +173,25 @@ kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId) 
   KJ_SYSCALL(fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL),
              path);
   result->mappedName_ = kj::str("/memfd:", memfdName);
+  // From here on only the sealed memfd counts: it is what is hashed, verified and loaded.
+  auto size = bytes.size();
+  bytes = nullptr;
+  result->sha256_ = sealedSha256(memfd, size, path);
+
+  KJ_IF_MAYBE (signed_, manifest) {
+    TrustedKeys none;
+    auto& signer = verifyPackage(policy->trusted != nullptr ? *policy->trusted : none, *signed_,
+                                 result->sha256_, path);
+    result->signer_ = kj::heapString(signer.source);
+    KJ_IF_MAYBE (vet, policy->vetManifest) {
+      (*vet)(*signed_);
+    }
+  }
+  if (policy != nullptr) {
+    KJ_IF_MAYBE (hook, policy->beforeDlopenForTest) {
+      (*hook)();
+    }
+  }
 
   auto library = kj::heap<Library>();
   // On any failure below, `library` is closed while `memfdOwner` is still open, and if glibc
@@ -158,6 +219,14 @@ kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId) 
   KJ_IF_MAYBE (problem, describeIncompatibility(*descriptor)) {
     PAYHOST_FAIL(FAILED, path, ": plugin refused: ", *problem);
   }
+  KJ_IF_MAYBE (signed_, manifest) {
+    // The descriptor is the plugin's own word; the signature binds the name and version too.
+    if (signed_->name != descriptor->name || signed_->version != descriptor->version) {
+      PAYHOST_FAIL(FAILED, path, ": plugin refused: its descriptor says ", descriptor->name, " ",
+                   descriptor->version, ", the signature says ", signed_->name, " ",
+                   signed_->version);
+    }
+  }
   result->library = kj::mv(library);
   result->descriptor_ = descriptor;
   // Kept open while the library is loaded: glibc recognises an already-loaded library by the
@@ -169,6 +238,23 @@ kj::Own<PluginLibrary> PluginLibrary::load(kj::StringPtr path, uint64_t loadId) 
 PluginLibrary::PluginLibrary(Token) {}
 
 void PluginLibrary::saveCopy(kj::StringPtr target) const {
+  if (signature_.size() > 0) {
+    // Written (again) even when the package is already there: it may have been kept from an
+    // unsigned load, and a rollback to it must find the signature that was verified. First, so a
+    // package copy is never there without it.
+    auto signatureTarget = kj::str(target, SIGNATURE_FILE_SUFFIX);
+    auto signatureTemporary = kj::str(signatureTarget, ".tmp.", getpid());
+    int sig = open(signatureTemporary.cStr(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (sig < 0) {
+      PAYHOST_FAIL(FAILED, signatureTemporary, ": cannot write signature copy: ", strerror(errno));
+    }
+    kj::AutoCloseFd ownedSignature(sig);
+    kj::FdOutputStream(sig).write(signature_.begin(), signature_.size());
+    KJ_SYSCALL(fsync(sig), signatureTemporary);
+    if (rename(signatureTemporary.cStr(), signatureTarget.cStr()) != 0) {
+      PAYHOST_FAIL(FAILED, signatureTarget, ": cannot store signature copy: ", strerror(errno));
+    }
+  }
   if (access(target.cStr(), F_OK) == 0) return;
   auto temporary = kj::str(target, ".tmp.", getpid());
   int out = open(temporary.cStr(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -3,16 +3,20 @@
 //
 // Loading from a memfd means the bytes checked are the bytes loaded (the file may change on disk
 // afterwards), and that each load has its own path: dlopen() of a path already loaded would hand
-// back the old library.
+// back the old library. The signature (`<file>.sig`, see package-signature.h) is checked against
+// the sealed memfd's own bytes, before dlopen() runs any of the plugin's code.
 //
 // Ownership: the library stays mapped while this object lives; `unload()` closes it only when
 // the plugin reports no live objects. Control thread only.
 
 #pragma once
 
+#include "host/loader/package-signature.h"
+
 #include <payhost/abi.h>
 
 #include <kj/common.h>
+#include <kj/function.h>
 #include <kj/io.h>
 #include <kj/memory.h>
 #include <kj/string.h>
@@ -21,12 +25,31 @@
 
 namespace payhost::host {
 
+// What a load requires of a package's signature. Borrowed for the duration of `load()`.
+struct LoadPolicy {
+  // Keys whose signatures are accepted. Null accepts no signature.
+  const TrustedKeys* trusted = nullptr;
+  // Development only: a package without a signature file is loaded (the caller must log a
+  // warning: `PluginLibrary::signer()` is null). A signature file that is there is still checked.
+  bool allowUnsigned = false;
+  // Called with the verified manifest before any of the plugin's code runs (e.g. to refuse a
+  // downgrade); it refuses the load by throwing.
+  kj::Maybe<kj::Function<void(const PackageManifest&)>&> vetManifest;
+  // Called after the bytes were copied to the memfd and verified, just before dlopen().
+  kj::Maybe<kj::Function<void()>&> beforeDlopenForTest;
+};
+
 class PluginLibrary {
 public:
-  // Loads the plugin file at `path`. `loadId` makes the memfd's name unique
+  // Loads the plugin file at `path` under `policy`. `loadId` makes the memfd's name unique
   // ("payhost:<file>:<loadId>"). Throws a kj::Exception with one message naming the file and
-  // what is wrong: unreadable, not an ELF shared library for this machine, dlopen failure,
-  // no entry symbol, or a descriptor refused by `describeIncompatibility` (both sides named).
+  // what is wrong: unreadable, not an ELF shared library for this machine, unsigned, signed by
+  // a key not trusted, a bad signature, bytes not the ones signed, a refused manifest, dlopen
+  // failure, no entry symbol, a descriptor refused by `describeIncompatibility`, or a descriptor
+  // whose name or version is not the signed one (both sides named).
+  static kj::Own<PluginLibrary> load(kj::StringPtr path, uint64_t loadId, const LoadPolicy& policy);
+  // Loads without any signature check: only for tools that load a plugin outside payhostd (the
+  // benchmarks' bare server). payhostd always passes its policy.
   static kj::Own<PluginLibrary> load(kj::StringPtr path, uint64_t loadId);
 
   ~PluginLibrary() noexcept;
@@ -40,8 +63,14 @@ public:
   kj::StringPtr mappedName() const { return mappedName_; }
   uint64_t liveObjects() const { return descriptor_->live_objects(); }
 
+  // The trusted key file that signed the package; null when it was loaded unsigned.
+  kj::Maybe<kj::StringPtr> signer() const { return signer_; }
+  // The signature file's text; empty when unsigned.
+  kj::StringPtr signature() const { return signature_; }
+
   // Writes the bytes that were loaded to `path` (through a temporary file and a rename, fsynced),
-  // unless a file is already there. Used to keep packages for rollback.
+  // and the signature to `path` + ".sig", unless a file is already there. Used to keep packages
+  // for rollback.
   void saveCopy(kj::StringPtr path) const;
 
   enum class UnloadResult {
@@ -62,6 +91,8 @@ public:
 private:
   struct Token {};
   struct Library;
+  // `policy` null: no signature check.
+  static kj::Own<PluginLibrary> load(kj::StringPtr path, uint64_t loadId, const LoadPolicy* policy);
 
 public:
   // Use `load()`.
@@ -71,6 +102,8 @@ private:
   kj::String path_;
   kj::String sha256_;
   kj::String mappedName_;
+  kj::Maybe<kj::String> signer_;
+  kj::String signature_;
   kj::AutoCloseFd memfd;
   kj::Own<Library> library;
   const payhost_plugin_v1_descriptor* descriptor_ = nullptr;

@@ -59,8 +59,34 @@ void DeployResult::fill(schema::DeployReport::Builder report) const {
 }
 
 Deployer::Deployer(const DaemonConfig& config, LogSink& log, kj::Timer& timer,
-                   kj::Vector<kj::Own<Shard>>& shards, Registry& registry, AuditLog& audit)
-    : config(config), log(log), timer(timer), shards(shards), registry(registry), audit(audit) {}
+                   kj::Vector<kj::Own<Shard>>& shards, Registry& registry, AuditLog& audit,
+                   const TrustedKeys& trusted)
+    : config(config),
+      log(log),
+      timer(timer),
+      shards(shards),
+      registry(registry),
+      audit(audit),
+      trusted(trusted) {}
+
+void Deployer::checkDowngrade(kj::StringPtr name, kj::StringPtr version, bool force) {
+  KJ_IF_MAYBE (record, registry.findPlugin(name)) {
+    KJ_IF_MAYBE (running, record->generation) {
+      auto current = (*running)->version();
+      auto order = compareVersions(version, current);
+      bool older = true;
+      KJ_IF_MAYBE (o, order) {
+        older = *o < 0;
+      }
+      if (older && !force) {
+        PAYHOST_FAIL(FAILED, "downgrade refused: ", name, " ", version,
+                     order == nullptr ? " cannot be ordered against the running version "
+                                      : " is older than the running version ",
+                     current, " (deploy it with payhostctl deploy --force to go back on purpose)");
+      }
+    }
+  }
+}
 
 kj::String Deployer::packagePath(const Generation& generation) const {
   return kj::str(config.dataDir, "/packages/", generation.name(), "-", generation.version(), "-",
@@ -76,9 +102,12 @@ kj::Promise<DeployResult> Deployer::deploy(DeployOptions options) {
       .attach(kj::defer([fulfiller = kj::mv(paf.fulfiller)]() mutable { fulfiller->fulfill(); }));
 }
 
-kj::Promise<DeployResult> Deployer::rollback(kj::StringPtr service) {
+kj::Promise<DeployResult> Deployer::rollback(kj::StringPtr service, kj::StringPtr actor) {
   DeployOptions options;
   options.action = "rollback";
+  // Going back to the version before is what a rollback is for.
+  options.force = true;
+  options.actor = kj::heapString(actor);
   KJ_IF_MAYBE (record, registry.findService(service)) {
     if (record->packages.size() < 2) {
       DeployResult result;
@@ -106,8 +135,11 @@ void Deployer::refuse(Deployment& d, kj::String why) {
                        {"to", d.result.toVersion},
                        {"error", d.result.error}};
   log.write(LogLevel::WARNING, "deploy.refused", nullptr, fields);
-  audit.append({"refuse", d.result.plugin, d.result.fromVersion, d.result.toVersion, d.options.path,
-                d.result.error});
+  AuditRecord record{"refuse",           d.result.plugin, d.result.fromVersion,
+                     d.result.toVersion, d.options.path,  d.result.error};
+  record.actor = d.options.actor;
+  record.outcome = "refused";
+  audit.append(record);
 }
 
 kj::Promise<bool> Deployer::waitUntil(kj::Function<bool()> done, kj::TimePoint deadline) {
@@ -143,8 +175,29 @@ kj::Promise<DeployResult> Deployer::run(DeployOptions options) {
     return kj::mv(d.result);
   }
   try {
-    auto library = PluginLibrary::load(d.options.path, registry.nextLoadId());
+    kj::Function<void(const PackageManifest&)> vet = [this, &d](const PackageManifest& manifest) {
+      d.result.plugin = kj::heapString(manifest.name);
+      d.result.toVersion = kj::heapString(manifest.version);
+      KJ_IF_MAYBE (record, registry.findPlugin(manifest.name)) {
+        KJ_IF_MAYBE (running, record->generation) {
+          d.result.fromVersion = kj::heapString((*running)->version());
+        }
+      }
+      // Before any of the package's code runs.
+      checkDowngrade(manifest.name, manifest.version, d.options.force);
+    };
+    LoadPolicy policy;
+    policy.trusted = &trusted;
+    policy.allowUnsigned = config.allowUnsigned;
+    policy.vetManifest = vet;
+    auto library = PluginLibrary::load(d.options.path, registry.nextLoadId(), policy);
     kj::StringPtr name = library->descriptor().name;
+    if (library->signer() == nullptr) {
+      LogField fields[] = {{"path", d.options.path}, {"plugin", name}};
+      log.write(LogLevel::WARNING, "plugin.unsigned", nullptr, fields);
+    }
+    // Unsigned packages (development) are checked here, after loading.
+    checkDowngrade(name, library->descriptor().version, d.options.force);
     d.result.plugin = kj::heapString(name);
     d.result.toVersion = kj::heapString(library->descriptor().version);
     KJ_IF_MAYBE (record, registry.findPlugin(name)) {
@@ -336,10 +389,14 @@ void Deployer::publish(Deployment& d) {
                        {"generation", generationText}, {"load_us", loadText},
                        {"switch_us", switchText},      {"state_bytes", stateText}};
   log.write(LogLevel::INFO, "deploy.switched", nullptr, fields);
-  audit.append({d.options.action, d.result.plugin, d.result.fromVersion, d.result.toVersion,
-                d.fresh->package,
-                kj::str("generation ", d.fresh->id(), ", load ", d.result.loadMicros,
-                        " us, switch ", d.result.switchMicros, " us")});
+  auto detail = kj::str("generation ", d.fresh->id(), ", load ", d.result.loadMicros,
+                        " us, switch ", d.result.switchMicros, " us, signed by ",
+                        d.fresh->library().signer().orDefault("nobody (unsigned)"),
+                        d.options.force ? ", forced" : "");
+  AuditRecord record{d.options.action,   d.result.plugin,  d.result.fromVersion,
+                     d.result.toVersion, d.fresh->package, detail};
+  record.actor = d.options.actor;
+  audit.append(record);
 }
 
 kj::Promise<void> Deployer::retire(Deployment& d, Generation& old) {

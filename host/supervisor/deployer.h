@@ -8,6 +8,7 @@
 
 #include "host/admin/audit-log.h"
 #include "host/config/daemon-config.h"
+#include "host/loader/package-signature.h"
 #include "host/log/logger.h"
 #include "host/registry/registry.h"
 #include "host/rpc/shard.h"
@@ -28,6 +29,10 @@ struct DeployOptions {
   kj::Maybe<kj::Duration> drainTimeout;
   // What the audit log calls it: "deploy" or "rollback".
   kj::StringPtr action = "deploy";
+  // Deploy even an older version than the running one (rollback always does).
+  bool force = false;
+  // Who asked, for the audit log ("uid=0 pid=42"); empty: payhostd itself.
+  kj::String actor;
 };
 
 struct DeployResult {
@@ -51,14 +56,16 @@ struct DeployResult {
 
 class Deployer {
 public:
-  // Everything borrowed outlives the deployer.
+  // Everything borrowed outlives the deployer. Packages must be signed by one of `trusted`
+  // unless `config.allowUnsigned`.
   Deployer(const DaemonConfig& config, LogSink& log, kj::Timer& timer,
-           kj::Vector<kj::Own<Shard>>& shards, Registry& registry, AuditLog& audit);
+           kj::Vector<kj::Own<Shard>>& shards, Registry& registry, AuditLog& audit,
+           const TrustedKeys& trusted);
 
   // Never rejects for a refused deploy: the result says `refused` and why.
   kj::Promise<DeployResult> deploy(DeployOptions options);
   // Deploys the package that served `service` before the current one.
-  kj::Promise<DeployResult> rollback(kj::StringPtr service);
+  kj::Promise<DeployResult> rollback(kj::StringPtr service, kj::StringPtr actor = "");
 
   // From now on every deploy is refused (shutdown).
   void stop() { stopped = true; }
@@ -77,6 +84,8 @@ private:
   kj::Promise<void> retire(Deployment& deployment, Generation& old);
   kj::Promise<void> judgeCanary(Deployment& deployment, int round);
   void refuse(Deployment& deployment, kj::String why);
+  // Throws when `version` of plugin `name` is older than the running one and `force` is off.
+  void checkDowngrade(kj::StringPtr name, kj::StringPtr version, bool force);
 
   const DaemonConfig& config;
   LogSink& log;
@@ -84,6 +93,7 @@ private:
   kj::Vector<kj::Own<Shard>>& shards;
   Registry& registry;
   AuditLog& audit;
+  const TrustedKeys& trusted;
   bool stopped = false;
   kj::Promise<void> queue = kj::READY_NOW;
 };

@@ -181,10 +181,10 @@ bool looksLikeCardNumber(kj::StringPtr token);
 
 // `token` when it is a well-formed vault token that cannot hold a card number (no run of 12 or
 // more digits), otherwise "[redacted]". The only form in which a token may be logged.
-kj::StringPtr tokenForLog(kj::StringPtr token) KJ_LIFETIMEBOUND;
+kj::StringPtr tokenForLog(kj::StringPtr token KJ_LIFETIMEBOUND);
 
 // `merchantId` when valid (so free of spaces and control characters), otherwise "[invalid]".
-kj::StringPtr merchantForLog(kj::StringPtr merchantId) KJ_LIFETIMEBOUND;
+kj::StringPtr merchantForLog(kj::StringPtr merchantId KJ_LIFETIMEBOUND);
 
 // The six-character authorization code the simulated issuer derives from an idempotency key:
 // deterministic, so a test run is reproducible.

@@ -85,6 +85,9 @@ struct DeployRequest {
   # The new version's config table as TOML text; empty keeps the running version's table.
   drainTimeoutMs @3 :UInt32;
   # How long calls in flight on the old version may take; 0 means the daemon's default.
+  force @4 :Bool;
+  # Deploy even when the package's version is older than the running one (a downgrade), which
+  # is refused otherwise.
 }
 
 enum DeployOutcome {
@@ -128,7 +131,8 @@ struct AuditEntry {
   sequence @0 :UInt64;
   timeUnixMs @1 :Int64;
   action @2 :Text;
-  # deploy, refuse, rollback, promote, canary-rollback, unload, load.
+  # deploy, refuse, rollback, promote, canary-rollback, unload, load, load-refused,
+  # admin.<method>, auth-failed, permission-denied, config-reload, key-reload, start, stop.
   plugin @3 :Text;
   fromVersion @4 :Text;
   toVersion @5 :Text;
@@ -139,6 +143,11 @@ struct AuditEntry {
   hash @9 :Text;
   # Hex SHA-256 over `previousHash` and this entry written with `hash` empty: each entry seals
   # the one before it, so an edited, removed or reordered entry breaks the chain.
+  actor @10 :Text;
+  # Who: "uid=1000 pid=4242" for an admin-socket peer (SO_PEERCRED), "payhostd" for the daemon's
+  # own actions, or a client identity. Absent in entries written before it existed.
+  outcome @11 :Text;
+  # "ok", "refused" or "failed". Absent in entries written before it existed.
 }
 
 interface Admin {

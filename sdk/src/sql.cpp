@@ -108,7 +108,9 @@ kj::Promise<SqlResult> Database::execute(kj::StringPtr sql, kj::ArrayPtr<const S
     return value;
   };
   return transaction([copy = kj::mv(copy)](SqlTransaction& tx) {
-    auto bound = KJ_MAP(value, copy->values)->SqlParam {
+    // Named with its constness: KJ_MAP over `copy->values` does not compile with clang.
+    const auto& values = copy->values;
+    auto bound = KJ_MAP(value, values)->SqlParam {
       switch (value.type) {
         case SqlType::NULL_:
           return nullptr;

@@ -138,9 +138,13 @@ void Child::reap() {
 }
 
 ProcessResult runProcess(std::initializer_list<kj::StringPtr> argv, kj::Duration timeout) {
+  return runProcess(kj::arrayPtr(argv.begin(), argv.size()), timeout);
+}
+
+ProcessResult runProcess(kj::ArrayPtr<const kj::StringPtr> argv, kj::Duration timeout) {
   auto outPipe = makePipe();
   auto errPipe = makePipe();
-  Child child(kj::arrayPtr(argv.begin(), argv.size()), outPipe.write, errPipe.write);
+  Child child(argv, outPipe.write, errPipe.write);
   outPipe.write = nullptr;
   errPipe.write = nullptr;
   kj::Vector<char> out, err;
@@ -208,6 +212,12 @@ DaemonProcess::DaemonProcess(DaemonOptions options)
   }
   config.add(kj::str("[admin]"));
   config.add(kj::str("socket = \"", adminSocket_, "\""));
+  if (options.adminGroup.size() > 0) {
+    config.add(kj::str("group = \"", options.adminGroup, "\""));
+  }
+  config.add(kj::str("[security]"));
+  config.add(options.security.size() > 0 ? kj::mv(options.security)
+                                         : kj::str("allow_unsigned = true"));
   if (options.access.size() > 0) {
     config.add(kj::mv(options.access));
   } else {

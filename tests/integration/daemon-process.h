@@ -111,6 +111,8 @@ struct ProcessResult {
 // Runs a short-lived command to its end and returns its exit code and output.
 ProcessResult runProcess(std::initializer_list<kj::StringPtr> argv,
                          kj::Duration timeout = STEP_TIMEOUT);
+ProcessResult runProcess(kj::ArrayPtr<const kj::StringPtr> argv,
+                         kj::Duration timeout = STEP_TIMEOUT);
 
 kj::Vector<kj::String> splitLines(kj::StringPtr text);
 
@@ -130,6 +132,11 @@ struct DaemonOptions {
   kj::String access = nullptr;
   // Other tables (e.g. `[deploy]`, `[tls]`), placed before the plugins.
   kj::String extra = nullptr;
+  // `[admin] group`; empty: none (mode 0600).
+  kj::String adminGroup = nullptr;
+  // The `[security]` table's lines; empty means `allow_unsigned = true` (the fixtures are not
+  // signed; tests of signing set their own).
+  kj::String security = nullptr;
   // `[[plugin]]` tables, appended to the config as they are.
   kj::String plugins = nullptr;
 };

@@ -26,6 +26,8 @@ shards = 1
 unix = [{ path = "$work/data.sock", insecure = true }]
 [admin]
 socket = "$work/admin.sock"
+[security]
+allow_unsigned = true
 [[access]]
 identity = "anonymous"
 services = ["*"]

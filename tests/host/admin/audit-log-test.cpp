@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace payhost::test {
@@ -292,6 +293,79 @@ TEST_F(AuditLog, ConstructorRefusesABrokenLogNamingTheLine) {
   }
   // Nothing was appended to it.
   EXPECT_EQ(readLines(path), lines);
+}
+
+TEST_F(AuditLog, VerifyDetectsEntriesCutFromTheEnd) {
+  writeFourEntries();
+  auto lines = readLines(path);
+  // A valid chain, one entry shorter: only the head file shows it.
+  lines.pop_back();
+  writeLines(path, lines);
+  EXPECT_EQ(problemIn(path), path + ": ends at sequence 3 but " + path +
+                                 ".head records sequence 4 (entries were cut from the end)");
+  // Everything gone but the head.
+  fs::remove(path);
+  EXPECT_EQ(problemIn(path),
+            path + ": missing, but " + path + ".head records 4 entries (the log was deleted)");
+  // Without its head file, a cut tail is a valid (shorter) log: the limit of the anchor.
+  writeLines(path, lines);
+  fs::remove(path + ".head");
+  EXPECT_EQ(problemIn(path), "");
+}
+
+TEST_F(AuditLog, VerifyDetectsALogRewrittenPastTheHead) {
+  writeFourEntries();
+  auto head = readLines(path + ".head");
+  // The last two entries replaced by a valid chain of other entries: same length, other hash.
+  auto lines = readLines(path);
+  lines.resize(2);
+  writeLines(path, lines);
+  fs::remove(path + ".head");
+  {
+    Log log(kj::StringPtr(path.c_str()));
+    log.append({"unload", "echo", "1.0.0", "", "", "other"});
+    log.append({"deploy", "echo", "1.0.0", "3.0.0", "", "other"});
+  }
+  writeLines(path + ".head", head);
+  EXPECT_EQ(problemIn(path), path + ":4: sequence 4 is not the entry " + path +
+                                 ".head records (the log was rewritten from here)");
+}
+
+TEST_F(AuditLog, RecordsWhoAndTheOutcome) {
+  {
+    Log log(kj::StringPtr(path.c_str()));
+    log.append({"load", "echo", "", "1.0.0", "", ""});
+    log.record("permission-denied", "uid=1000 pid=42", "refused", "admin socket");
+    EXPECT_EQ(toStd(log[0].getActor()), "payhostd");
+    EXPECT_EQ(toStd(log[0].getOutcome()), "ok");
+    EXPECT_EQ(toStd(log[1].getAction()), "permission-denied");
+    EXPECT_EQ(toStd(log[1].getActor()), "uid=1000 pid=42");
+    EXPECT_EQ(toStd(log[1].getOutcome()), "refused");
+  }
+  // Sealed by the chain like every other field.
+  auto lines = readLines(path);
+  replaceIn(lines[1], "\"actor\":\"uid=1000 pid=42\"", "\"actor\":\"uid=0 pid=42\"");
+  writeLines(path, lines);
+  EXPECT_EQ(problemIn(path), path + ":2: hash mismatch (the entry was edited)");
+}
+
+TEST_F(AuditLog, AppendsFromManyThreadsKeepOneChain) {
+  {
+    Log log(kj::StringPtr(path.c_str()));
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&log, t]() {
+        for (int i = 0; i < 10; ++i) {
+          log.record("auth-failed", kj::str("thread-", t), "refused", kj::str(i));
+        }
+      });
+    }
+    for (auto& thread : threads)
+      thread.join();
+    EXPECT_EQ(log.size(), 40u);
+  }
+  EXPECT_EQ(problemIn(path), "");
+  EXPECT_EQ(readLines(path).size(), 40u);
 }
 
 }  // namespace

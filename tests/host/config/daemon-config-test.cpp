@@ -206,11 +206,11 @@ TEST(DaemonConfig, UnknownKeyNamesFileLineAndKey) {
   EXPECT_EQ(parseError(lines({"[hots]"}) + REQUIRED),
             "/etc/payhost/payhostd.toml:1:2: hots: unknown key "
             "(known: host, listen, tls, access, limits, admin, deploy, workers, keys, databases, "
-            "metrics, remotes, plugin)");
+            "metrics, remotes, security, plugin)");
   EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"a:1\"]", "udp = [\"a:1\"]"})),
             "/etc/payhost/payhostd.toml:3:1: listen.udp: unknown key (known: tcp, unix)");
   EXPECT_EQ(parseError(lines({"[admin]", "  sockett = \"a\""})),
-            "/etc/payhost/payhostd.toml:2:3: admin.sockett: unknown key (known: socket)");
+            "/etc/payhost/payhostd.toml:2:3: admin.sockett: unknown key (known: socket, group)");
   EXPECT_EQ(parseError(REQUIRED + lines({
                                       "[[plugin]]",
                                       "path = \"a.so\"",
@@ -854,6 +854,38 @@ TEST(DaemonConfig, LoadMissingFileNamesPathAndReason) {
   } else {
     ADD_FAILURE() << "no error";
   }
+}
+
+TEST(DaemonConfig, SecurityTableTrustsKeysAndRefusesUnsignedByDefault) {
+  auto plain = parse(REQUIRED);
+  EXPECT_FALSE(plain.allowUnsigned);
+  EXPECT_EQ(plain.trustedKeys.size(), 0u);
+  EXPECT_EQ(str(plain.adminGroup), "");
+  auto config = parse(lines({"[security]", "trusted_keys = [\"keys/release.pub\", \"/k/b.pub\"]",
+                             "allow_unsigned = true"}) +
+                      lines({"[listen]", "tcp = [\"127.0.0.1:0\"]", "[admin]",
+                             "socket = \"admin.sock\"", "group = \"payhost-admin\""}));
+  ASSERT_EQ(config.trustedKeys.size(), 2u);
+  EXPECT_EQ(str(config.trustedKeys[0]), "/etc/payhost/keys/release.pub");
+  EXPECT_EQ(str(config.trustedKeys[1]), "/k/b.pub");
+  EXPECT_TRUE(config.allowUnsigned);
+  EXPECT_EQ(str(config.adminGroup), "payhost-admin");
+}
+
+TEST(DaemonConfig, SecurityAndAdminGroupMistakesNameTheKey) {
+  EXPECT_EQ(parseError(lines({"[security]", "allow_unsigned = \"yes\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:18: security.allow_unsigned: expected a boolean, got a "
+            "string");
+  EXPECT_EQ(parseError(lines({"[security]", "trusted_keys = \"k.pub\""}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:16: security.trusted_keys: expected an array, got a "
+            "string");
+  EXPECT_EQ(parseError(lines({"[security]", "trusted = []"}) + REQUIRED),
+            "/etc/payhost/payhostd.toml:2:1: security.trusted: unknown key (known: trusted_keys, "
+            "allow_unsigned)");
+  EXPECT_EQ(parseError(lines({"[listen]", "tcp = [\"127.0.0.1:0\"]", "[admin]", "socket = \"a\"",
+                              "group = \"bad group\""})),
+            "/etc/payhost/payhostd.toml:5:9: admin.group: must be a group name (1 to 32 of A-Z a-z "
+            "0-9 _ - .)");
 }
 
 }  // namespace
