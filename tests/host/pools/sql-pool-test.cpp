@@ -372,7 +372,7 @@ TEST_P(SqlContract, ScalingFollowsTheLoadUpAndDownWithinItsBounds) {
   options.name = kj::str("store");
   options.dialect = GetParam();
   options.target = GetParam() == SqlDialect::SQLITE ? kj::str((dir.path / "store.sqlite").c_str())
-                                                    : kj::str(postgres->conninfo.c_str());
+                                                    : kj::str(postgresServer()->conninfo.c_str());
   options.minConnections = 1;
   options.maxConnections = 3;
   options.leaseWait = 5 * kj::SECONDS;
