@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian 12 machine (as root): installs what is missing, builds
 # payhost, installs the SDK into build/demo/sdk and builds the out-of-tree example plugin against
-# it, signs both plugins with a demo key, issues a demo CA and certificates
-# (scripts/make-certs.sh), starts payhostd with the card processor and that plugin serving TLS
-# with client certificates, runs a short live demo through the example client (as merchant-a,
-# then a refused merchant-b) and payhostctl, then stops the daemon with SIGTERM.
+# it, signs every plugin with a demo key, issues a demo CA and certificates
+# (scripts/make-certs.sh), starts payhostd with the card processor, that plugin and the payment
+# flow (fraud-screen, fx, ledger, payments over SQLite in build/demo/data) serving TLS with client
+# certificates, runs a short live demo through the example client (as merchant-a: the card
+# processor, the fraud screen, then payments through `payments.payments` and the ledger's
+# balances, which must add up; then a refused merchant-b) and payhostctl, then stops the daemon
+# with SIGTERM.
 #
 #   bash scripts/demo.sh               # serves on 127.0.0.1:7400 (PAYHOST_DEMO_PORT to change)
 #   PAYHOST_DEMO_KEEP=1 bash scripts/demo.sh   # leave the daemon running afterwards
@@ -18,7 +21,9 @@ build=build/release
 demo=$PWD/build/demo
 echo "=== building payhost in $build"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPAYHOST_BUILD_TESTS=OFF > /dev/null
-cmake --build "$build" -j "$jobs" --target payhostd payhostctl payhost-client card-processor \
+flow_plugins="card-processor fraud-screen fx ledger payments"
+# shellcheck disable=SC2086  # the list is meant to split
+cmake --build "$build" -j "$jobs" --target payhostd payhostctl payhost-client $flow_plugins \
   payhost-sdk payhost-sdk-testing
 
 echo "=== installing the SDK into $demo/sdk and building examples/hello-plugin against it"
@@ -34,8 +39,10 @@ bash scripts/make-certs.sh "$demo/certs" merchant-a merchant-b
 echo "=== signing the plugins with a demo key ($demo/signing.key; payhostd trusts signing.pub)"
 ctl() { "$build/host/payhostctl" --socket "$demo/admin.sock" "$@"; }
 ctl keygen "$demo/signing"
-ctl sign --key "$demo/signing.key" "$build/plugins/card-processor/card-processor.so" \
-  --name card-processor --version 1.0.0
+for plugin in $flow_plugins; do
+  ctl sign --key "$demo/signing.key" "$build/plugins/$plugin/$plugin.so" --name "$plugin" \
+    --version 1.0.0
+done
 ctl sign --key "$demo/signing.key" "$demo/limit-screen/limit-screen.so" \
   --name limit-screen --version 1.0.0
 
@@ -69,6 +76,8 @@ client --service payments.screen screen --amount 1250 --currency EUR --token tok
   --card-country DE --ip-country DE
 client --service payments.screen screen --amount 900000 --currency EUR --token tok_visa_approve \
   --card-country DE --ip-country BR
+echo; echo "=== payhost-client flow (payments.payments: fraud screen, card, FX, ledger; then the ledger)"
+client flow --merchant merchant-a
 echo; echo "=== merchant-b may not authorize (refused, logged as access.denied, counted)"
 as merchant-b authorize --amount 100 --currency EUR --key demo-b-1 || true
 echo; echo "=== no client certificate: refused during the TLS handshake"

@@ -5,6 +5,7 @@
 //   payhost-client --connect 127.0.0.1:7400 authorize --amount 1250 --currency EUR
 //       --token tok_visa_approve --key order-1001
 //   payhost-client --connect 127.0.0.1:7400 demo
+//   payhost-client --connect 127.0.0.1:7400 flow     # payments.payments, then payments.ledger
 //
 // payhostd serves TLS with client certificates unless a listener is configured `insecure`:
 //   payhost-client --connect 127.0.0.1:7400 --ca ca.pem --cert merchant-a.pem
@@ -16,7 +17,9 @@
 //
 // It depends on the SDK's schemas only, like any client would.
 
+#include <payhost/flow.capnp.h>
 #include <payhost/host.capnp.h>
+#include <payhost/money.h>
 #include <payhost/payments.capnp.h>
 
 #include <capnp/rpc-twoparty.h>
@@ -30,13 +33,16 @@
 
 #include <cinttypes>
 #include <cstdio>
+#include <map>
 #include <string>
 
 namespace {
 
 using payhost::schema::CardProcessor;
 using payhost::schema::Gateway;
+using payhost::schema::Ledger;
 using payhost::schema::PaymentResult;
+using payhost::schema::Payments;
 
 // The enumerant's name as written in the schema ("insufficientFunds").
 template <typename Enum>
@@ -44,6 +50,18 @@ kj::StringPtr nameOf(Enum value) {
   auto enumerants = capnp::Schema::from<Enum>().getEnumerants();
   auto index = static_cast<uint16_t>(value);
   return index < enumerants.size() ? enumerants[index].getProto().getName() : "unknown";
+}
+
+// "12.50 EUR" (the currency's ISO 4217 exponent; minor units for a code the table lacks).
+kj::String money(int64_t minorUnits, kj::StringPtr currency) {
+  KJ_IF_MAYBE (info, payhost::findCurrency(currency)) {
+    return kj::str(payhost::formatMinorUnits(minorUnits, info->exponent), " ", currency);
+  }
+  return kj::str(minorUnits, " ", currency, " (minor units)");
+}
+
+kj::String money(payhost::schema::Money::Reader amount) {
+  return money(amount.getMinorUnits(), amount.getCurrency());
 }
 
 const char* stateName(payhost::schema::TransactionState state) {
@@ -75,10 +93,9 @@ std::string printResult(kj::StringPtr what, PaymentResult::Reader result) {
   switch (result.which()) {
     case PaymentResult::APPROVED: {
       auto approval = result.getApproved();
-      printf("%-22s approved   txn=%s auth=%s amount=%" PRId64 " %s state=%s\n", what.cStr(),
+      printf("%-22s approved   txn=%s auth=%s amount=%s state=%s\n", what.cStr(),
              approval.getTransactionId().cStr(), approval.getAuthCode().cStr(),
-             approval.getAmount().getMinorUnits(), approval.getAmount().getCurrency().cStr(),
-             stateName(approval.getState()));
+             money(approval.getAmount()).cStr(), stateName(approval.getState()));
       return approval.getTransactionId();
     }
     case PaymentResult::DECLINED: {
@@ -89,7 +106,9 @@ std::string printResult(kj::StringPtr what, PaymentResult::Reader result) {
       return decline.getTransactionId();
     }
     case PaymentResult::REJECTED:
-      printf("%-22s rejected   %s\n", what.cStr(), result.getRejected().getMessage().cStr());
+      printf("%-22s rejected   code=%s: %s\n", what.cStr(),
+             nameOf(result.getRejected().getCode()).cStr(),
+             result.getRejected().getMessage().cStr());
       return "";
     case PaymentResult::PENDING:
       printf("%-22s pending    txn=%s\n", what.cStr(), result.getPending().cStr());
@@ -207,6 +226,166 @@ void runDemo(CardProcessor::Client& card, kj::WaitScope& ws) {
   capture(card, jpy, "capture after void").wait(ws);
 }
 
+// ---------------------------------------------------------------------------------------------
+// `flow`: the payment flow through `payments.payments` (fraud screen, card processor, FX and
+// ledger behind it), then the ledger's balances and its audit. Idempotency keys are
+// `<prefix>-1`, `<prefix>-2`...: running it again with the same prefix replays every result and
+// changes nothing.
+
+struct Flow {
+  Flow(Payments::Client payments, Ledger::Client ledger, kj::WaitScope& ws, std::string merchant,
+       std::string prefix)
+      : payments(kj::mv(payments)),
+        ledger(kj::mv(ledger)),
+        ws(ws),
+        merchant(kj::mv(merchant)),
+        prefix(kj::mv(prefix)) {}
+
+  Payments::Client payments;
+  Ledger::Client ledger;
+  kj::WaitScope& ws;
+  std::string merchant;
+  std::string prefix;
+  int keys = 0;
+  kj::Vector<kj::String> paymentIds;
+
+  kj::String nextKey() { return kj::str(prefix.c_str(), "-", ++keys); }
+
+  std::string pay(kj::StringPtr label, bool capture, int64_t amount, kj::StringPtr currency,
+                  kj::StringPtr token, kj::StringPtr settlement = "") {
+    auto fill = [&](payhost::schema::PaymentRequest::Builder r) {
+      r.setMerchantId(merchant);
+      r.initAmount().setMinorUnits(amount);
+      r.getAmount().setCurrency(currency);
+      r.setCardToken(token);
+      r.setIdempotencyKey(nextKey());
+      r.setSettlementCurrency(settlement);
+      r.setCardCountry("DE");
+      r.setIpCountry("DE");
+    };
+    std::string id;
+    if (capture) {
+      auto request = payments.purchaseRequest();
+      fill(request.initRequest());
+      auto response = request.send().wait(ws);
+      id = printResult(label, response.getResult());
+    } else {
+      auto request = payments.authorizeRequest();
+      fill(request.initRequest());
+      auto response = request.send().wait(ws);
+      id = printResult(label, response.getResult());
+    }
+    if (!id.empty()) paymentIds.add(kj::heapString(id));
+    return id;
+  }
+
+  template <typename Request>
+  void operate(kj::StringPtr label, Request&& request, const std::string& id, int64_t amount,
+               kj::StringPtr currency) {
+    auto body = request.initRequest();
+    body.setPaymentId(id);
+    body.initAmount().setMinorUnits(amount);
+    body.getAmount().setCurrency(currency);
+    body.setIdempotencyKey(nextKey());
+    auto response = request.send().wait(ws);
+    printResult(label, response.getResult());
+  }
+
+  // The payments as recorded; returns what each currency's merchant account should hold (the
+  // sum of `settled`).
+  std::map<std::string, int64_t> printPayments() {
+    std::map<std::string, int64_t> settled;
+    printf("\n%-34s %-18s %12s %12s %12s %16s\n", "payment (sync)", "state", "authorized",
+           "captured", "refunded", "settled");
+    for (auto& id : paymentIds) {
+      auto request = payments.syncRequest();
+      request.setPaymentId(id);
+      auto response = request.send().wait(ws);
+      auto p = response.getPayment();
+      printf("%-34s %-18s %12s %12s %12s %16s\n", id.cStr(), stateName(p.getState()),
+             money(p.getAuthorized()).cStr(), money(p.getCaptured()).cStr(),
+             money(p.getRefunded()).cStr(), money(p.getSettled()).cStr());
+      if (p.getSettled().getCurrency().size() > 0) {
+        settled[p.getSettled().getCurrency()] += p.getSettled().getMinorUnits();
+      }
+    }
+    return settled;
+  }
+
+  // One currency's ledger: every account, the totals, the audit by replay, and merchant's
+  // balance against `expected`. False when something does not add up.
+  bool printLedger(kj::StringPtr currency, int64_t expected) {
+    auto request = ledger.balancesRequest();
+    request.setCurrency(currency);
+    auto response = request.send().wait(ws);
+    printf("\nledger %s %-23s %14s %14s %14s %14s\n", currency.cStr(), "account", "debits",
+           "credits", "pending", "net");
+    int64_t debits = 0, credits = 0, pendingDebits = 0, pendingCredits = 0;
+    int64_t merchantNet = 0;
+    auto merchantAccount = kj::str("merchant:", merchant.c_str());
+    bool overflow = false;
+    for (auto b : response.getBalances()) {
+      int64_t d = b.getDebits().getMinorUnits(), c = b.getCredits().getMinorUnits();
+      int64_t pd = b.getDebitsPending().getMinorUnits();
+      int64_t pc = b.getCreditsPending().getMinorUnits();
+      printf("           %-23s %14s %14s %14s %14s\n", b.getAccountId().cStr(),
+             money(d, currency).cStr(), money(c, currency).cStr(), money(pc - pd, currency).cStr(),
+             money(c - d, currency).cStr());
+      overflow |= __builtin_add_overflow(debits, d, &debits);
+      overflow |= __builtin_add_overflow(credits, c, &credits);
+      overflow |= __builtin_add_overflow(pendingDebits, pd, &pendingDebits);
+      overflow |= __builtin_add_overflow(pendingCredits, pc, &pendingCredits);
+      if (b.getAccountId() == merchantAccount) merchantNet = c - d;
+    }
+    bool balanced = !overflow && debits == credits && pendingDebits == pendingCredits;
+    printf("           %-23s %14s %14s   debits %s credits\n", "total",
+           money(debits, currency).cStr(), money(credits, currency).cStr(), balanced ? "==" : "!=");
+
+    auto audit = ledger.auditRequest();
+    audit.setCurrency(currency);
+    auto reply = audit.send().wait(ws);
+    auto report = reply.getReport();
+    bool clean = report.getDebitsEqualCredits() && report.getMismatches().size() == 0;
+    printf("           audit by replay: %" PRIu64 " transfers, %u accounts, %s\n",
+           report.getTransfers(), report.getAccounts(),
+           clean ? "every balance matches the transfer log" : "MISMATCH");
+    for (auto line : report.getMismatches())
+      printf("             %s\n", line.cStr());
+    bool paid = merchantNet == expected;
+    printf("           %s holds %s; its payments settled %s: %s\n", merchantAccount.cStr(),
+           money(merchantNet, currency).cStr(), money(expected, currency).cStr(),
+           paid ? "equal" : "NOT EQUAL");
+    return balanced && clean && paid;
+  }
+};
+
+// Returns false when the balances do not add up.
+bool runFlow(Flow& flow) {
+  printf("%-22s %-10s (merchant %s)\n", "operation", "outcome", flow.merchant.c_str());
+  flow.pay("purchase 25.00 EUR", true, 2500, "EUR", "tok_visa_approve");
+  flow.pay("purchase, stolen card", true, 500, "EUR", "tok_stolen");
+  auto order = flow.pay("authorize 50.00 EUR", false, 5000, "EUR", "tok_mastercard_approve");
+  flow.operate("  capture 20.00", flow.payments.captureRequest(), order, 2000, "EUR");
+  flow.operate("  capture 30.00", flow.payments.captureRequest(), order, 3000, "EUR");
+  flow.operate("  refund 10.00", flow.payments.refundRequest(), order, 1000, "EUR");
+  flow.operate("  refund 45.00", flow.payments.refundRequest(), order, 4500, "EUR");
+  auto held = flow.pay("authorize 7.00 EUR", false, 700, "EUR", "tok_amex_approve");
+  flow.operate("  void", flow.payments.voidPaymentRequest(), held, 0, "EUR");
+  flow.operate("  capture after void", flow.payments.captureRequest(), held, 700, "EUR");
+  flow.pay("FX purchase 100.00 EUR", true, 10000, "EUR", "tok_visa_approve", "USD");
+
+  auto settled = flow.printPayments();
+  bool ok = true;
+  for (kj::StringPtr currency : {"EUR"_kj, "USD"_kj}) {
+    auto it = settled.find(currency.cStr());
+    ok &= flow.printLedger(currency, it == settled.end() ? 0 : it->second);
+  }
+  printf("\n%s\n", ok ? "balances add up: debits equal credits in every ledger, the audit agrees, "
+                        "and the merchant holds what its payments settled"
+                      : "BALANCES DO NOT ADD UP");
+  return ok;
+}
+
 kj::String readText(const std::string& path) {
   auto fs = kj::newDiskFilesystem();
   auto file = fs->getRoot().openFile(fs->getCurrentPath().evalNative(path));
@@ -253,6 +432,12 @@ int main(int argc, char** argv) {
   screen->add_option("--token", payment.token)->capture_default_str();
   screen->add_option("--card-country", cardCountry);
   screen->add_option("--ip-country", ipCountry);
+  std::string flowPrefix = "flow";
+  auto flow = app.add_subcommand(
+      "flow", "Run payments through payments.payments, then print the ledger's balances");
+  flow->add_option("--merchant", payment.merchant)->capture_default_str();
+  flow->add_option("--key-prefix", flowPrefix, "idempotency keys are PREFIX-1, PREFIX-2...")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -285,6 +470,16 @@ int main(int argc, char** argv) {
                info.getPlugin().cStr(), info.getVersion().cStr());
       }
       return 0;
+    }
+    if (flow->parsed()) {
+      auto get = [&](kj::StringPtr name) {
+        auto request = gateway.getServiceRequest();
+        request.setName(name);
+        return request.send().getService();
+      };
+      Flow run(get("payments.payments").castAs<Payments>(), get("payments.ledger").castAs<Ledger>(),
+               io.waitScope, payment.merchant, flowPrefix);
+      return runFlow(run) ? 0 : 2;
     }
     auto request = gateway.getServiceRequest();
     request.setName(service);

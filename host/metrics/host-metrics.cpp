@@ -2,6 +2,7 @@
 
 #include "host/metrics/exposition.h"
 
+#include <payhost/flow.capnp.h>
 #include <payhost/payments.capnp.h>
 
 #include <capnp/schema.h>
@@ -22,6 +23,7 @@ kj::Maybe<capnp::InterfaceSchema> knownInterface(uint64_t interfaceId) {
       capnp::Schema::from<schema::FraudScreen>(),
       capnp::Schema::from<schema::Fx>(),
       capnp::Schema::from<schema::Ledger>(),
+      capnp::Schema::from<schema::Payments>(),
   };
   for (auto& schema : known) {
     if (schema.getProto().getId() == interfaceId) return schema.asInterface();
