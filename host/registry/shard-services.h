@@ -26,8 +26,8 @@
 #include <atomic>
 #include <map>
 #include <string>
-#include <unordered_map>
 #include <tuple>
+#include <unordered_map>
 
 namespace payhost::host {
 
