@@ -279,6 +279,8 @@ struct Figures {
   double p50Micros = 0;
   double p99Micros = 0;
   uint64_t failed = 0;
+  // payhostd's CPU (all threads) per purchase over the run, warm-up and drain included.
+  double serverCpuMicros = 0;
 };
 
 Figures fromHistogram(double rate, const Histogram& h) {
@@ -294,8 +296,10 @@ struct Flow {
   int64_t acknowledgedAmount = 0;
 };
 
-Figures measureFlow(kj::AsyncIoContext& io, Flow& flow, uint32_t inFlight, double seconds,
-                    int round, std::string& firstError) {
+Figures measureFlow(kj::AsyncIoContext& io, pid_t pid, Flow& flow, uint32_t inFlight,
+                    double seconds, int round, std::string& firstError) {
+  double cpuBefore = processCpuMicros(pid);
+  int64_t amountBefore = flow.acknowledgedAmount;
   LoadGenerator generator(io.provider->getTimer());
   ClosedLoopOptions options;
   options.concurrency = inFlight;
@@ -329,6 +333,10 @@ Figures measureFlow(kj::AsyncIoContext& io, Flow& flow, uint32_t inFlight, doubl
   }
   auto figures = fromHistogram(result.callsPerSecond, result.latency);
   figures.failed = result.failed;
+  auto purchases = (flow.acknowledgedAmount - amountBefore) / AMOUNT;
+  if (purchases > 0) {
+    figures.serverCpuMicros = (processCpuMicros(pid) - cpuBefore) / static_cast<double>(purchases);
+  }
   return figures;
 }
 
@@ -378,7 +386,11 @@ void jsonCase(std::ofstream& json, const char* name, const std::vector<Figures>&
   json << "    \"" << name << "\": {\"payments_per_s\": " << rate.median
        << ", \"payments_per_s_min\": " << rate.min << ", \"payments_per_s_max\": " << rate.max
        << ", \"p50_us\": " << over(runs, &Figures::p50Micros).median
-       << ", \"p99_us\": " << over(runs, &Figures::p99Micros).median << "}";
+       << ", \"p99_us\": " << over(runs, &Figures::p99Micros).median;
+  if (runs.front().serverCpuMicros > 0) {
+    json << ", \"server_cpu_us_per_payment\": " << over(runs, &Figures::serverCpuMicros).median;
+  }
+  json << "}";
 }
 
 struct Options {
@@ -467,20 +479,24 @@ int runBenchmark(const Options& options) {
   for (int round = 0; round < options.rounds; ++round) {
     Histogram h1, h3;
     naiveRuns.push_back(fromHistogram(naive1.run(options.seconds, round, h1), h1));
-    flowRuns.push_back(measureFlow(io, flow, options.inFlight, options.seconds, round, firstError));
+    flowRuns.push_back(
+        measureFlow(io, pid, flow, options.inFlight, options.seconds, round, firstError));
     naive3Runs.push_back(fromHistogram(naive3.run(options.seconds, round, h3), h3));
     failed += flowRuns.back().failed;
     ratios.push_back(flowRuns.back().rate / naiveRuns.back().rate);
     std::printf(
-        "round %d: flow %.0f/s (p50 %.0f us, p99 %.0f us, %llu failed), naive %.0f/s, "
-        "naive-3 %.0f/s, ratio %.2fx\n",
+        "round %d: flow %.0f/s (p50 %.0f us, p99 %.0f us, payhostd CPU %.0f us per purchase, "
+        "%llu failed), naive %.0f/s, naive-3 %.0f/s, ratio %.2fx\n",
         round + 1, flowRuns.back().rate, flowRuns.back().p50Micros, flowRuns.back().p99Micros,
-        static_cast<unsigned long long>(flowRuns.back().failed), naiveRuns.back().rate,
-        naive3Runs.back().rate, ratios.back());
+        flowRuns.back().serverCpuMicros, static_cast<unsigned long long>(flowRuns.back().failed),
+        naiveRuns.back().rate, naive3Runs.back().rate, ratios.back());
     std::fflush(stdout);
   }
   std::printf("\nmedians over rounds (min-max):\n");
   printCase("flow", flowRuns);
+  std::printf(
+      "          payhostd CPU %.0f us per purchase (all threads; 2 cores shared with the bench)\n",
+      over(flowRuns, &Figures::serverCpuMicros).median);
   printCase("naive", naiveRuns);
   printCase("naive-3", naive3Runs);
   auto ratio = spread(ratios);
