@@ -231,7 +231,7 @@ private:
     for (int a = 0; a < 2; ++a) {
       sqlite3_bind_text(readAccount, 1, "EUR", -1, SQLITE_STATIC);
       sqlite3_bind_text(readAccount, 2, accounts[a], -1, SQLITE_STATIC);
-      KJ_REQUIRE(sqlite3_step(readAccount) == SQLITE_ROW, "no account", accounts[a]);
+      if (sqlite3_step(readAccount) != SQLITE_ROW) KJ_FAIL_REQUIRE("no account", accounts[a]);
       for (int c = 0; c < 4; ++c)
         balances[a][c] = sqlite3_column_int64(readAccount, c + 1);
       sqlite3_reset(readAccount);
@@ -308,25 +308,26 @@ Figures measureFlow(kj::AsyncIoContext& io, pid_t pid, Flow& flow, uint32_t inFl
   options.drainTimeout = 30 * kj::SECONDS;
   auto result =
       generator
-          .runClosedLoop(options,
-                         [&]() -> kj::Promise<void> {
-                           auto request = flow.payments.purchaseRequest();
-                           auto r = request.initRequest();
-                           r.setMerchantId("m1");
-                           r.initAmount().setMinorUnits(AMOUNT);
-                           r.getAmount().setCurrency("EUR");
-                           r.setCardToken("tok_visa_approve");
-                           r.setIdempotencyKey(kj::str("flow-", round, "-", flow.sequence++));
-                           return request.send().then(
-                               [&flow](capnp::Response<schema::Payments::PurchaseResults>&& out) {
-                                 auto answer = out.getResult();
-                                 KJ_REQUIRE(
-                                     answer.isApproved() && answer.getApproved().getState() ==
-                                                                schema::TransactionState::CAPTURED,
-                                     "purchase not captured", kj::str(answer));
-                                 flow.acknowledgedAmount += AMOUNT;
-                               });
-                         })
+          .runClosedLoop(
+              options,
+              [&]() -> kj::Promise<void> {
+                auto request = flow.payments.purchaseRequest();
+                auto r = request.initRequest();
+                r.setMerchantId("m1");
+                r.initAmount().setMinorUnits(AMOUNT);
+                r.getAmount().setCurrency("EUR");
+                r.setCardToken("tok_visa_approve");
+                r.setIdempotencyKey(kj::str("flow-", round, "-", flow.sequence++));
+                return request.send().then(
+                    [&flow](capnp::Response<schema::Payments::PurchaseResults>&& out) {
+                      auto answer = out.getResult();
+                      if (!answer.isApproved() ||
+                          answer.getApproved().getState() != schema::TransactionState::CAPTURED) {
+                        KJ_FAIL_REQUIRE("purchase not captured", kj::str(answer));
+                      }
+                      flow.acknowledgedAmount += AMOUNT;
+                    });
+              })
           .wait(io.waitScope);
   KJ_IF_MAYBE (e, result.firstError) {
     if (firstError.empty()) firstError = e->cStr();
@@ -368,6 +369,7 @@ Spread spread(std::vector<double> values) {
 template <typename F>
 Spread over(const std::vector<Figures>& runs, F field) {
   std::vector<double> values;
+  values.reserve(runs.size());
   for (auto& r : runs)
     values.push_back(r.*field);
   return spread(values);
