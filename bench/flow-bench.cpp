@@ -9,7 +9,9 @@
 //           fraud-screen, fx, ledger and payments plugins over SQLite files in `--dir` (WAL,
 //           synchronous=FULL: the host's SqlPool). The bench keeps `--in-flight` purchases in
 //           flight on one TCP connection (closed loop), each with a new idempotency key; a
-//           purchase counts when it is answered approved and captured. The payments plugin
+//           purchase counts when it is answered approved and captured. Purchases are in EUR settled
+//           in EUR, so fx is loaded but not called (the plugin converts only across currencies);
+//           an FX case is not measured yet. The payments plugin
 //           answers only after its result is durable (claim, ledger transfer and result are
 //           group-committed, <payhost/group-commit.h>).
 // naive     the writes one purchase makes (payments: key lookup, key claim, payment lookup;
@@ -468,7 +470,8 @@ int runBenchmark(const Options& options) {
   Naive naive3(dir, true);
   std::printf(
       "payhost-flow-bench: durable purchases through payhostd (payments -> fraud-screen, "
-      "card-processor latency 0, fx, ledger; SQLite WAL synchronous=FULL in %s) beside the same "
+      "card-processor latency 0, ledger; fx loaded, not called for EUR->EUR; SQLite WAL "
+      "synchronous=FULL in %s) beside the same "
       "writes into SQLite directly\n%u in flight on 1 connection; %d rounds of %.1f s per case, "
       "interleaved\n\n",
       dir.c_str(), options.inFlight, options.rounds, options.seconds);
