@@ -542,8 +542,18 @@ int runBenchmark(const Options& options) {
   int status = 0;
   waitpid(pid, &status, 0);
   pid = 0;
+  // A clean stop (exit 0 on SIGTERM) is part of the run: under sanitizers an error or a leak
+  // makes it exit 1. Its log is shown then, as the directory is removed.
+  bool stopped = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  if (!stopped) {
+    std::printf("payhostd did not stop cleanly (status %d)  <-- FAILED; its log:\n", status);
+    std::ifstream log(logPath.cStr());
+    std::string line;
+    while (std::getline(log, line))
+      std::printf("  %s\n", line.c_str());
+  }
   fs::remove_all(options.dir);
-  return failed == 0 && balanced ? 0 : 1;
+  return failed == 0 && balanced && stopped ? 0 : 1;
 }
 
 }  // namespace
