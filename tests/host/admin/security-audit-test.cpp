@@ -119,6 +119,7 @@ TEST_F(SecurityAuditTest, ThreadsRecordConcurrentlyAndTheChainHolds) {
   AuditLog log(path);
   SecurityAudit audit(log);
   std::vector<std::thread> threads;
+  threads.reserve(4);
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&audit, t]() {
       auto actor = kj::str("identity-", t);
