@@ -2,6 +2,8 @@
 
 #include "host/admin/admin-server.h"
 #include "host/admin/audit-log.h"
+#include "host/admin/security-audit.h"
+#include "host/config/reader-limits.h"
 #include "host/loader/generation.h"
 #include "host/loader/plugin-library.h"
 #include "host/metrics/host-metrics.h"
@@ -103,6 +105,8 @@ private:
   kj::Maybe<kj::String> notReady() override;
   kj::Promise<void> acceptLoop(kj::ConnectionReceiver& receiver, const Listener& listener);
   kj::Promise<void> reloadOnSighup();
+  // One `tls-reload` audit record (outcome "ok" or "failed").
+  void auditReload(kj::StringPtr outcome, kj::StringPtr detail);
   kj::Promise<kj::String> waitForStop();
   void shutdown(kj::StringPtr reason);
   void fillStatus(schema::HostStatus::Builder status);
@@ -130,6 +134,8 @@ private:
   Registry registry;
   kj::Vector<kj::Own<Shard>> shards;
   kj::Maybe<kj::Own<AuditLog>> audit;
+  // The throttle shards record failed handshakes and refusals through (in `clientPolicy`).
+  kj::Maybe<kj::Own<SecurityAudit>> securityAudit;
   // `[security] trusted_keys`, read at start.
   TrustedKeys trusted;
   kj::Maybe<kj::Own<Deployer>> deployer;
@@ -334,6 +340,16 @@ kj::Promise<void> Daemon::Impl::acceptLoop(kj::ConnectionReceiver& receiver,
   });
 }
 
+void Daemon::Impl::auditReload(kj::StringPtr outcome, kj::StringPtr detail) {
+  // Not throttled: only someone who may signal payhostd causes these. A log that cannot be
+  // written is reported, and the reload stands.
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
+                 KJ_ASSERT_NONNULL(audit)->record("tls-reload", "", outcome, detail);
+               })) {
+    error("audit.write_failed", {{"action", "tls-reload"}, {"error", e->getDescription()}});
+  }
+}
+
 kj::Promise<void> Daemon::Impl::reloadOnSighup() {
   return io.unixEventPort.onSignal(SIGHUP).then([this](siginfo_t&&) {
     KJ_IF_MAYBE (tlsConfig, config.tls) {
@@ -341,8 +357,11 @@ kj::Promise<void> Daemon::Impl::reloadOnSighup() {
                           [&]() { tls = kj::atomicRefcounted<TlsServer>(*tlsConfig); })) {
         error("tls.reload_failed", {{"error", e->getDescription()},
                                     {"note", "new connections keep the previous certificate"}});
+        auditReload("failed", kj::str(e->getDescription(),
+                                      "; new connections keep the previous certificate"));
       } else {
         info("tls.reloaded", {{"certificate", tlsConfig->certificate}, {"loaded", tls->summary()}});
+        auditReload("ok", kj::str("certificate ", tlsConfig->certificate, ": ", tls->summary()));
       }
     } else {
       info("tls.reload_skipped", {{"reason", "no [tls] in the config"}});
@@ -520,6 +539,13 @@ void Daemon::Impl::shutdown(kj::StringPtr reason) {
   counters.databases = nullptr;
   databases.clear();
 
+  // The shards are gone: the security events they suppressed get their summary records.
+  KJ_IF_MAYBE (throttle, securityAudit) {
+    clientPolicy.audit = nullptr;
+    KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { (*throttle)->flush(); })) {
+      error("audit.write_failed", {{"action", "summary"}, {"error", e->getDescription()}});
+    }
+  }
   for (auto& record : registry.plugins()) {
     KJ_IF_MAYBE (generation, record.generation) {
       auto& g = **generation;
@@ -564,6 +590,9 @@ int Daemon::Impl::run() {
     // Packages are copied here as they load (for rollback), the configured ones included.
     std::filesystem::create_directories(kj::str(config.dataDir, "/packages").cStr(), ignored);
     audit = kj::heap<AuditLog>(kj::str(config.dataDir, "/audit.log"));
+    auto throttle = kj::heap<SecurityAudit>(*KJ_ASSERT_NONNULL(audit));
+    clientPolicy.audit = throttle.get();
+    securityAudit = kj::mv(throttle);
     trusted = TrustedKeys::load(config.trustedKeys);
     if (config.allowUnsigned) {
       warn("security.unsigned_allowed",
@@ -627,11 +656,7 @@ int Daemon::Impl::run() {
     return 1;
   }
 
-  // The traversal limit is also what Cap'n Proto checks a message's announced size against.
-  capnp::ReaderOptions readerOptions;
-  readerOptions.traversalLimitInWords = kj::min(
-      config.limits.traversalLimitWords, config.limits.maxMessageBytes / sizeof(capnp::word));
-  readerOptions.nestingLimit = static_cast<int>(config.limits.nestingLimit);
+  auto readerOptions = clientReaderOptions(config.limits);
   for (uint32_t i = 0; i < config.shards; ++i) {
     shards.add(kj::heap<Shard>(i, config.shards, log, counters, readerOptions, clientPolicy));
   }

@@ -22,12 +22,11 @@
 
 #include <capnp/message.h>
 #include <kj/io.h>
+#include <kj/mutex.h>
 #include <kj/string.h>
 #include <kj/vector.h>
 
 namespace payhost::host {
-
-#include <kj/mutex.h>
 
 // One event. Borrowed for the duration of `append()`.
 struct AuditRecord {

@@ -1,5 +1,7 @@
 #include "host/rpc/client-policy.h"
 
+#include <kj/exception.h>
+
 namespace payhost::host {
 
 namespace {
@@ -27,6 +29,17 @@ bool AccessPolicy::mayCall(kj::StringPtr identity, kj::StringPtr service,
     if (rule.methods.empty() || listed(rule.methods, method)) return true;
   }
   return false;
+}
+
+void auditSecurityEvent(const ClientPolicy& policy, kj::StringPtr action, kj::StringPtr actor,
+                        kj::StringPtr reason, kj::StringPtr detail) {
+  if (policy.audit == nullptr) return;
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions(
+                      [&]() { policy.audit->record(action, actor, "refused", reason, detail); })) {
+    auto description = e->getDescription();
+    LogField fields[] = {{"action", action}, {"error", description}};
+    policy.log.write(LogLevel::ERROR, "audit.write_failed", nullptr, fields);
+  }
 }
 
 }  // namespace payhost::host

@@ -7,6 +7,7 @@
 
 #pragma once
 
+#include "host/admin/security-audit.h"
 #include "host/config/daemon-config.h"
 #include "host/log/logger.h"
 
@@ -54,6 +55,14 @@ struct ClientPolicy {
   const LimitsConfig& limits;
   SecurityCounters& counters;
   LogSink& log;
+  // Where failed handshakes (`auth-failed`) and refusals (`permission-denied`) are recorded,
+  // throttled; null: not recorded (unit tests). Set before the shards start.
+  SecurityAudit* audit = nullptr;
 };
+
+// Records a security event from a shard through `policy.audit` (if any). An audit log that cannot
+// be written is logged (`audit.write_failed`), not thrown into the connection that caused it.
+void auditSecurityEvent(const ClientPolicy& policy, kj::StringPtr action, kj::StringPtr actor,
+                        kj::StringPtr reason, kj::StringPtr detail);
 
 }  // namespace payhost::host

@@ -13,6 +13,9 @@ kj::Exception ConnectionCaller::denied(kj::StringPtr service, kj::StringPtr meth
                                  : kj::str("method '", method, "' of service '", service, "'");
   LogField fields[] = {{"identity", identity_}, {"service", service}, {"method", method}};
   policy.log.write(LogLevel::WARNING, "access.denied", nullptr, fields);
+  // Throttled per identity and service (see SecurityAudit); the method is in the detail only.
+  auditSecurityEvent(policy, "permission-denied", identity_, service,
+                     kj::str(what, " (no [[access]] rule grants it)"));
   return kj::Exception(kj::Exception::Type::FAILED, __FILE__, __LINE__,
                        kj::str("permission denied: identity '", identity_, "' may not call ", what,
                                " (no [[access]] rule grants it)"));

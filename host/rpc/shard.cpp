@@ -6,9 +6,52 @@
 #include <capnp/rpc-twoparty.h>
 #include <kj/debug.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 namespace payhost::host {
+
+namespace {
+
+// A failed handshake's reason, one of a few words: the audit throttle's key must stay bounded
+// whatever text OpenSSL puts in the error.
+kj::StringPtr handshakeFailure(kj::StringPtr description) {
+  auto has = [&](const char* text) { return strstr(description.cStr(), text) != nullptr; };
+  if (has("peer did not return a certificate")) return "no-certificate";
+  if (has("certificate verify failed") || has("certificate expired") || has("unknown ca") ||
+      has("bad certificate")) {
+    return "certificate-refused";
+  }
+  if (has("unsupported protocol") || has("protocol version")) return "old-protocol";
+  if (has("wrong version number") || has("http request")) return "not-tls";
+  if (has("no shared cipher")) return "no-shared-cipher";
+  return "other";
+}
+
+// "peer=ADDRESS" of a connected TCP socket, or "peer=local" (unix socket, or unknown).
+kj::String peerOf(int fd) {
+  sockaddr_storage address{};
+  socklen_t size = sizeof(address);
+  char text[INET6_ADDRSTRLEN] = {};
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&address), &size) == 0) {
+    if (address.ss_family == AF_INET &&
+        inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&address)->sin_addr, text,
+                  sizeof(text)) != nullptr) {
+      return kj::str("peer=", text);
+    }
+    if (address.ss_family == AF_INET6 &&
+        inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&address)->sin6_addr, text,
+                  sizeof(text)) != nullptr) {
+      return kj::str("peer=", text);
+    }
+  }
+  return kj::str("peer=local");
+}
+
+}  // namespace
 
 class ShardState::Connection {
 public:
@@ -119,6 +162,8 @@ void ShardState::adopt(int fd, kj::Own<const TlsServer> tls, kj::StringPtr insec
     }
     auto& timer = io.provider->getTimer();
     auto timeout = policy.limits.handshakeTimeout;
+    // The audit record's actor: the client has no identity before its handshake completes.
+    auto peer = peerOf(fd);
     auto handshake =
         tls->accept(kj::mv(stream))
             .then([](TlsServer::Accepted&& accepted) -> kj::Maybe<TlsServer::Accepted> {
@@ -128,7 +173,8 @@ void ShardState::adopt(int fd, kj::Own<const TlsServer> tls, kj::StringPtr insec
                 []() -> kj::Maybe<TlsServer::Accepted> { return nullptr; }));
     (*tasks)->add(handshake
                       .then(
-                          [this, &counters, timeout](kj::Maybe<TlsServer::Accepted>&& accepted) {
+                          [this, &counters, timeout,
+                           peerText = peer.asPtr()](kj::Maybe<TlsServer::Accepted>&& accepted) {
                             KJ_IF_MAYBE (done, accepted) {
                               serve(kj::mv(done->stream), kj::mv(done->identity));
                             } else {
@@ -136,15 +182,20 @@ void ShardState::adopt(int fd, kj::Own<const TlsServer> tls, kj::StringPtr insec
                               auto ms = kj::str(timeout / kj::MILLISECONDS);
                               LogField fields[] = {{"timeout_ms", ms}};
                               log.write(LogLevel::INFO, "tls.handshake_timeout", nullptr, fields);
+                              auditSecurityEvent(policy, "auth-failed", peerText,
+                                                 "handshake-timeout",
+                                                 kj::str("TLS handshake not done in ", ms, " ms"));
                             }
                           },
-                          [this, &counters](kj::Exception&& e) {
+                          [this, &counters, peerText = peer.asPtr()](kj::Exception&& e) {
                             counters.handshakesFailed.fetch_add(1, std::memory_order_relaxed);
                             auto description = e.getDescription();
                             LogField fields[] = {{"error", description}};
                             log.write(LogLevel::INFO, "tls.handshake_failed", nullptr, fields);
+                            auditSecurityEvent(policy, "auth-failed", peerText,
+                                               handshakeFailure(description), description);
                           })
-                      .attach(kj::mv(uncount), kj::mv(tls)));
+                      .attach(kj::mv(uncount), kj::mv(tls), kj::mv(peer)));
   }
 }
 

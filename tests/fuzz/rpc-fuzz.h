@@ -7,6 +7,8 @@
 
 #pragma once
 
+#include "host/config/reader-limits.h"
+
 #include <payhost/testing.h>
 
 #include <capnp/message.h>
@@ -24,14 +26,10 @@
 
 namespace payhost::fuzz {
 
-// Tighter than Cap'n Proto's defaults (64 Mi words, depth 64), as a host serving untrusted
-// callers sets them.
-// TODO(security): take these from host/rpc once it exports the host's ReaderOptions.
+// The limits payhostd reads a client's message under, with `[limits]` at its defaults (one place:
+// host/config/reader-limits.h).
 inline capnp::ReaderOptions readerOptions() {
-  capnp::ReaderOptions options;
-  options.traversalLimitInWords = 1u << 16;
-  options.nestingLimit = 32;
-  return options;
+  return host::clientReaderOptions();
 }
 
 // Sends one call decoded from `data` to `service` (interface `interfaceId`, `methods` methods),

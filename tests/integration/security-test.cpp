@@ -14,6 +14,9 @@
 
 #include <sys/stat.h>
 
+#include <string>
+#include <vector>
+
 #include "daemon-process.h"
 
 namespace payhost::test {
@@ -389,6 +392,95 @@ TEST_F(Security, SighupReloadsTheCertificateWithoutDroppingConnections) {
   TlsConnection still(io, tls, tlsAddress(ports));
   auto stillEcho = still.echo();
   await(screen(stillEcho, "still", 4));
+}
+
+// The audit lines of `text` (one JSON object a line) with `action` and containing `needle`.
+std::vector<std::string> auditLines(kj::StringPtr text, kj::StringPtr action,
+                                    kj::StringPtr needle) {
+  std::vector<std::string> found;
+  std::string all(text.begin(), text.size());
+  std::string actionField = "\"action\":\"" + std::string(action.cStr()) + "\"";
+  size_t start = 0;
+  while (start < all.size()) {
+    auto end = all.find('\n', start);
+    if (end == std::string::npos) end = all.size();
+    auto line = all.substr(start, end - start);
+    if (line.find(actionField) != std::string::npos &&
+        line.find(needle.cStr()) != std::string::npos) {
+      found.push_back(line);
+    }
+    start = end + 1;
+  }
+  return found;
+}
+
+TEST_F(Security, AuthenticationPermissionAndReloadEventsAreAuditedThrottled) {
+  TempDir own;
+  for (auto name : {"server.pem", "server.key"}) {
+    ASSERT_EQ(runProcess({"/bin/cp", certs->file(name), own.file(name)}).exitCode, 0);
+  }
+  chmod(own.file("server.key").cStr(), 0600);
+  auto daemonOptions = options();
+  daemonOptions.dataDir = own.file("data");
+  daemonOptions.extra =
+      kj::str("[tls]\ncertificate = \"", own.file("server.pem"), "\"\nprivate_key = \"",
+              own.file("server.key"), "\"\nclient_ca = \"", certs->file("ca.pem"), "\"\n");
+  DaemonProcess daemon(kj::mv(daemonOptions));
+  auto ports = portsOf(daemon);
+
+  // Five handshakes without a client certificate (one record, four counted) and one with a
+  // certificate from another CA (another reason, its own record).
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_NE(sClient(ports.tls, "-tls1_2").exitCode, 0);
+  }
+  auto impostor =
+      kj::str("-tls1_2 -cert ", certs->file("impostor.pem"), " -key ", certs->file("impostor.key"));
+  EXPECT_NE(sClient(ports.tls, impostor).exitCode, 0);
+  daemon.waitForLogCount("event=tls.handshake_failed", 6);
+
+  // Two refused calls by merchant-b (one record, one counted).
+  {
+    ClientTls tls(*certs, "ca", "merchant-b");
+    TlsConnection connection(io, tls, tlsAddress(ports));
+    auto echo = connection.echo();
+    awaitFailure(screen(echo, "tok_b", 1));
+    awaitFailure(screen(echo, "tok_b", 2));
+  }
+  daemon.waitForLogCount("event=access.denied", 2);
+
+  // A reload that works, then one that fails (world-readable key).
+  daemon.signal(SIGHUP);
+  daemon.waitForLog("event=tls.reloaded");
+  chmod(own.file("server.key").cStr(), 0644);
+  daemon.signal(SIGHUP);
+  daemon.waitForLog("event=tls.reload_failed");
+
+  // Records so far, before the summaries written at shutdown.
+  auto log = own.file("data/audit.log");
+  auto before = readText(log);
+  EXPECT_EQ(auditLines(before, "auth-failed", "no-certificate").size(), 1u) << s(before);
+  EXPECT_EQ(auditLines(before, "auth-failed", "certificate-refused").size(), 1u) << s(before);
+  EXPECT_EQ(auditLines(before, "permission-denied", "\"actor\":\"merchant-b\"").size(), 1u)
+      << s(before);
+  EXPECT_THAT(s(before), testing::ContainsRegex("\"actor\":\"peer=127\\.0\\.0\\.1\""));
+  auto reloads = auditLines(before, "tls-reload", "");
+  ASSERT_EQ(reloads.size(), 2u) << s(before);
+  EXPECT_THAT(reloads[0], testing::Not(HasSubstr("\"outcome\":\"failed\"")));
+  EXPECT_THAT(reloads[1], HasSubstr("\"outcome\":\"failed\""));
+  EXPECT_THAT(reloads[1], HasSubstr("lets other users read or replace the private key"));
+
+  // At shutdown, what was suppressed is summarised; the chain still verifies.
+  daemon.signal(SIGTERM);
+  EXPECT_EQ(daemon.waitForExit(20 * kj::SECONDS), 0);
+  auto after = readText(log);
+  auto noCert = auditLines(after, "auth-failed", "no-certificate");
+  ASSERT_EQ(noCert.size(), 2u) << s(after);
+  EXPECT_THAT(noCert[1], HasSubstr("4 more like it suppressed"));
+  auto denied = auditLines(after, "permission-denied", "\"actor\":\"merchant-b\"");
+  ASSERT_EQ(denied.size(), 2u) << s(after);
+  EXPECT_THAT(denied[1], HasSubstr("1 more like it suppressed"));
+  auto verified = runProcess({PAYHOSTCTL, "audit", "verify", "--log", log});
+  EXPECT_EQ(verified.exitCode, 0) << s(verified.out) << s(verified.err);
 }
 
 TEST_F(Security, WorldReadableKeyAndInsecurePublicListenerAreRefused) {
