@@ -3,9 +3,12 @@
 #include <payhost/sql.h>
 
 #include <kj/async.h>
+#include <kj/vector.h>
 
 #include <gtest/gtest.h>
 
+#include <mutex>
+#include <set>
 #include <string>
 
 namespace payhost {
@@ -126,6 +129,73 @@ TEST(Database, TransactionReturnsWhatTheWorkReturnsAndExecuteCopiesItsInputs) {
                     .wait(waitScope);
   EXPECT_TRUE(failed);
   EXPECT_EQ(db.rollbacks, 1);
+}
+
+// Knows which of its instances are alive, so work that runs on a copy can tell from work that
+// runs on an object already destroyed (without reading the dead object's memory).
+class Probe {
+public:
+  Probe() { enter(); }
+  Probe(const Probe&) { enter(); }
+  Probe& operator=(const Probe&) = default;
+  ~Probe() {
+    std::lock_guard<std::mutex> lock(mutex());
+    live().erase(this);
+  }
+  bool alive() const {
+    std::lock_guard<std::mutex> lock(mutex());
+    return live().count(this) == 1;
+  }
+
+private:
+  void enter() {
+    std::lock_guard<std::mutex> lock(mutex());
+    live().insert(this);
+  }
+  static std::set<const Probe*>& live() {
+    static std::set<const Probe*> set;
+    return set;
+  }
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+};
+
+// Keeps the work to run it later, as the host's worker pool does after the caller returned.
+class DeferredDatabase final : public Database, public SqlTransaction {
+public:
+  kj::StringPtr name() override { return "deferred"; }
+  SqlDialect dialect() override { return SqlDialect::SQLITE; }
+  kj::Promise<void> transactionWork(kj::Function<void(SqlTransaction&)> work) override {
+    saved.add(kj::mv(work));
+    return kj::READY_NOW;
+  }
+  SqlResult execute(kj::StringPtr, kj::ArrayPtr<const SqlParam>) override { return {}; }
+  using SqlTransaction::execute;
+
+  kj::Vector<kj::Function<void(SqlTransaction&)>> saved;
+};
+
+// The ledger's schema creation passed a named lambda (an lvalue) and returned; kj::Function made
+// from an lvalue only refers to it, so the worker ran a destroyed lambda (ASan: use after free).
+TEST(Database, TransactionKeepsItsOwnCopyOfWorkPassedByName) {
+  DeferredDatabase db;
+  int ranAlive = 0;
+  int ranDead = 0;
+  {
+    auto work = [probe = Probe(), &ranAlive, &ranDead](SqlTransaction&) {
+      ++(probe.alive() ? ranAlive : ranDead);
+    };
+    db.transaction(work);
+    const auto& constWork = work;
+    db.transaction(constWork);
+  }
+  ASSERT_EQ(db.saved.size(), 2u);
+  for (auto& work : db.saved)
+    work(db);
+  EXPECT_EQ(ranAlive, 2);
+  EXPECT_EQ(ranDead, 0);
 }
 
 }  // namespace

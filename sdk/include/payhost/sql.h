@@ -164,7 +164,9 @@ template <typename Func>
 kj::Promise<std::invoke_result_t<Func&, SqlTransaction&>> Database::transaction(Func&& work) {
   using Result = std::invoke_result_t<Func&, SqlTransaction&>;
   if constexpr (std::is_void_v<Result>) {
-    return transactionWork(kj::fwd<Func>(work));
+    // A copy (or move), never a reference: kj::Function made from an lvalue would only refer to
+    // it, and the worker may run `work` after the caller's object is gone.
+    return transactionWork(std::decay_t<Func>(kj::fwd<Func>(work)));
   } else {
     // Written on the worker thread, read here after the promise resolves. Shared, because a
     // caller that cancels the promise must not free it under a worker still running `work`.
