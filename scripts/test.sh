@@ -6,7 +6,7 @@
 #   bash scripts/test.sh            # both builds
 #   PAYHOST_TEST_BUILDS=release bash scripts/test.sh   # only the normal build
 #
-# Then each libFuzzer target runs for PAYHOST_FUZZ_SECONDS (10) in its own clang build
+# Then each libFuzzer target (10 of them) runs for PAYHOST_FUZZ_SECONDS (8) in its own clang build
 # (scripts/fuzz.sh; PAYHOST_FUZZ_SECONDS=0 skips it). A longer run: bash scripts/fuzz.sh 600
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,7 @@ for build in $builds; do
     status=1
   fi
 done
-fuzzSeconds=${PAYHOST_FUZZ_SECONDS:-10}
+fuzzSeconds=${PAYHOST_FUZZ_SECONDS:-8}
 if [[ $fuzzSeconds != 0 ]]; then
   echo "=== [fuzz] libFuzzer targets, $fuzzSeconds s each"
   if ! bash scripts/fuzz.sh "$fuzzSeconds"; then

@@ -1,5 +1,5 @@
 // libFuzzer target: the RPC entry of the card-processor service ("payments.card"). The input's
-// first byte picks the method (CardProcessor has five); the rest is read as a Cap'n Proto message
+// first byte picks the method (CardProcessor has six); the rest is read as a Cap'n Proto message
 // (flat array with its segment table) under reader limits, and its root becomes that call's
 // parameters, sent to the plugin's server through the SDK's test host as any caller's would be.
 // A malformed message or a call the plugin refuses ends in a kj::Exception; anything else is a
@@ -66,6 +66,16 @@ void writeSeeds(const char* dir) {
     message.initRoot<CardProcessor::SyncParams>().setTransactionId("txn_1");
     writeSeed(dir, 4, message);
   }
+  {
+    capnp::MallocMessageBuilder message;
+    auto request = message.initRoot<CardProcessor::PurchaseParams>().initRequest();
+    request.setMerchantId("m_1");
+    request.initAmount().setMinorUnits(990);
+    request.getAmount().setCurrency("JPY");
+    request.setCardToken("tok_visa_approve");
+    request.setIdempotencyKey("k5");
+    writeSeed(dir, 5, message);
+  }
 }
 
 }  // namespace
@@ -79,10 +89,9 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  // One plugin instance for the whole run, as a shard keeps one: state carried from call to call
-  // (authorizations, idempotency keys) is part of what is fuzzed.
-  static Target* target = new Target;
-  payhost::fuzz::callOnce(target->host, target->card, capnp::typeId<CardProcessor>(), 5, data,
+  // State carried from call to call (authorizations, idempotency keys) is fuzzed too.
+  auto target = &payhost::fuzz::recycled<Target>();
+  payhost::fuzz::callOnce(target->host, target->card, capnp::typeId<CardProcessor>(), 6, data,
                           size);
   return 0;
 }

@@ -40,7 +40,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static Target* target = new Target;
+  auto target = &payhost::fuzz::recycled<Target>();
   payhost::fuzz::callOnce(target->host, target->screen, capnp::typeId<FraudScreen>(), 1, data,
                           size);
   return 0;
