@@ -34,18 +34,22 @@ namespace {
 namespace schema = payhost::schema;
 using Frames = kj::Vector<kj::Own<capnp::MallocMessageBuilder>>;
 
-const kj::StringPtr LEDGER_DB[] = {"ledger"};
-const kj::StringPtr PAYMENTS_DB[] = {"payments"};
-const kj::StringPtr VAULT_DB[] = {"vault"};
-const kj::StringPtr DATABASES[] = {"ledger", "payments", "vault"};
-const payhost::fuzz::PluginSpec PLUGINS[] = {
-    {"card-processor/card-processor.so", "latency_ms = 0", nullptr},
-    {"fraud-screen/fraud-screen.so", "[velocity]\ncard_limit = 20\n", nullptr},
-    {"fx/fx.so", "[rates]\nEUR_USD = \"1.0842\"\nUSD_EUR = \"0.9223\"\n", nullptr},
-    {"ledger/ledger.so", "database = \"ledger\"\nexpiry_sweep_ms = 100", LEDGER_DB},
-    {"payments/payments.so", "database = \"payments\"", PAYMENTS_DB},
-    {"vault/vault.so", "key = \"vault\"\ndatabase = \"vault\"", VAULT_DB},
-};
+// The host this target runs against (HostHarness only reads these while it is made).
+payhost::fuzz::HostHarness* makeHost() {
+  const kj::StringPtr LEDGER_DB[] = {"ledger"};
+  const kj::StringPtr PAYMENTS_DB[] = {"payments"};
+  const kj::StringPtr VAULT_DB[] = {"vault"};
+  const kj::StringPtr DATABASES[] = {"ledger", "payments", "vault"};
+  const payhost::fuzz::PluginSpec PLUGINS[] = {
+      {"card-processor/card-processor.so", "latency_ms = 0", nullptr},
+      {"fraud-screen/fraud-screen.so", "[velocity]\ncard_limit = 20\n", nullptr},
+      {"fx/fx.so", "[rates]\nEUR_USD = \"1.0842\"\nUSD_EUR = \"0.9223\"\n", nullptr},
+      {"ledger/ledger.so", "database = \"ledger\"\nexpiry_sweep_ms = 100", LEDGER_DB},
+      {"payments/payments.so", "database = \"payments\"", PAYMENTS_DB},
+      {"vault/vault.so", "key = \"vault\"\ndatabase = \"vault\"", VAULT_DB},
+  };
+  return new payhost::fuzz::HostHarness(PLUGINS, DATABASES);
+}
 
 // Reads and drops everything the server sends until it hangs up.
 kj::Promise<void> discard(kj::AsyncInputStream& in, kj::Array<kj::byte> buffer) {
@@ -68,7 +72,8 @@ void serveSession(payhost::fuzz::HostHarness& host, const uint8_t* data, size_t 
                                     payhost::host::clientReaderOptions());
   auto rpc = capnp::makeRpcServer(
       network, kj::heap<payhost::host::GatewayServer>(host.services, host.newCaller()));
-  auto drain = discard(*client, kj::heapArray<kj::byte>(64 * 1024)).eagerlyEvaluate(nullptr);
+  auto drain =
+      discard(*client, kj::heapArray<kj::byte>(size_t{64} * 1024)).eagerlyEvaluate(nullptr);
   // The server may close first (a message over the limits): the write then fails, as a client's
   // would.
   (void)kj::runCatchingExceptions([&]() { client->write(data, size).wait(waitScope); });
@@ -217,7 +222,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // One host for the whole run (as one payhostd serves many connections); one connection per
   // input.
   static payhost::fuzz::HostHarness* host = [] {
-    auto harness = new payhost::fuzz::HostHarness(PLUGINS, DATABASES);
+    auto harness = makeHost();
     atexit([] { delete host; });
     return harness;
   }();

@@ -212,11 +212,13 @@ inline void writeFrames(const char* dir, kj::StringPtr name,
   auto path = kj::str(dir, "/", name);
   std::ofstream out(path.cStr(), std::ios::binary | std::ios::trunc);
   KJ_ASSERT(out.good(), path);
-  out.write(reinterpret_cast<const char*>(prefix.begin()), prefix.size());
+  out.write(reinterpret_cast<const char*>(prefix.begin()),
+            static_cast<std::streamsize>(prefix.size()));
   for (auto& frame : frames) {
     auto words = capnp::messageToFlatArray(*frame);
     auto bytes = words.asBytes();
-    out.write(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+    out.write(reinterpret_cast<const char*>(bytes.begin()),
+              static_cast<std::streamsize>(bytes.size()));
   }
   KJ_ASSERT(out.good(), path);
 }

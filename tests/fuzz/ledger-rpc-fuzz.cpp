@@ -18,9 +18,14 @@ namespace {
 using payhost::schema::Ledger;
 using payhost::schema::TransferKind;
 
-const kj::StringPtr DATABASES[] = {"ledger"};
-const payhost::fuzz::PluginSpec PLUGINS[] = {
-    {"ledger/ledger.so", "database = \"ledger\"\nexpiry_sweep_ms = 50\nmax_batch = 8", DATABASES}};
+// The host this target runs against (HostHarness only reads these while it is made).
+payhost::fuzz::HostHarness* makeHost() {
+  const kj::StringPtr DATABASES[] = {"ledger"};
+  const payhost::fuzz::PluginSpec PLUGINS[] = {
+      {"ledger/ledger.so", "database = \"ledger\"\nexpiry_sweep_ms = 50\nmax_batch = 8",
+       DATABASES}};
+  return new payhost::fuzz::HostHarness(PLUGINS, DATABASES);
+}
 
 void transfer(Ledger::TransferParams::Builder params, kj::StringPtr id, TransferKind kind,
               int64_t amount, kj::StringPtr pendingId = nullptr, int64_t timeoutMs = 0) {
@@ -117,7 +122,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // One host for the whole run: accounts and transfers from earlier inputs stay in the database.
   static payhost::fuzz::HostHarness* host = [] {
-    auto harness = new payhost::fuzz::HostHarness(PLUGINS, DATABASES);
+    auto harness = makeHost();
     atexit([] { delete host; });
     return harness;
   }();

@@ -19,18 +19,22 @@ namespace {
 
 using payhost::schema::Payments;
 
-const kj::StringPtr LEDGER_DB[] = {"ledger"};
-const kj::StringPtr PAYMENTS_DB[] = {"payments"};
-const kj::StringPtr DATABASES[] = {"ledger", "payments"};
-const payhost::fuzz::PluginSpec PLUGINS[] = {
-    {"card-processor/card-processor.so", "latency_ms = 0", nullptr},
-    {"fraud-screen/fraud-screen.so",
-     "[velocity]\ncard_limit = 20\n[amount_limits]\nEUR = 5000000\n", nullptr},
-    {"fx/fx.so", "[rates]\nEUR_USD = \"1.0842\"\nUSD_EUR = \"0.9223\"\nUSD_JPY = \"150.25\"\n",
-     nullptr},
-    {"ledger/ledger.so", "database = \"ledger\"\nexpiry_sweep_ms = 100", LEDGER_DB},
-    {"payments/payments.so", "database = \"payments\"\nauth_window_s = 60", PAYMENTS_DB},
-};
+// The host this target runs against (HostHarness only reads these while it is made).
+payhost::fuzz::HostHarness* makeHost() {
+  const kj::StringPtr LEDGER_DB[] = {"ledger"};
+  const kj::StringPtr PAYMENTS_DB[] = {"payments"};
+  const kj::StringPtr DATABASES[] = {"ledger", "payments"};
+  const payhost::fuzz::PluginSpec PLUGINS[] = {
+      {"card-processor/card-processor.so", "latency_ms = 0", nullptr},
+      {"fraud-screen/fraud-screen.so",
+       "[velocity]\ncard_limit = 20\n[amount_limits]\nEUR = 5000000\n", nullptr},
+      {"fx/fx.so", "[rates]\nEUR_USD = \"1.0842\"\nUSD_EUR = \"0.9223\"\nUSD_JPY = \"150.25\"\n",
+       nullptr},
+      {"ledger/ledger.so", "database = \"ledger\"\nexpiry_sweep_ms = 100", LEDGER_DB},
+      {"payments/payments.so", "database = \"payments\"\nauth_window_s = 60", PAYMENTS_DB},
+  };
+  return new payhost::fuzz::HostHarness(PLUGINS, DATABASES);
+}
 
 // plugins/payments derives a payment's id from its first idempotency key (FNV-1a, two seeds).
 kj::String paymentIdFor(kj::StringPtr key) {
@@ -99,7 +103,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // One host for the whole run: payments, claims and ledger rows stay from input to input.
   static payhost::fuzz::HostHarness* host = [] {
-    auto harness = new payhost::fuzz::HostHarness(PLUGINS, DATABASES);
+    auto harness = makeHost();
     atexit([] { delete host; });
     return harness;
   }();
