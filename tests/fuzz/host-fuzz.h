@@ -130,15 +130,22 @@ public:
     auto buffer = kj::heapArray<capnp::word>(words);
     memcpy(buffer.begin(), bytes, words * sizeof(capnp::word));
     auto route = trusted ? services.route(service) : services.route(service, newCaller());
+    kj::Maybe<kj::Promise<void>> answer;
     KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() {
                    capnp::FlatArrayMessageReader reader(buffer, host::clientReaderOptions());
                    auto request = route.typelessRequest(interfaceId, method, nullptr);
                    request.set(reader.getRoot<capnp::AnyPointer>());
-                   auto promise = request.send().ignoreResult().eagerlyEvaluate(nullptr);
-                   settle();
-                   promise.wait(io.waitScope);
+                   answer = request.send().ignoreResult().eagerlyEvaluate(nullptr);
                  })) {
       (void)e;
+      return;
+    }
+    // Outside the catch: a call that hangs fails the input.
+    settle();
+    KJ_IF_MAYBE (promise, answer) {
+      KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { promise->wait(io.waitScope); })) {
+        (void)e;
+      }
     }
   }
 
