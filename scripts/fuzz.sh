@@ -19,7 +19,8 @@
 #
 # PAYHOST_FUZZ_BUILD_DIR builds elsewhere than build/fuzz.
 # A finding stops that target and leaves crash-*/leak-*/timeout-* files in build/fuzz/findings;
-# new interesting inputs are kept in build/fuzz/tests/fuzz/corpus/<target>. Reproduce one with
+# new interesting inputs are kept in build/fuzz/tests/fuzz/corpus/<target> (emptied first by a
+# run shorter than 60 s per target). Reproduce one with
 # `build/fuzz/tests/fuzz/<target>-fuzz build/fuzz/findings/crash-...`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,5 +50,11 @@ if $seeds; then
     PAYHOST_FUZZ_WRITE_SEEDS="$PWD/tests/fuzz/corpus/$target" "$dir/tests/fuzz/$target-fuzz"
   done
   exit 0
+fi
+# A short run (the suite's) starts from the checked-in seeds only: libFuzzer runs every input it
+# loads before it looks at the clock, so a corpus grown by earlier runs would make each run longer
+# than the last. A long run (60 s or more per target) keeps and extends what earlier runs found.
+if (( seconds < 60 )); then
+  find "$dir/tests/fuzz/corpus" -mindepth 2 -type f -delete
 fi
 ctest --test-dir "$dir" -R "^fuzz\.${only:-.*}" --output-on-failure
