@@ -53,7 +53,7 @@ public:
     PQsetNoticeProcessor(
         conn, [](void*, const char*) {}, nullptr);
   }
-  ~PostgresConnection() noexcept(false) { PQfinish(conn); }
+  ~PostgresConnection() noexcept(false) override { PQfinish(conn); }
   KJ_DISALLOW_COPY(PostgresConnection);
 
   kj::StringPtr beginStatement() override { return "BEGIN"; }

@@ -52,7 +52,7 @@ class SqliteConnection final : public SqlConnection {
 public:
   // Creates the file when it does not exist. Throws when it cannot be opened or refuses WAL.
   SqliteConnection(kj::StringPtr database, kj::StringPtr path);
-  ~SqliteConnection() noexcept(false);
+  ~SqliteConnection() noexcept(false) override;
   KJ_DISALLOW_COPY(SqliteConnection);
 
   SqlResult execute(kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params) override;
