@@ -9,7 +9,6 @@
 #include <kj/vector.h>
 
 #include <libpq-fe.h>
-#include <sqlite3.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -20,150 +19,15 @@
 #include <string>
 #include <thread>
 
+#include "sdk/src/sql-connection.h"
+
 namespace payhost::host {
 
 namespace {
 
-// One open connection; used by one thread at a time.
-class Connection {
-public:
-  virtual ~Connection() noexcept(false) = default;
-  virtual SqlResult execute(kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params) = 0;
-  virtual kj::StringPtr beginStatement() = 0;
-  // Whether the connection can no longer be used (it is then discarded).
-  virtual bool broken() = 0;
-};
-
-class SqliteConnection final : public Connection {
-public:
-  SqliteConnection(kj::StringPtr pool, kj::StringPtr path) : pool(pool) {
-    int status =
-        sqlite3_open_v2(path.cStr(), &db,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
-    if (status != SQLITE_OK) {
-      auto message = kj::str(db == nullptr ? sqlite3_errstr(status) : sqlite3_errmsg(db));
-      sqlite3_close(db);
-      db = nullptr;
-      PAYHOST_FAIL(FAILED, "database ", pool, ": cannot open SQLite file ", path, ": ", message);
-    }
-    sqlite3_busy_timeout(db, 10000);
-    auto mode = execute("PRAGMA journal_mode=WAL", nullptr);
-    if (mode.rowCount() != 1 || mode.text(0, 0) != "wal") {
-      PAYHOST_FAIL(FAILED, "database ", pool, ": SQLite file ", path, " refused WAL mode");
-    }
-    execute("PRAGMA synchronous=FULL", nullptr);
-    execute("PRAGMA foreign_keys=ON", nullptr);
-  }
-  ~SqliteConnection() noexcept(false) { sqlite3_close_v2(db); }
-  KJ_DISALLOW_COPY(SqliteConnection);
-
-  kj::StringPtr beginStatement() override { return "BEGIN IMMEDIATE"; }
-  bool broken() override { return false; }
-
-  SqlResult execute(kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params) override {
-    const char* rest = sql.cStr();
-    SqlResult last;
-    while (*rest != '\0') {
-      sqlite3_stmt* statement = nullptr;
-      const char* tail = nullptr;
-      if (sqlite3_prepare_v2(db, rest, -1, &statement, &tail) != SQLITE_OK) fail(sql);
-      KJ_DEFER(sqlite3_finalize(statement));
-      rest = tail;
-      if (statement == nullptr) continue;  // only whitespace or a comment
-      bind(statement, sql, params);
-      last = run(statement, sql);
-    }
-    return last;
-  }
-
-private:
-  kj::StringPtr pool;
-  sqlite3* db = nullptr;
-
-  [[noreturn]] void fail(kj::StringPtr sql) {
-    PAYHOST_FAIL(FAILED, "database ", pool, ": ", sqlite3_errmsg(db), " (in: ", sql, ")");
-  }
-
-  void bind(sqlite3_stmt* statement, kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params) {
-    int count = sqlite3_bind_parameter_count(statement);
-    for (int i = 1; i <= count; ++i) {
-      const char* name = sqlite3_bind_parameter_name(statement, i);
-      char* end = nullptr;
-      long index = name != nullptr && name[0] == '$' ? strtol(name + 1, &end, 10) : 0;
-      if (index < 1 || end == nullptr || *end != '\0' ||
-          static_cast<size_t>(index) > params.size()) {
-        PAYHOST_FAIL(FAILED, "database ", pool, ": parameter ", name == nullptr ? "?" : name,
-                     " has no value (", params.size(), " given; write them $1..$N) (in: ", sql,
-                     ")");
-      }
-      auto& param = params[index - 1];
-      int status = SQLITE_OK;
-      switch (param.type()) {
-        case SqlType::NULL_:
-          status = sqlite3_bind_null(statement, i);
-          break;
-        case SqlType::INTEGER:
-          status = sqlite3_bind_int64(statement, i, param.integer());
-          break;
-        case SqlType::REAL:
-          status = sqlite3_bind_double(statement, i, param.real());
-          break;
-        case SqlType::TEXT:
-          status = sqlite3_bind_text64(statement, i,
-                                       reinterpret_cast<const char*>(param.bytes().begin()),
-                                       param.bytes().size(), SQLITE_TRANSIENT, SQLITE_UTF8);
-          break;
-        case SqlType::BLOB:
-          status = sqlite3_bind_blob64(statement, i, param.bytes().begin(), param.bytes().size(),
-                                       SQLITE_TRANSIENT);
-          break;
-      }
-      if (status != SQLITE_OK) fail(sql);
-    }
-  }
-
-  SqlResult run(sqlite3_stmt* statement, kj::StringPtr sql) {
-    int columns = sqlite3_column_count(statement);
-    kj::Vector<SqlValue> cells;
-    for (;;) {
-      int status = sqlite3_step(statement);
-      if (status == SQLITE_DONE) break;
-      if (status != SQLITE_ROW) fail(sql);
-      for (int c = 0; c < columns; ++c) {
-        SqlValue value;
-        switch (sqlite3_column_type(statement, c)) {
-          case SQLITE_INTEGER:
-            value.type = SqlType::INTEGER;
-            value.integer = sqlite3_column_int64(statement, c);
-            break;
-          case SQLITE_FLOAT:
-            value.type = SqlType::REAL;
-            value.real = sqlite3_column_double(statement, c);
-            break;
-          case SQLITE_TEXT: {
-            auto text = reinterpret_cast<const char*>(sqlite3_column_text(statement, c));
-            value = SqlValue::ofText(kj::arrayPtr(text, sqlite3_column_bytes(statement, c)));
-            break;
-          }
-          case SQLITE_BLOB: {
-            auto bytes = static_cast<const kj::byte*>(sqlite3_column_blob(statement, c));
-            value.type = SqlType::BLOB;
-            value.bytes = kj::heapArray(bytes, sqlite3_column_bytes(statement, c));
-            break;
-          }
-          default:
-            break;
-        }
-        cells.add(kj::mv(value));
-      }
-    }
-    auto names = kj::heapArrayBuilder<kj::String>(columns);
-    for (int c = 0; c < columns; ++c)
-      names.add(kj::str(sqlite3_column_name(statement, c)));
-    uint64_t changes = sqlite3_stmt_readonly(statement) ? 0 : sqlite3_changes64(db);
-    return SqlResult(names.finish(), cells.releaseAsArray(), changes);
-  }
-};
+// SQLite's connection is the SDK's (sdk/src/sql-connection.h), which TestHost uses too, so plugin
+// unit tests see this pool's behaviour; PostgreSQL's is here.
+using Connection = _::SqlConnection;
 
 // PostgreSQL type OIDs (pg_type.h) that map to something other than TEXT.
 constexpr Oid BOOL_OID = 16;
@@ -189,7 +53,7 @@ public:
     PQsetNoticeProcessor(
         conn, [](void*, const char*) {}, nullptr);
   }
-  ~PostgresConnection() noexcept(false) { PQfinish(conn); }
+  ~PostgresConnection() noexcept(false) override { PQfinish(conn); }
   KJ_DISALLOW_COPY(PostgresConnection);
 
   kj::StringPtr beginStatement() override { return "BEGIN"; }
@@ -309,17 +173,6 @@ private:
   }
 };
 
-class Transaction final : public SqlTransaction {
-public:
-  explicit Transaction(Connection& connection) : connection(connection) {}
-  SqlResult execute(kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params) override {
-    return connection.execute(sql, params);
-  }
-
-private:
-  Connection& connection;
-};
-
 LeaseTable::Options leaseOptions(const SqlPool::Options& options) {
   LeaseTable::Options result;
   result.pool = kj::str("database pool ", options.name);
@@ -390,7 +243,7 @@ public:
 
   kj::Own<Connection> open() {
     if (options.dialect == SqlDialect::SQLITE) {
-      return kj::heap<SqliteConnection>(options.name, options.target);
+      return kj::heap<_::SqliteConnection>(options.name, options.target);
     }
     return kj::heap<PostgresConnection>(options.name, options.target);
   }
@@ -522,18 +375,7 @@ public:
         locked->idle.push_back(Idle{kj::mv(connection), now()});
       }
     });
-    Transaction transaction(*connection);
-    connection->execute(connection->beginStatement(), nullptr);
-    KJ_IF_MAYBE (exception, kj::runCatchingExceptions([&]() { work(transaction); })) {
-      // The plugin's exception is what the caller hears, whatever the rollback says.
-      kj::runCatchingExceptions([&]() { connection->execute("ROLLBACK", nullptr); });
-      kj::throwFatalException(kj::mv(*exception));
-    }
-    KJ_IF_MAYBE (exception,
-                 kj::runCatchingExceptions([&]() { connection->execute("COMMIT", nullptr); })) {
-      kj::runCatchingExceptions([&]() { connection->execute("ROLLBACK", nullptr); });
-      kj::throwFatalException(kj::mv(*exception));
-    }
+    _::runTransaction(*connection, work);
   }
 };
 

@@ -6,8 +6,6 @@
 #include <kj/debug.h>
 #include <kj/timer.h>
 
-#include <sqlite3.h>
-
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -15,6 +13,8 @@
 #include <filesystem>
 #include <map>
 #include <string>
+
+#include "sdk/src/sql-connection.h"
 
 namespace payhost::testing {
 
@@ -34,179 +34,48 @@ private:
   kj::String name;
 };
 
-// A real SQLite database in a temporary directory, with payhostd's SQLite settings and
-// parameter rules (host/pools/sql-pool.cpp's SqliteConnection; keep the two in step).
+// A real SQLite database in a temporary directory, through the same connection as payhostd's
+// SQLite pools: their settings, parameter rules, rows and error messages.
 class SqliteTestDatabase final : public Database {
 public:
-  explicit SqliteTestDatabase(kj::StringPtr name) : name_(kj::heapString(name)) {
-    auto base = std::filesystem::temp_directory_path() / "payhost-testhost-XXXXXX";
-    std::string pattern = base.native();
-    KJ_REQUIRE(mkdtemp(pattern.data()) != nullptr, "cannot create a temporary directory",
-               pattern.c_str());
-    dir = pattern;
-    auto path = dir / (std::string(name.cStr()) + ".sqlite");
-    int status =
-        sqlite3_open_v2(path.c_str(), &db,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
-    if (status != SQLITE_OK) {
-      auto message = kj::str(db == nullptr ? sqlite3_errstr(status) : sqlite3_errmsg(db));
-      sqlite3_close(db);
-      db = nullptr;
-      removeDir();
-      KJ_FAIL_REQUIRE("cannot open the test host's SQLite file", path.c_str(), message);
-    }
-    sqlite3_busy_timeout(db, 10000);
-    execute("PRAGMA journal_mode=WAL", nullptr);
-    execute("PRAGMA synchronous=FULL", nullptr);
-    execute("PRAGMA foreign_keys=ON", nullptr);
-  }
-  ~SqliteTestDatabase() noexcept(false) {
-    sqlite3_close_v2(db);
-    removeDir();
-  }
+  explicit SqliteTestDatabase(kj::StringPtr name)
+      : name_(kj::heapString(name)),
+        connection(name_, kj::str((dir.path / (std::string(name.cStr()) + ".sqlite")).c_str())) {}
   KJ_DISALLOW_COPY(SqliteTestDatabase);
 
   kj::StringPtr name() override { return name_; }
   SqlDialect dialect() override { return SqlDialect::SQLITE; }
 
   kj::Promise<void> transactionWork(kj::Function<void(SqlTransaction&)> work) override {
-    Transaction tx(*this);
-    KJ_IF_MAYBE (exception, kj::runCatchingExceptions([&]() {
-                   execute("BEGIN IMMEDIATE", nullptr);
-                   work(tx);
-                 })) {
-      kj::runCatchingExceptions([&]() { execute("ROLLBACK", nullptr); });
-      return kj::mv(*exception);
-    }
-    KJ_IF_MAYBE (exception, kj::runCatchingExceptions([&]() { execute("COMMIT", nullptr); })) {
-      kj::runCatchingExceptions([&]() { execute("ROLLBACK", nullptr); });
+    KJ_IF_MAYBE (exception,
+                 kj::runCatchingExceptions([&]() { _::runTransaction(connection, work); })) {
       return kj::mv(*exception);
     }
     return kj::READY_NOW;
   }
 
-  std::filesystem::path directory() const { return dir; }
-
 private:
-  class Transaction final : public SqlTransaction {
-  public:
-    explicit Transaction(SqliteTestDatabase& db) : db(db) {}
-    SqlResult execute(kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params) override {
-      return db.execute(sql, params);
+  // Removed, with the database in it, after the connection closes (members die in reverse).
+  struct TemporaryDirectory {
+    TemporaryDirectory() {
+      auto base = std::filesystem::temp_directory_path() / "payhost-testhost-XXXXXX";
+      std::string pattern = base.native();
+      KJ_REQUIRE(mkdtemp(pattern.data()) != nullptr, "cannot create a temporary directory",
+                 pattern.c_str());
+      path = pattern;
     }
+    ~TemporaryDirectory() {
+      std::error_code ignored;
+      std::filesystem::remove_all(path, ignored);
+    }
+    KJ_DISALLOW_COPY(TemporaryDirectory);
 
-  private:
-    SqliteTestDatabase& db;
+    std::filesystem::path path;
   };
 
+  TemporaryDirectory dir;
   kj::String name_;
-  std::filesystem::path dir;
-  sqlite3* db = nullptr;
-
-  void removeDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(dir, ignored);
-  }
-
-  [[noreturn]] void fail(kj::StringPtr sql) {
-    KJ_FAIL_REQUIRE(kj::str("database ", name_, ": ", sqlite3_errmsg(db), " (in: ", sql, ")"));
-  }
-
-  SqlResult execute(kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params) {
-    const char* rest = sql.cStr();
-    SqlResult last;
-    while (*rest != '\0') {
-      sqlite3_stmt* statement = nullptr;
-      const char* tail = nullptr;
-      if (sqlite3_prepare_v2(db, rest, -1, &statement, &tail) != SQLITE_OK) fail(sql);
-      KJ_DEFER(sqlite3_finalize(statement));
-      rest = tail;
-      if (statement == nullptr) continue;
-      bind(statement, sql, params);
-      last = run(statement, sql);
-    }
-    return last;
-  }
-
-  void bind(sqlite3_stmt* statement, kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params) {
-    int count = sqlite3_bind_parameter_count(statement);
-    for (int i = 1; i <= count; ++i) {
-      const char* name = sqlite3_bind_parameter_name(statement, i);
-      char* end = nullptr;
-      long index = name != nullptr && name[0] == '$' ? strtol(name + 1, &end, 10) : 0;
-      if (index < 1 || end == nullptr || *end != '\0' ||
-          static_cast<size_t>(index) > params.size()) {
-        KJ_FAIL_REQUIRE(kj::str("database ", name_, ": parameter ", name == nullptr ? "?" : name,
-                                " has no value (", params.size(),
-                                " given; write them $1..$N) (in: ", sql, ")"));
-      }
-      auto& param = params[index - 1];
-      int status = SQLITE_OK;
-      switch (param.type()) {
-        case SqlType::NULL_:
-          status = sqlite3_bind_null(statement, i);
-          break;
-        case SqlType::INTEGER:
-          status = sqlite3_bind_int64(statement, i, param.integer());
-          break;
-        case SqlType::REAL:
-          status = sqlite3_bind_double(statement, i, param.real());
-          break;
-        case SqlType::TEXT:
-          status = sqlite3_bind_text64(statement, i,
-                                       reinterpret_cast<const char*>(param.bytes().begin()),
-                                       param.bytes().size(), SQLITE_TRANSIENT, SQLITE_UTF8);
-          break;
-        case SqlType::BLOB:
-          status = sqlite3_bind_blob64(statement, i, param.bytes().begin(), param.bytes().size(),
-                                       SQLITE_TRANSIENT);
-          break;
-      }
-      if (status != SQLITE_OK) fail(sql);
-    }
-  }
-
-  SqlResult run(sqlite3_stmt* statement, kj::StringPtr sql) {
-    int columns = sqlite3_column_count(statement);
-    kj::Vector<SqlValue> cells;
-    for (;;) {
-      int status = sqlite3_step(statement);
-      if (status == SQLITE_DONE) break;
-      if (status != SQLITE_ROW) fail(sql);
-      for (int c = 0; c < columns; ++c) {
-        SqlValue value;
-        switch (sqlite3_column_type(statement, c)) {
-          case SQLITE_INTEGER:
-            value.type = SqlType::INTEGER;
-            value.integer = sqlite3_column_int64(statement, c);
-            break;
-          case SQLITE_FLOAT:
-            value.type = SqlType::REAL;
-            value.real = sqlite3_column_double(statement, c);
-            break;
-          case SQLITE_TEXT: {
-            auto text = reinterpret_cast<const char*>(sqlite3_column_text(statement, c));
-            value = SqlValue::ofText(kj::arrayPtr(text, sqlite3_column_bytes(statement, c)));
-            break;
-          }
-          case SQLITE_BLOB: {
-            auto bytes = static_cast<const kj::byte*>(sqlite3_column_blob(statement, c));
-            value.type = SqlType::BLOB;
-            value.bytes = kj::heapArray(bytes, sqlite3_column_bytes(statement, c));
-            break;
-          }
-          default:
-            break;
-        }
-        cells.add(kj::mv(value));
-      }
-    }
-    auto names = kj::heapArrayBuilder<kj::String>(columns);
-    for (int c = 0; c < columns; ++c)
-      names.add(kj::str(sqlite3_column_name(statement, c)));
-    uint64_t changes = sqlite3_stmt_readonly(statement) ? 0 : sqlite3_changes64(db);
-    return SqlResult(names.finish(), cells.releaseAsArray(), changes);
-  }
+  _::SqliteConnection connection;
 };
 
 class TestClock final : public Clock {
