@@ -112,9 +112,9 @@ void setKeepalive(int fd, kj::Duration keepalive) {
   setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout, sizeof(timeout));
 }
 
-kj::Promise<kj::Own<kj::AsyncIoStream>> connectToRemote(kj::Network& network, kj::Timer& timer,
-                                                        const RemoteEntry& remote,
-                                                        kj::Maybe<const RemoteTlsClient&> tls) {
+kj::Promise<kj::Own<kj::AsyncIoStream>> connectToRemote(
+    kj::Network& network, kj::Timer& timer, const RemoteEntry& remote,
+    const kj::Maybe<const RemoteTlsClient&>& tls) {
   auto connecting = network.parseAddress(networkAddress(remote))
                         .then([](kj::Own<kj::NetworkAddress> address) {
                           return address->connect().attach(kj::mv(address));

@@ -48,9 +48,9 @@ private:
 // Name resolution runs off the event loop (KJ resolves names on a helper thread).
 // Shard-local: call on the shard whose event loop owns `network` and `timer`; `remote` and `tls`
 // outlive the returned promise.
-kj::Promise<kj::Own<kj::AsyncIoStream>> connectToRemote(kj::Network& network, kj::Timer& timer,
-                                                        const RemoteEntry& remote,
-                                                        kj::Maybe<const RemoteTlsClient&> tls);
+kj::Promise<kj::Own<kj::AsyncIoStream>> connectToRemote(
+    kj::Network& network, kj::Timer& timer, const RemoteEntry& remote,
+    const kj::Maybe<const RemoteTlsClient&>& tls);
 
 // The address in the form `kj::Network::parseAddress` takes ("host:port" or "unix:/path").
 kj::String networkAddress(const RemoteEntry& remote);

@@ -167,6 +167,11 @@ protected:
               "DNS:merchant-a.clients.test");
     pki.issue("ca", "cn-only", SPIFFE_A, "3", "", "URI:spiffe://payhost.test/intruder");
     pki.issue("ca", "no-uri", SPIFFE_A, "3", "", "DNS:localhost");
+    // URI "spiffe://payhost.test/merchant-a\0.evil": a NUL inside the SAN (raw DER; the openssl
+    // CLI has no other way to write one).
+    pki.issue("ca", "nul-uri", "nul", "3", "",
+              "DER:302886267370696666653a2f2f706179686f73742e746573742f6d65726368616e742d61002e"
+              "6576696c");
   }
   static constexpr kj::StringPtr SPIFFE_A = "spiffe://payhost.test/merchant-a"_kj;
   static void TearDownTestSuite() {
@@ -419,6 +424,13 @@ TEST_F(Security, SanUriIdentityIsServedAndAMatchingCnAloneIsRefused) {
   EXPECT_FALSE(describe(e).empty());
   auto failures = daemon.waitForLogCount("event=tls.handshake_failed", failedBefore + 1);
   EXPECT_THAT(s(failures.back()), HasSubstr("no URI subjectAltName"));
+
+  // A granted identity followed by a NUL and more: refused, not cut at the NUL.
+  ClientTls nul(*certs, "ca", "nul-uri");
+  auto nulCall = callerOverTls(io, nul, tlsAddress(ports));
+  ASSERT_TRUE(nulCall.is<kj::Exception>()) << s(nulCall.get<kj::String>());
+  failures = daemon.waitForLogCount("event=tls.handshake_failed", failedBefore + 2);
+  EXPECT_THAT(s(failures.back()), HasSubstr("URI subjectAltName is empty or not printable ASCII"));
 
   auto text = s(metrics(daemon));
   EXPECT_THAT(text, HasSubstr("payhost_access_denied_total 1"));
