@@ -160,18 +160,6 @@ protected:
     pki.issue("ca", "merchant-b", "merchant-b");
     pki.issue("other-ca", "impostor", "merchant-a");
     pki.issue("ca", "expired", "merchant-a", "-1");
-    // For `[tls] identity = "san-uri"` / "san-dns": a client known by its SANs (its CN is granted
-    // nothing); one whose CN is a granted identity but whose URI SAN is not; one with no URI SAN.
-    pki.issue("ca", "spiffe-a", "not-granted", "3", "",
-              "URI:spiffe://payhost.test/merchant-a,URI:spiffe://payhost.test/second,"
-              "DNS:merchant-a.clients.test");
-    pki.issue("ca", "cn-only", SPIFFE_A, "3", "", "URI:spiffe://payhost.test/intruder");
-    pki.issue("ca", "no-uri", SPIFFE_A, "3", "", "DNS:localhost");
-    // URI "spiffe://payhost.test/merchant-a\0.evil": a NUL inside the SAN (raw DER; the openssl
-    // CLI has no other way to write one).
-    pki.issue("ca", "nul-uri", "nul", "3", "",
-              "DER:302886267370696666653a2f2f706179686f73742e746573742f6d65726368616e742d61002e"
-              "6576696c");
   }
   static constexpr kj::StringPtr SPIFFE_A = "spiffe://payhost.test/merchant-a"_kj;
   static void TearDownTestSuite() {
@@ -366,6 +354,28 @@ TEST_F(Security, OpensslClientsRefusedUnlessCurrentCertificateFromTheCa) {
   }
 }
 
+// `[tls] identity = "san-uri"` / "san-dns": the suite's certificates plus clients known by their
+// SANs (issued here only, so the other tests do not pay for them).
+class SanIdentity : public Security {
+protected:
+  static void SetUpTestSuite() {
+    Security::SetUpTestSuite();
+    Pki pki(*certs);
+    // A client known by its SANs (its CN is granted nothing); one whose CN is a granted identity
+    // but whose URI SAN is not; one with no URI SAN.
+    pki.issue("ca", "spiffe-a", "not-granted", "3", "",
+              "URI:spiffe://payhost.test/merchant-a,URI:spiffe://payhost.test/second,"
+              "DNS:merchant-a.clients.test");
+    pki.issue("ca", "cn-only", SPIFFE_A, "3", "", "URI:spiffe://payhost.test/intruder");
+    pki.issue("ca", "no-uri", SPIFFE_A, "3", "", "DNS:localhost");
+    // URI "spiffe://payhost.test/merchant-a\0.evil": a NUL inside the SAN (raw DER; the openssl
+    // CLI has no other way to write one).
+    pki.issue("ca", "nul-uri", "nul", "3", "",
+              "DER:302886267370696666653a2f2f706179686f73742e746573742f6d65726368616e742d61002e"
+              "6576696c");
+  }
+};
+
 // Calls test.echo over TLS with the client certificate `stem`; the identity the plugin was told,
 // or the call's failure.
 kj::OneOf<kj::String, kj::Exception> callerOverTls(kj::AsyncIoContext& io, ClientTls& tls,
@@ -384,7 +394,7 @@ kj::OneOf<kj::String, kj::Exception> callerOverTls(kj::AsyncIoContext& io, Clien
   return call.wait(io.waitScope);
 }
 
-TEST_F(Security, SanUriIdentityIsServedAndAMatchingCnAloneIsRefused) {
+TEST_F(SanIdentity, SanUriIdentityIsServedAndAMatchingCnAloneIsRefused) {
   TempDir own;
   auto daemonOptions = options("", "identity = \"san-uri\"");
   daemonOptions.dataDir = own.file("data");
@@ -444,7 +454,7 @@ TEST_F(Security, SanUriIdentityIsServedAndAMatchingCnAloneIsRefused) {
   EXPECT_THAT(s(audit), HasSubstr("no-identity"));
 }
 
-TEST_F(Security, IdentityModesPickDnsSanOrCn) {
+TEST_F(SanIdentity, IdentityModesPickDnsSanOrCn) {
   {
     DaemonProcess daemon(options("", "identity = \"san-dns\""));
     auto ports = portsOf(daemon);
