@@ -358,6 +358,16 @@ TEST_F(Security, OpensslClientsRefusedUnlessCurrentCertificateFromTheCa) {
 // SANs (issued here only, so the other tests do not pay for them).
 class SanIdentity : public Security {
 protected:
+  // Whether the server hung up right after a handshake with `tls`'s certificate: the first read
+  // ends (EOF) or fails. Nothing is written, so no write is pending when the server closes.
+  bool closedAfterHandshake(ClientTls& tls, kj::StringPtr address) {
+    auto stream =
+        await(tls.context->wrapClient(connectTo(io, address).wait(io.waitScope), "localhost"));
+    char byte;
+    return await(stream->tryRead(&byte, 1, 1)
+                     .then([](size_t n) { return n == 0; }, [](kj::Exception&&) { return true; }));
+  }
+
   static void SetUpTestSuite() {
     Security::SetUpTestSuite();
     Pki pki(*certs);
@@ -422,23 +432,13 @@ TEST_F(SanIdentity, SanUriIdentityIsServedAndAMatchingCnAloneIsRefused) {
   daemon.readAvailableLog();
   auto failedBefore = daemon.find("event=tls.handshake_failed").size();
   ClientTls noUri(*certs, "ca", "no-uri");
-  auto e = awaitFailure(
-      noUri.context->wrapClient(connectTo(io, tlsAddress(ports)).wait(io.waitScope), "localhost")
-          .then([&](kj::Own<kj::AsyncIoStream> stream) {
-            auto rpc = kj::heap<capnp::TwoPartyClient>(*stream);
-            auto request = rpc->bootstrap().castAs<schema::Gateway>().listServicesRequest();
-            return request.send()
-                .then([](auto&&) { return 0; })
-                .attach(kj::mv(rpc), kj::mv(stream));
-          }));
-  EXPECT_FALSE(describe(e).empty());
+  EXPECT_TRUE(closedAfterHandshake(noUri, tlsAddress(ports)));
   auto failures = daemon.waitForLogCount("event=tls.handshake_failed", failedBefore + 1);
   EXPECT_THAT(s(failures.back()), HasSubstr("no URI subjectAltName"));
 
   // A granted identity followed by a NUL and more: refused, not cut at the NUL.
   ClientTls nul(*certs, "ca", "nul-uri");
-  auto nulCall = callerOverTls(io, nul, tlsAddress(ports));
-  ASSERT_TRUE(nulCall.is<kj::Exception>()) << s(nulCall.get<kj::String>());
+  EXPECT_TRUE(closedAfterHandshake(nul, tlsAddress(ports)));
   failures = daemon.waitForLogCount("event=tls.handshake_failed", failedBefore + 2);
   EXPECT_THAT(s(failures.back()), HasSubstr("URI subjectAltName is empty or not printable ASCII"));
 
