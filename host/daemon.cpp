@@ -634,22 +634,43 @@ int Daemon::Impl::run() {
     counters.databases = databases;
     if (config.remotes.size() > 0) {
       auto remotes = kj::heap<Outbound>(config.remotes);
-      for (auto& remote : config.remotes) {
-        for (auto& service : remote.services)
-          registry.addRemoteService(service, remote.name);
-        auto services = kj::strArray(remote.services, ",");
-        info("remote.configured",
-             {{"remote", remote.name}, {"address", remote.address}, {"services", services}});
+      for (auto& remote : remotes->remotes()) {
+        auto& entry = remote->config;
+        for (auto& service : entry.services)
+          registry.addRemoteService(service, entry.name);
+        auto services = kj::strArray(entry.services, ",");
+        auto keepalive = kj::str(entry.keepalive / kj::MILLISECONDS);
+        KJ_IF_MAYBE (client, remote->tls) {
+          info("remote.configured", {{"remote", entry.name},
+                                     {"address", entry.address},
+                                     {"services", services},
+                                     {"tls", "on"},
+                                     {"server_name", KJ_ASSERT_NONNULL(entry.tls).serverName},
+                                     {"certificate", (*client)->summary()},
+                                     {"keepalive_ms", keepalive}});
+        } else {
+          // Said at every start, so a plaintext remote is never forgotten in production.
+          warn("remote.insecure",
+               {{"remote", entry.name},
+                {"address", entry.address},
+                {"note", "plaintext, the remote cannot authenticate this host"}});
+          info("remote.configured", {{"remote", entry.name},
+                                     {"address", entry.address},
+                                     {"services", services},
+                                     {"tls", "off"},
+                                     {"keepalive_ms", keepalive}});
+        }
       }
       counters.outbound = remotes.get();
       outbound = kj::mv(remotes);
     }
     KJ_IF_MAYBE (tlsConfig, config.tls) {
       tls = kj::atomicRefcounted<TlsServer>(*tlsConfig);
-      info("tls.loaded", {{"certificate", tlsConfig->certificate},
-                          {"loaded", tls->summary()},
-                          {"client_certificates",
-                           tlsConfig->requireClientCertificate ? "required" : "optional"}});
+      info("tls.loaded",
+           {{"certificate", tlsConfig->certificate},
+            {"loaded", tls->summary()},
+            {"client_certificates", tlsConfig->requireClientCertificate ? "required" : "optional"},
+            {"identity", identitySourceName(tlsConfig->identity)}});
     }
   } catch (const kj::Exception& e) {
     error("host.start_failed", {{"error", e.getDescription()}});

@@ -5,9 +5,12 @@
 #   bash scripts/make-certs.sh DIR [CLIENT ...]     # default client: merchant-a
 #
 # Writes DIR/ca.pem (+ ca.key), DIR/server.pem + server.key (CN and SAN localhost, 127.0.0.1,
-# ::1) and DIR/CLIENT.pem + CLIENT.key for each CLIENT (subject CN=CLIENT: the identity payhostd
-# grants with [[access]] identity = "CLIENT"). Private keys are mode 0600. Valid 30 days. For
-# production, use your own PKI: payhostd only needs the PEM files named in [tls].
+# ::1) and DIR/CLIENT.pem + CLIENT.key for each CLIENT: subject CN=CLIENT (the identity payhostd
+# grants with [[access]] identity = "CLIENT" under the default [tls] identity = "cn"), and the
+# SANs URI:spiffe://payhost.demo/CLIENT ("san-uri") and DNS:CLIENT.clients.payhost.demo
+# ("san-dns"). A client certificate also serves a payhostd as its identity towards a remote
+# ([remotes.NAME] tls). Private keys are mode 0600. Valid 30 days. For production, use your own
+# PKI: payhostd only needs the PEM files named in [tls] and [remotes.NAME] tls.
 set -euo pipefail
 dir=${1:?usage: make-certs.sh DIR [CLIENT ...]}
 shift
@@ -34,7 +37,8 @@ issue() {  # issue NAME EXTENSIONS
 issue server "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1
 extendedKeyUsage=serverAuth" localhost
 for client in "${clients[@]}"; do
-  issue "$client" "extendedKeyUsage=clientAuth" "$client"
+  issue "$client" "subjectAltName=URI:spiffe://payhost.demo/$client,DNS:$client.clients.payhost.demo
+extendedKeyUsage=clientAuth" "$client"
 done
 chmod 644 "$dir"/*.pem
 echo "certificates in $dir: ca.pem server.pem ${clients[*]/%/.pem}"

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <string_view>
 #include <system_error>
+#include <utility>
 
 namespace payhost::host {
 namespace {
@@ -25,6 +26,8 @@ namespace fs = std::filesystem;
 constexpr int64_t MAX_SHARDS = 256;
 constexpr int64_t MAX_DRAIN_TIMEOUT_MS = 600000;
 constexpr int64_t MAX_PORT = 65535;
+constexpr int64_t MIN_KEEPALIVE_MS = 1000;
+constexpr int64_t MAX_KEEPALIVE_MS = 3600000;
 
 kj::String toKj(std::string_view text) {
   return kj::heapString(text.data(), text.size());
@@ -501,10 +504,23 @@ private:
           remote.backoffMin = millis(1);
         } else if (fieldName == "backoff_max_ms") {
           remote.backoffMax = millis(1);
+        } else if (fieldName == "tls") {
+          remote.tls = parseRemoteTls(expectTable(value, path), path);
+        } else if (fieldName == "insecure") {
+          remote.insecure = expectBoolean(value, path);
+        } else if (fieldName == "keepalive_ms") {
+          auto ms = expectInteger(value, path, 0, MAX_KEEPALIVE_MS);
+          if (ms > 0 && ms < MIN_KEEPALIVE_MS) {
+            fail(value.source().begin, path,
+                 kj::str(ms, " is below ", MIN_KEEPALIVE_MS,
+                         " (the kernel counts keepalive in seconds); 0 turns it off"));
+          }
+          remote.keepalive = ms * kj::MILLISECONDS;
         } else {
           unknownKey(*field.key, path,
                      "address, services, connections_per_shard, connect_timeout_ms, "
-                     "call_timeout_ms, max_calls_in_flight, backoff_min_ms, backoff_max_ms");
+                     "call_timeout_ms, max_calls_in_flight, backoff_min_ms, backoff_max_ms, tls, "
+                     "insecure, keepalive_ms");
         }
       }
       if (remote.address.size() == 0) {
@@ -513,6 +529,30 @@ private:
       if (!haveServices) {
         fail(remoteTable.source().begin, kj::str(remotePath, ".services"), "missing required key");
       }
+      KJ_IF_MAYBE (tls, remote.tls) {
+        if (remote.insecure) {
+          fail(remoteTable.source().begin, kj::str(remotePath, ".insecure"),
+               "insecure = true and tls = { ... } exclude each other");
+        }
+        if (tls->serverName.size() == 0) {
+          if (!remote.address.startsWith("tcp:")) {
+            fail(remoteTable.source().begin, kj::str(remotePath, ".tls.server_name"),
+                 "missing required key (a unix address has no host name to verify the remote's "
+                 "certificate against)");
+          }
+          tls->serverName = remoteHost(remote.address);
+        }
+      } else if (!remote.insecure) {
+        fail(remoteTable.source().begin, kj::str(remotePath, ".tls"),
+             "missing required key: connections to a remote are TLS (tls = { ca = \"...\", "
+             "certificate = \"...\", private_key = \"...\" }); plaintext needs insecure = true, "
+             "for a loopback or unix development remote");
+      } else if (remote.address.startsWith("tcp:") && !isLoopback(toStd(remote.address.slice(4)))) {
+        fail(remoteTable.source().begin, kj::str(remotePath, ".insecure"),
+             kj::str("insecure = true is allowed only for a loopback address (127.0.0.1, ::1, "
+                     "localhost) or a unix socket, not \"",
+                     remote.address, "\"; configure tls = { ... } instead"));
+      }
       if (remote.backoffMin > remote.backoffMax) {
         fail(remoteTable.source().begin, remotePath,
              kj::str("backoff_min_ms (", remote.backoffMin / kj::MILLISECONDS,
@@ -520,6 +560,43 @@ private:
       }
       config.remotes.add(kj::mv(remote));
     }
+  }
+
+  RemoteTls parseRemoteTls(const toml::table& table, kj::StringPtr tlsPath) {
+    RemoteTls tls;
+    for (auto& field : inFileOrder(table)) {
+      auto fieldName = toKj(field.key->str());
+      auto path = kj::str(tlsPath, ".", fieldName);
+      if (fieldName == "ca") {
+        tls.ca = expectPath(*field.value, path);
+      } else if (fieldName == "certificate") {
+        tls.certificate = expectPath(*field.value, path);
+      } else if (fieldName == "private_key") {
+        tls.privateKey = expectPath(*field.value, path);
+      } else if (fieldName == "server_name") {
+        auto name = expectString(*field.value, path);
+        if (name.empty()) fail(field.value->source().begin, path, "must not be empty");
+        tls.serverName = toKj(name);
+      } else {
+        unknownKey(*field.key, path, "ca, certificate, private_key, server_name");
+      }
+    }
+    for (auto [key, value] : {std::pair<kj::StringPtr, kj::StringPtr>{"ca", tls.ca},
+                              {"certificate", tls.certificate},
+                              {"private_key", tls.privateKey}}) {
+      if (value.size() == 0) {
+        fail(table.source().begin, kj::str(tlsPath, ".", key), "missing required key");
+      }
+    }
+    return tls;
+  }
+
+  // The host of "tcp:host:port" or "tcp:[v6]:port".
+  static kj::String remoteHost(kj::StringPtr address) {
+    auto hostPort = toStd(address.slice(4));
+    auto host = hostPort.starts_with('[') ? hostPort.substr(1, hostPort.find(']') - 1)
+                                          : hostPort.substr(0, hostPort.rfind(':'));
+    return toKj(host);
   }
 
   // "tcp:host:port" or "unix:/path" (a relative path is made absolute like other paths).
@@ -680,9 +757,21 @@ private:
         tls.clientCa = expectPath(*entry.value, path);
       } else if (name == "require_client_certificate") {
         tls.requireClientCertificate = expectBoolean(*entry.value, path);
+      } else if (name == "identity") {
+        auto source = expectString(*entry.value, path);
+        if (source == "cn") {
+          tls.identity = ClientIdentity::COMMON_NAME;
+        } else if (source == "san-uri") {
+          tls.identity = ClientIdentity::SAN_URI;
+        } else if (source == "san-dns") {
+          tls.identity = ClientIdentity::SAN_DNS;
+        } else {
+          fail(entry.value->source().begin, path,
+               kj::str("\"", toKj(source), "\" is not one of \"cn\", \"san-uri\", \"san-dns\""));
+        }
       } else {
         unknownKey(*entry.key, path,
-                   "certificate, private_key, client_ca, require_client_certificate");
+                   "certificate, private_key, client_ca, require_client_certificate, identity");
       }
     }
     if (tls.certificate.size() == 0) {
@@ -1007,6 +1096,18 @@ DaemonConfig parseDaemonConfig(kj::StringPtr text, kj::StringPtr path, uint32_t 
 DaemonConfig loadDaemonConfig(kj::StringPtr path, uint32_t cpuCount) {
   auto text = readConfigFile(path);
   return parseDaemonConfig(text, absoluteConfigPath(path), cpuCount);
+}
+
+kj::StringPtr identitySourceName(ClientIdentity source) {
+  switch (source) {
+    case ClientIdentity::COMMON_NAME:
+      return "cn";
+    case ClientIdentity::SAN_URI:
+      return "san-uri";
+    case ClientIdentity::SAN_DNS:
+      return "san-dns";
+  }
+  return "cn";
 }
 
 }  // namespace payhost::host

@@ -73,6 +73,19 @@ struct DatabaseEntry {
   kj::Duration idleTimeout = 30 * kj::SECONDS;
 };
 
+// [remotes.NAME] tls = { ... }: this host as a TLS client of a remote payhostd.
+struct RemoteTls {
+  // PEM file of the CAs the remote's server certificate must chain to.
+  kj::String ca;
+  // This host's client certificate (PEM chain, leaf first) and its private key (mode 0600 or
+  // 0400; refused when others may read it).
+  kj::String certificate;
+  kj::String privateKey;
+  // The name the remote's certificate must carry (DNS subjectAltName or CN); sent as SNI.
+  // Default: the host of a "tcp:host:port" address; required for a unix address.
+  kj::String serverName;
+};
+
 // [remotes.NAME]: another payhostd whose services this host's plugins reach through
 // `Context::service`. See host/config/README.md.
 struct RemoteEntry {
@@ -93,6 +106,16 @@ struct RemoteEntry {
   // `backoffMax`, before connecting again; calls meanwhile fail DISCONNECTED at once.
   kj::Duration backoffMin = 100 * kj::MILLISECONDS;
   kj::Duration backoffMax = 5 * kj::SECONDS;
+  // `tls = { ca, certificate, private_key, server_name }`: the connection is TLS 1.2+; this host
+  // presents `certificate` (so the remote's mutual TLS and `[[access]]` see this host's identity)
+  // and verifies the remote's certificate against `ca` and `serverName`. Null only when
+  // `insecure` is true (plaintext, loopback or unix addresses only, a warning at every start).
+  kj::Maybe<RemoteTls> tls;
+  bool insecure = false;
+  // TCP keepalive: a connection whose peer has been silent (no ACK of a keepalive probe or of
+  // data sent) for about this long is dropped and reconnected, instead of every call on it
+  // waiting `callTimeout`. Zero: off (the kernel's defaults, i.e. hours).
+  kj::Duration keepalive = 15 * kj::SECONDS;
 };
 
 struct KeyEntry {
@@ -114,6 +137,19 @@ struct Listener {
   kj::String identity;
 };
 
+// Where a TLS client's identity comes from (`[tls] identity`).
+enum class ClientIdentity {
+  // The subject's common name (CN); "cn", the default.
+  COMMON_NAME,
+  // The first URI subjectAltName, e.g. "spiffe://example.org/merchant-a"; "san-uri".
+  SAN_URI,
+  // The first DNS subjectAltName, e.g. "merchant-a.clients.example.org"; "san-dns".
+  SAN_DNS,
+};
+
+// "cn", "san-uri" or "san-dns": the config's spelling of `source`.
+kj::StringPtr identitySourceName(ClientIdentity source);
+
 // [tls]: the certificate every TLS listener presents and the CA its clients' certificates must
 // chain to. Read (and the key file's mode checked) when payhostd starts and on SIGHUP.
 struct TlsConfig {
@@ -126,6 +162,10 @@ struct TlsConfig {
   // Mutual TLS (default): a client without a certificate from `clientCa` is refused during the
   // handshake. False: clients without a certificate are served as "anonymous".
   bool requireClientCertificate = true;
+  // `identity = "cn" | "san-uri" | "san-dns"`: which field of the client certificate is the
+  // caller's identity (what `[[access]]` rules and `Context::caller` name). A certificate without
+  // that field (or with an unprintable one) is refused during the handshake.
+  ClientIdentity identity = ClientIdentity::COMMON_NAME;
 };
 
 // [[access]] identity = "merchant-a", services = ["payments.card"], methods = ["authorize"]:

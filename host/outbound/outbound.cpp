@@ -20,6 +20,7 @@ public:
   RemoteChannel(Outbound::Remote& remote, uint32_t shardIndex, LogSink& log,
                 kj::AsyncIoProvider& io)
       : config(remote.config),
+        tls(remote.tls.map([](auto& client) -> const RemoteTlsClient& { return *client; })),
         stats(remote.stats),
         shardIndex(kj::str(shardIndex)),
         log(log),
@@ -82,6 +83,7 @@ private:
   void info(kj::StringPtr event, LogLevel level, std::initializer_list<LogField> extra);
 
   const RemoteEntry& config;
+  kj::Maybe<const RemoteTlsClient&> tls;
   RemoteStats& stats;
   kj::String shardIndex;
   LogSink& log;
@@ -166,7 +168,7 @@ kj::Promise<void> RemoteChannel::run(Slot& slot) {
   auto paf = kj::newPromiseAndFulfiller<void>();
   slot.connected = paf.promise.fork();
   slot.connectedFulfiller = kj::mv(paf.fulfiller);
-  return connectToRemote(network, timer, config)
+  return connectToRemote(network, timer, config, tls)
       .then([this, &slot](kj::Own<kj::AsyncIoStream> stream) {
         connected(slot, kj::mv(stream));
         return slot.client->onDisconnect();
@@ -359,6 +361,10 @@ private:
 };
 
 }  // namespace
+
+Outbound::Remote::Remote(const RemoteEntry& config) : config(config) {
+  if (config.tls != nullptr) tls = kj::heap<const RemoteTlsClient>(config);
+}
 
 Outbound::Outbound(kj::ArrayPtr<const RemoteEntry> remotes)
     : remotes_(KJ_MAP(entry, remotes) { return kj::heap<Remote>(entry); }) {}

@@ -25,6 +25,7 @@
 
 #include "host/config/daemon-config.h"
 #include "host/log/logger.h"
+#include "host/outbound/remote-connect.h"
 
 #include <capnp/capability.h>
 #include <kj/async-io.h>
@@ -59,13 +60,17 @@ struct RemoteStats {
 // Thread-safe: immutable after construction, apart from the counters.
 class Outbound {
 public:
-  // `remotes` (from the config) outlives this object.
+  // `remotes` (from the config) outlives this object. Throws when a remote's TLS files cannot be
+  // used (see `RemoteTlsClient`).
   explicit Outbound(kj::ArrayPtr<const RemoteEntry> remotes);
   KJ_DISALLOW_COPY(Outbound);
 
   struct Remote {
-    explicit Remote(const RemoteEntry& config) : config(config) {}
+    // Reads the remote's TLS files, if it has `tls`; throws naming the remote and the file.
+    explicit Remote(const RemoteEntry& config);
     const RemoteEntry& config;
+    // Null for an `insecure` (plaintext) remote.
+    kj::Maybe<kj::Own<const RemoteTlsClient>> tls;
     RemoteStats stats;
   };
 

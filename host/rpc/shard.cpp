@@ -20,6 +20,7 @@ namespace {
 // whatever text OpenSSL puts in the error.
 kj::StringPtr handshakeFailure(kj::StringPtr description) {
   auto has = [&](const char* text) { return strstr(description.cStr(), text) != nullptr; };
+  if (has("no-identity: ")) return "no-identity";
   if (has("peer did not return a certificate")) return "no-certificate";
   if (has("certificate verify failed") || has("certificate expired") || has("unknown ca") ||
       has("bad certificate")) {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "host/config/daemon-config.h"
+#include "host/util/tls-files.h"
 
 #include <kj/async-io.h>
 #include <kj/compat/tls.h>
@@ -28,8 +29,10 @@ public:
   KJ_DISALLOW_COPY(TlsServer);
 
   // Runs the server side of the handshake on `stream`; resolves with the encrypted stream and
-  // the client's verified identity (its certificate's subject common name), or rejects when the
-  // handshake fails (no certificate, not issued by the client CA, expired, old protocol, ...).
+  // the client's verified identity (by `[tls] identity`: its certificate's subject common name,
+  // first URI subjectAltName or first DNS subjectAltName), or rejects when the handshake fails
+  // (no certificate, not issued by the client CA, expired, old protocol, ...) or the certificate
+  // lacks that field (the message then starts "no-identity: ").
   struct Accepted {
     kj::Own<kj::AsyncIoStream> stream;
     // Empty when client certificates are not required and the client sent none.
@@ -45,11 +48,8 @@ public:
 private:
   kj::Own<kj::TlsContext> context;
   bool requireClientCertificate;
+  ClientIdentity identitySource;
   kj::String summary_;
 };
-
-// Fails unless the private key file at `path` is safe to use: a regular file whose mode gives
-// "other" nothing and its group no write. `what` names the config key in the message.
-void checkPrivateKeyFile(kj::StringPtr path, kj::StringPtr what);
 
 }  // namespace payhost::host

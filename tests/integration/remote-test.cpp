@@ -10,10 +10,13 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "daemon-process.h"
 
@@ -28,10 +31,48 @@ kj::String forwardPlugin(kj::StringPtr file = "fixture-forward.so", kj::StringPt
                  "[plugin.config]\ntarget = \"test.echo\"\n");
 }
 
-// `[remotes.NAME]` serving test.echo at `address`, plus any further `settings` lines.
+// `[remotes.NAME]` serving test.echo at `address`, plus any further `settings` lines; plaintext
+// (`insecure = true`, all the test's remotes are on loopback) unless `settings` has a `tls`.
 kj::String remote(kj::StringPtr name, kj::StringPtr address, kj::StringPtr settings = "") {
+  bool tls = strstr(settings.cStr(), "tls = ") != nullptr;
   return kj::str("[remotes.", name, "]\naddress = \"", address, "\"\nservices = [\"test.echo\"]\n",
-                 settings, "\n");
+                 tls ? "" : "insecure = true\n", settings, "\n");
+}
+
+// `tls = { ... }` for a remote: trust `ca`, present `client` (stems of files in `dir`), expect
+// the remote's certificate to name `serverName`.
+kj::String remoteTls(const TempDir& dir, kj::StringPtr ca, kj::StringPtr client,
+                     kj::StringPtr serverName = "localhost") {
+  return kj::str("tls = { ca = \"", dir.file(ca), "\", certificate = \"",
+                 dir.file(kj::str(client, ".pem")), "\", private_key = \"",
+                 dir.file(kj::str(client, ".key")), "\", server_name = \"", serverName, "\" }");
+}
+
+// The keepalive timer of A's connection to `port` on 127.0.0.1, from /proc/net/tcp: the "tr"
+// column is 2 while the kernel's keepalive timer is armed on that socket, 0 while no timer is.
+// Null when there is no such connection.
+kj::Maybe<int> keepaliveTimerOf(uint16_t port) {
+  auto table = runProcess({"/bin/cat", "/proc/net/tcp"});
+  char remote[32];
+  snprintf(remote, sizeof(remote), "0100007F:%04X", port);
+  for (auto& line : splitLines(table.out)) {
+    // sl local_address rem_address st tx_queue:rx_queue tr:tm->when ...
+    std::vector<std::string> fields;
+    std::string word;
+    for (char c : std::string(line.cStr())) {
+      if (c == ' ') {
+        if (!word.empty()) fields.push_back(word);
+        word.clear();
+      } else {
+        word += c;
+      }
+    }
+    if (!word.empty()) fields.push_back(word);
+    // State 01: established; A's side has the remote's port as its peer.
+    if (fields.size() < 6 || fields[2] != remote || fields[3] != "01") continue;
+    return atoi(fields[5].substr(0, fields[5].find(':')).c_str());
+  }
+  return nullptr;
 }
 
 // A TCP listener on 127.0.0.1 that never accepts: the kernel completes connects into its
@@ -126,6 +167,9 @@ void expectForwarded(ScreenResponse& response, kj::StringPtr token, int64_t amou
 TEST_F(RemoteServices, CallsReachAnotherHostOverPooledReusedConnections) {
   auto b = startB();
   auto a = startA(remote("b", kj::str("tcp:", b->tcpAddress()), "connections_per_shard = 2"));
+  // Plaintext to a remote is said at every start.
+  EXPECT_THAT(s(a->waitForLog("event=remote.insecure")), HasSubstr("remote=b"));
+  EXPECT_THAT(s(a->waitForLog("event=remote.configured")), HasSubstr("tls=off"));
   Connection<schema::Gateway> gateway(io, a->tcpAddress());
   auto forward = gateway.service("test.forward");
 
@@ -197,6 +241,157 @@ TEST_F(RemoteServices, FailsFastWhileTheRemoteIsDownAndRecoversWithoutARestart) 
   a->waitForLog("event=remote.reconnected");
   EXPECT_GE(metric("payhost_remote_reconnects_total{remote=\"b\"}"), 1);
   EXPECT_EQ(metric("payhost_remote_connections_open{remote=\"b\"}"), 1);
+}
+
+// Two hosts with certificates from scripts/make-certs.sh: B serves TLS only and grants host-a
+// test.echo; A reaches it over TLS with host-a's (or host-c's) certificate.
+class TlsRemoteServices : public RemoteServices {
+protected:
+  static void SetUpTestSuite() {
+    certs = new TempDir();
+    auto script = kj::str(PAYHOST_SOURCE_DIR, "/scripts/make-certs.sh");
+    auto made = runProcess({"/bin/bash", script, certs->file("ours"), "host-a", "host-c"});
+    ASSERT_EQ(made.exitCode, 0) << s(made.err);
+    // Another CA, which did not issue B's certificate.
+    auto other =
+        runProcess({"/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", certs->file("other-ca.key"),
+                    "-out", certs->file("other-ca.pem"), "-subj", "/CN=other CA", "-days", "3"});
+    ASSERT_EQ(other.exitCode, 0) << s(other.err);
+  }
+  static void TearDownTestSuite() {
+    delete certs;
+    certs = nullptr;
+  }
+
+  kj::Own<DaemonProcess> startTlsB() {
+    DaemonOptions options;
+    options.listen = kj::str("tcp = [\"127.0.0.1:0\"]");
+    options.access = kj::str("[[access]]\nidentity = \"host-a\"\nservices = [\"test.echo\"]\n");
+    options.extra = kj::str("[tls]\ncertificate = \"", certs->file("ours/server.pem"),
+                            "\"\nprivate_key = \"", certs->file("ours/server.key"),
+                            "\"\nclient_ca = \"", certs->file("ours/ca.pem"), "\"\n");
+    options.plugins = echoPlugin("report_caller = true");
+    return kj::heap<DaemonProcess>(kj::mv(options));
+  }
+
+  static TempDir* certs;
+};
+
+TempDir* TlsRemoteServices::certs = nullptr;
+
+TEST_F(TlsRemoteServices, CallsGoOverTlsAndTheRemoteSeesThisHostsIdentity) {
+  auto b = startTlsB();
+  auto address = kj::str("tcp:", b->tcpAddress());
+  auto a = startA(remote("b", address, remoteTls(*certs, "ours/ca.pem", "ours/host-a")));
+  auto configured = a->waitForLog("event=remote.configured");
+  EXPECT_THAT(s(configured), HasSubstr("tls=on"));
+  EXPECT_THAT(s(configured), HasSubstr("server_name=localhost"));
+  EXPECT_FALSE(a->logged("event=remote.insecure"));
+  Connection<schema::Gateway> gateway(io, a->tcpAddress());
+  auto forward = gateway.service("test.forward");
+  for (int i = 0; i < 3; ++i) {
+    auto response = await(screen(forward, "tls", 10 + i));
+    auto rules = response.getVerdict().getFiredRules();
+    ASSERT_EQ(rules.size(), 4u);
+    EXPECT_EQ(s(rules[0]), "tls");
+    // B's plugin was told the caller is A, by A's client certificate.
+    EXPECT_EQ(s(rules[2]), "host-a");
+    EXPECT_EQ(s(rules[3]), "forwarded");
+  }
+  EXPECT_EQ(metric("payhost_remote_connections_open{remote=\"b\"}"), 1);
+  // B saw a TLS client: its plaintext refusals did not happen.
+  EXPECT_FALSE(b->logged("event=tls.handshake_failed"));
+
+  // A's identity that B does not grant: B's permission error reaches the plugin's caller.
+  auto c = startA(remote("b", address, remoteTls(*certs, "ours/ca.pem", "ours/host-c")));
+  Connection<schema::Gateway> gatewayC(io, c->tcpAddress());
+  auto forwardC = gatewayC.service("test.forward");
+  auto denied = awaitFailure(screen(forwardC, "tls", 1));
+  EXPECT_THAT(describe(denied), HasSubstr(s(kj::str("remote b (", address, "): "))));
+  EXPECT_THAT(describe(denied), HasSubstr("permission denied: identity 'host-c' may not call "
+                                          "service 'test.echo'"));
+  EXPECT_THAT(s(b->waitForLog("event=access.denied")), HasSubstr("identity=host-c"));
+}
+
+TEST_F(TlsRemoteServices, ARemoteFromAnotherCaIsRefusedNamingTheRemote) {
+  auto b = startTlsB();
+  auto address = kj::str("tcp:", b->tcpAddress());
+  auto a = startA(remote("b", address, remoteTls(*certs, "other-ca.pem", "ours/host-a")));
+  Connection<schema::Gateway> gateway(io, a->tcpAddress());
+  auto forward = gateway.service("test.forward");
+  auto failure = awaitFailure(screen(forward, "tls", 1));
+  EXPECT_EQ(typeOf(failure), "disconnected") << describe(failure);
+  EXPECT_THAT(describe(failure),
+              HasSubstr(s(kj::str("remote b (", address,
+                                  "): TLS handshake failed (server_name localhost, ca ",
+                                  certs->file("other-ca.pem"), "): "))));
+  EXPECT_THAT(describe(failure), HasSubstr("certificate is not trusted"));
+  auto logged = a->waitForLog("event=remote.connect_failed");
+  EXPECT_THAT(s(logged), HasSubstr("certificate is not trusted"));
+  EXPECT_GE(metric("payhost_remote_connect_failures_total{remote=\"b\"}"), 1);
+  // B served nothing: A hung up during the handshake.
+  EXPECT_FALSE(b->logged("event=access.denied"));
+
+  // The right CA but a name B's certificate does not carry: refused too.
+  auto named = startA(
+      remote("b", address, remoteTls(*certs, "ours/ca.pem", "ours/host-a", "fx.payhost.test")));
+  Connection<schema::Gateway> gatewayNamed(io, named->tcpAddress());
+  auto forwardNamed = gatewayNamed.service("test.forward");
+  auto misnamed = awaitFailure(screen(forwardNamed, "tls", 1));
+  EXPECT_EQ(typeOf(misnamed), "disconnected") << describe(misnamed);
+  EXPECT_THAT(describe(misnamed), HasSubstr("TLS handshake failed (server_name fx.payhost.test"));
+}
+
+TEST_F(TlsRemoteServices, AWorldReadableClientKeyStopsTheStart) {
+  TempDir dir;
+  ASSERT_EQ(
+      runProcess({"/bin/cp", certs->file("ours/host-a.key"), dir.file("host-a.key")}).exitCode, 0);
+  chmod(dir.file("host-a.key").cStr(), 0644);
+  auto config = dir.file("payhostd.toml");
+  writeFile(config,
+            kj::str("[listen]\ntcp = [{ address = \"127.0.0.1:0\", insecure = true }]\n"
+                    "[admin]\nsocket = \"",
+                    dir.file("a.sock"), "\"\n[remotes.b]\naddress = \"tcp:127.0.0.1:1\"\n",
+                    "services = [\"test.echo\"]\ntls = { ca = \"", certs->file("ours/ca.pem"),
+                    "\", certificate = \"", certs->file("ours/host-a.pem"), "\", private_key = \"",
+                    dir.file("host-a.key"), "\" }\n"));
+  auto result = runProcess({PAYHOSTD, "--config", config}, START_TIMEOUT);
+  EXPECT_EQ(result.exitCode, 1);
+  EXPECT_THAT(
+      s(kj::str(result.out, result.err)),
+      HasSubstr(s(kj::str("remotes.b.tls.private_key ", dir.file("host-a.key"),
+                          ": mode 0644 lets other users read or replace the private key"))));
+}
+
+TEST_F(RemoteServices, KeepaliveIsArmedOnRemoteConnectionsAndCanBeTurnedOff) {
+  auto b = startB();
+  auto port = static_cast<uint16_t>(atoi(b->tcpAddress().cStr() + strlen("127.0.0.1:")));
+  struct Case {
+    kj::StringPtr setting;
+    kj::StringPtr logged;
+    int timer;
+  };
+  for (auto [setting, logged, expected] : {Case{"keepalive_ms = 2000", "keepalive_ms=2000", 2},
+                                           Case{"keepalive_ms = 0", "keepalive_ms=0", 0}}) {
+    auto a = startA(remote("b", kj::str("tcp:", b->tcpAddress()), setting));
+    EXPECT_THAT(s(a->waitForLog("event=remote.configured")), HasSubstr(s(logged)));
+    Connection<schema::Gateway> gateway(io, a->tcpAddress());
+    auto forward = gateway.service("test.forward");
+    auto response = await(screen(forward, "ka", 1));
+    expectForwarded(response, "ka", 1);
+    // Idle now: with keepalive on, the kernel's keepalive timer is what is pending.
+    auto deadline = now() + STEP_TIMEOUT;
+    kj::Maybe<int> timer;
+    while (now() < deadline) {
+      timer = keepaliveTimerOf(port);
+      KJ_IF_MAYBE (t, timer) {
+        if (*t == expected) break;
+      }
+      await(io.provider->getTimer().afterDelay(20 * kj::MILLISECONDS));
+    }
+    EXPECT_EQ(KJ_ASSERT_NONNULL(timer), expected) << s(setting);
+  }
 }
 
 TEST_F(RemoteServices, ARemoteThatNeverAnswersFailsTheCallAtTheCallTimeout) {

@@ -50,15 +50,16 @@ struct Pki {
              "basicConstraints=critical,CA:true"});
   }
 
-  // Issues `file`.pem/.key with subject CN=`cn` from CA `ca`, valid `days` (-1: expired).
+  // Issues `file`.pem/.key with subject CN=`cn` from CA `ca`, valid `days` (-1: expired), with
+  // the subjectAltName `san` (openssl's syntax, e.g. "URI:spiffe://x/y,DNS:a.example").
   void issue(kj::StringPtr ca, kj::StringPtr file, kj::StringPtr cn, kj::StringPtr days = "3",
-             kj::StringPtr subjectPrefix = "") {
+             kj::StringPtr subjectPrefix = "", kj::StringPtr san = "DNS:localhost") {
     auto key = dir.file(kj::str(file, ".key"));
     auto csr = dir.file(kj::str(file, ".csr"));
     auto ext = dir.file(kj::str(file, ".ext"));
-    writeFile(ext, "subjectAltName=DNS:localhost\n");
+    writeFile(ext, kj::str("subjectAltName=", san, "\n"));
     openssl({"req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-             key, "-out", csr, "-subj", kj::str(subjectPrefix, "/CN=", cn)});
+             key, "-out", csr, "-subj", kj::str(subjectPrefix, "/CN=", escapeSlashes(cn))});
     openssl({"x509", "-req", "-in", csr, "-CA", dir.file(kj::str(ca, ".pem")), "-CAkey",
              dir.file(kj::str(ca, ".key")), "-CAcreateserial", "-days", days, "-extfile", ext,
              "-out", dir.file(kj::str(file, ".pem"))});
@@ -66,6 +67,18 @@ struct Pki {
   }
 
   const TempDir& dir;
+
+private:
+  // openssl's -subj separates name entries with "/": one inside a value is written "\/".
+  static kj::String escapeSlashes(kj::StringPtr value) {
+    kj::Vector<char> out;
+    for (char c : value) {
+      if (c == '/') out.add('\\');
+      out.add(c);
+    }
+    out.add('\0');
+    return kj::String(out.releaseAsArray());
+  }
 };
 
 kj::String readText(kj::StringPtr path) {
@@ -148,12 +161,14 @@ protected:
     pki.issue("other-ca", "impostor", "merchant-a");
     pki.issue("ca", "expired", "merchant-a", "-1");
   }
+  static constexpr kj::StringPtr SPIFFE_A = "spiffe://payhost.test/merchant-a"_kj;
   static void TearDownTestSuite() {
     delete certs;
     certs = nullptr;
   }
 
-  static DaemonOptions options(kj::StringPtr limits = "") {
+  // `tls` holds further lines of `[tls]` (e.g. identity = "san-uri").
+  static DaemonOptions options(kj::StringPtr limits = "", kj::StringPtr tls = "") {
     DaemonOptions options;
     options.listen = kj::str(
         "tcp = [\"127.0.0.1:0\", { address = \"127.0.0.1:0\", insecure = true, identity = "
@@ -162,11 +177,15 @@ protected:
         "[[access]]\nidentity = \"merchant-a\"\nservices = [\"test.echo\"]\n"
         "[[access]]\nidentity = \"merchant-b\"\nservices = [\"test.echo\"]\nmethods = "
         "[\"refund\"]\n"
+        "[[access]]\nidentity = \"",
+        SPIFFE_A,
+        "\"\nservices = [\"test.echo\"]\n"
+        "[[access]]\nidentity = \"merchant-a.clients.test\"\nservices = [\"test.echo\"]\n"
         "[[access]]\nidentity = \"local\"\nservices = [\"*\"]\n");
     options.extra =
         kj::str("[tls]\ncertificate = \"", certs->file("server.pem"), "\"\nprivate_key = \"",
-                certs->file("server.key"), "\"\nclient_ca = \"", certs->file("ca.pem"),
-                "\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[limits]\n", limits);
+                certs->file("server.key"), "\"\nclient_ca = \"", certs->file("ca.pem"), "\"\n", tls,
+                "\n[metrics]\nlisten = \"127.0.0.1:0\"\n[limits]\n", limits);
     options.plugins = echoPlugin("report_caller = true");
     return options;
   }
@@ -333,6 +352,125 @@ TEST_F(Security, OpensslClientsRefusedUnlessCurrentCertificateFromTheCa) {
             }));
     EXPECT_FALSE(describe(e).empty());
   }
+}
+
+// `[tls] identity = "san-uri"` / "san-dns": the suite's certificates plus clients known by their
+// SANs (issued here only, so the other tests do not pay for them).
+class SanIdentity : public Security {
+protected:
+  // Whether the server hung up right after a handshake with `tls`'s certificate: the first read
+  // ends (EOF) or fails. Nothing is written, so no write is pending when the server closes.
+  bool closedAfterHandshake(ClientTls& tls, kj::StringPtr address) {
+    auto stream =
+        await(tls.context->wrapClient(connectTo(io, address).wait(io.waitScope), "localhost"));
+    char byte;
+    return await(stream->tryRead(&byte, 1, 1)
+                     .then([](size_t n) { return n == 0; }, [](kj::Exception&&) { return true; }));
+  }
+
+  static void SetUpTestSuite() {
+    Security::SetUpTestSuite();
+    Pki pki(*certs);
+    // A client known by its SANs (its CN is granted nothing); one whose CN is a granted identity
+    // but whose URI SAN is not; one with no URI SAN.
+    pki.issue("ca", "spiffe-a", "not-granted", "3", "",
+              "URI:spiffe://payhost.test/merchant-a,URI:spiffe://payhost.test/second,"
+              "DNS:merchant-a.clients.test");
+    pki.issue("ca", "cn-only", SPIFFE_A, "3", "", "URI:spiffe://payhost.test/intruder");
+    pki.issue("ca", "no-uri", SPIFFE_A, "3", "", "DNS:localhost");
+    // URI "spiffe://payhost.test/merchant-a\0.evil": a NUL inside the SAN (raw DER; the openssl
+    // CLI has no other way to write one).
+    pki.issue("ca", "nul-uri", "nul", "3", "",
+              "DER:302886267370696666653a2f2f706179686f73742e746573742f6d65726368616e742d61002e"
+              "6576696c");
+  }
+};
+
+// Calls test.echo over TLS with the client certificate `stem`; the identity the plugin was told,
+// or the call's failure.
+kj::OneOf<kj::String, kj::Exception> callerOverTls(kj::AsyncIoContext& io, ClientTls& tls,
+                                                   kj::StringPtr address) {
+  auto connection = kj::heap<TlsConnection>(io, tls, address);
+  auto echo = connection->echo();
+  auto call =
+      screen(echo, "tok_s", 7)
+          .then(
+              [](ScreenResponse&& response) -> kj::OneOf<kj::String, kj::Exception> {
+                auto rules = response.getVerdict().getFiredRules();
+                return kj::str(rules[rules.size() - 1]);
+              },
+              [](kj::Exception&& e) -> kj::OneOf<kj::String, kj::Exception> { return kj::mv(e); })
+          .attach(kj::mv(echo), kj::mv(connection));
+  return call.wait(io.waitScope);
+}
+
+TEST_F(SanIdentity, SanUriIdentityIsServedAndAMatchingCnAloneIsRefused) {
+  TempDir own;
+  auto daemonOptions = options("", "identity = \"san-uri\"");
+  daemonOptions.dataDir = own.file("data");
+  DaemonProcess daemon(kj::mv(daemonOptions));
+  EXPECT_THAT(s(daemon.waitForLog("event=tls.loaded")), HasSubstr("identity=san-uri"));
+  auto ports = portsOf(daemon);
+
+  // Served as its first URI SAN; its CN is granted nothing.
+  ClientTls spiffe(*certs, "ca", "spiffe-a");
+  auto served = callerOverTls(io, spiffe, tlsAddress(ports));
+  ASSERT_TRUE(served.is<kj::String>()) << describe(served.get<kj::Exception>());
+  EXPECT_EQ(s(served.get<kj::String>()), s(SPIFFE_A));
+
+  // Its CN is a granted identity, its URI SAN is not: refused like any other identity.
+  ClientTls cnOnly(*certs, "ca", "cn-only");
+  auto refused = callerOverTls(io, cnOnly, tlsAddress(ports));
+  ASSERT_TRUE(refused.is<kj::Exception>()) << s(refused.get<kj::String>());
+  EXPECT_THAT(describe(refused.get<kj::Exception>()),
+              HasSubstr("permission denied: identity 'spiffe://payhost.test/intruder' may not "
+                        "call service 'test.echo'"));
+  auto denied = daemon.waitForLog("event=access.denied");
+  EXPECT_THAT(s(denied), HasSubstr("identity=spiffe://payhost.test/intruder"));
+
+  // No URI SAN at all: the handshake is refused, logged and counted, never served as its CN.
+  daemon.readAvailableLog();
+  auto failedBefore = daemon.find("event=tls.handshake_failed").size();
+  ClientTls noUri(*certs, "ca", "no-uri");
+  EXPECT_TRUE(closedAfterHandshake(noUri, tlsAddress(ports)));
+  auto failures = daemon.waitForLogCount("event=tls.handshake_failed", failedBefore + 1);
+  EXPECT_THAT(s(failures.back()), HasSubstr("no URI subjectAltName"));
+
+  // A granted identity followed by a NUL and more: refused, not cut at the NUL.
+  ClientTls nul(*certs, "ca", "nul-uri");
+  EXPECT_TRUE(closedAfterHandshake(nul, tlsAddress(ports)));
+  failures = daemon.waitForLogCount("event=tls.handshake_failed", failedBefore + 2);
+  EXPECT_THAT(s(failures.back()), HasSubstr("URI subjectAltName is empty or not printable ASCII"));
+
+  auto text = s(metrics(daemon));
+  EXPECT_THAT(text, HasSubstr("payhost_access_denied_total 1"));
+  EXPECT_THAT(text, testing::ContainsRegex(
+                        "payhost_tls_handshake_failures_total\\{reason=\"failed\"\\} [1-9]"));
+  daemon.signal(SIGTERM);
+  EXPECT_EQ(daemon.waitForExit(STEP_TIMEOUT), 0);
+  // The refusals are in the audit log as the CN-based ones are.
+  auto audit = readText(own.file("data/audit.log"));
+  EXPECT_THAT(s(audit), HasSubstr("spiffe://payhost.test/intruder"));
+  EXPECT_THAT(s(audit), HasSubstr("no-identity"));
+}
+
+TEST_F(SanIdentity, IdentityModesPickDnsSanOrCn) {
+  {
+    DaemonProcess daemon(options("", "identity = \"san-dns\""));
+    auto ports = portsOf(daemon);
+    ClientTls spiffe(*certs, "ca", "spiffe-a");
+    auto served = callerOverTls(io, spiffe, tlsAddress(ports));
+    ASSERT_TRUE(served.is<kj::String>()) << describe(served.get<kj::Exception>());
+    EXPECT_EQ(s(served.get<kj::String>()), "merchant-a.clients.test");
+  }
+  // The default is the CN: the certificate refused above under san-uri is served as its CN.
+  DaemonProcess daemon(options());
+  EXPECT_THAT(s(daemon.waitForLog("event=tls.loaded")), HasSubstr("identity=cn"));
+  auto ports = portsOf(daemon);
+  ClientTls cnOnly(*certs, "ca", "cn-only");
+  auto served = callerOverTls(io, cnOnly, tlsAddress(ports));
+  ASSERT_TRUE(served.is<kj::String>()) << describe(served.get<kj::Exception>());
+  EXPECT_EQ(s(served.get<kj::String>()), s(SPIFFE_A));
 }
 
 TEST_F(Security, PlaintextIsRefusedOnATlsListener) {

@@ -273,9 +273,13 @@ TEST(DaemonConfig, RemotesAreParsedWithDefaults) {
                           "max_calls_in_flight = 10",
                           "backoff_min_ms = 20",
                           "backoff_max_ms = 400",
+                          "keepalive_ms = 3000",
+                          "tls = { ca = \"certs/ca.pem\", certificate = \"/c/a.pem\", "
+                          "private_key = \"/c/a.key\" }",
                           "[remotes.ledger-host]",
                           "address = \"unix:run/ledger.sock\"",
                           "services = [\"payments.ledger\"]",
+                          "insecure = true",
                       }) +
                       REQUIRED);
   ASSERT_EQ(config.remotes.size(), 2u);
@@ -290,7 +294,18 @@ TEST(DaemonConfig, RemotesAreParsedWithDefaults) {
   EXPECT_EQ(fx.maxCallsInFlight, 10u);
   EXPECT_EQ(fx.backoffMin, 20 * kj::MILLISECONDS);
   EXPECT_EQ(fx.backoffMax, 400 * kj::MILLISECONDS);
+  EXPECT_EQ(fx.keepalive, 3 * kj::SECONDS);
+  EXPECT_FALSE(fx.insecure);
+  auto& fxTls = KJ_ASSERT_NONNULL(fx.tls);
+  EXPECT_EQ(str(fxTls.ca), "/etc/payhost/certs/ca.pem");
+  EXPECT_EQ(str(fxTls.certificate), "/c/a.pem");
+  EXPECT_EQ(str(fxTls.privateKey), "/c/a.key");
+  // The host of the address, by default.
+  EXPECT_EQ(str(fxTls.serverName), "10.0.0.5");
   auto& ledger = config.remotes[1];
+  EXPECT_TRUE(ledger.insecure);
+  EXPECT_TRUE(ledger.tls == nullptr);
+  EXPECT_EQ(ledger.keepalive, 15 * kj::SECONDS);
   // Relative unix paths resolve against the config file's directory.
   EXPECT_EQ(str(ledger.address), "unix:/etc/payhost/run/ledger.sock");
   EXPECT_EQ(ledger.connectionsPerShard, 1u);
@@ -316,12 +331,12 @@ TEST(DaemonConfig, PluginRemoteCallQuotaIsParsed) {
 }
 
 TEST(DaemonConfig, RemoteErrorsNameFileLineAndKey) {
-  EXPECT_EQ(
-      parseError(lines({"[remotes.a]", "address = \"tcp:h:1\"", "services = [\"x\"]", "[remotes.b]",
-                        "address = \"tcp:h:2\"", "services = [\"y\", \"x\"]"}) +
-                 REQUIRED),
-      "/etc/payhost/payhostd.toml:6:18: remotes.b.services[1]: service 'x' is already "
-      "mapped to remote 'a'; a service resolves to one remote");
+  EXPECT_EQ(parseError(lines({"[remotes.a]", "address = \"unix:/run/a.sock\"", "services = [\"x\"]",
+                              "insecure = true", "[remotes.b]", "address = \"tcp:h:2\"",
+                              "services = [\"y\", \"x\"]"}) +
+                       REQUIRED),
+            "/etc/payhost/payhostd.toml:7:18: remotes.b.services[1]: service 'x' is already "
+            "mapped to remote 'a'; a service resolves to one remote");
   EXPECT_EQ(
       parseError(lines({"[remotes.a]", "address = \"10.0.0.5:7400\"", "services = []"}) + REQUIRED),
       "/etc/payhost/payhostd.toml:2:11: remotes.a.address: \"10.0.0.5:7400\" is not "
@@ -341,17 +356,65 @@ TEST(DaemonConfig, RemoteErrorsNameFileLineAndKey) {
                        REQUIRED),
             "/etc/payhost/payhostd.toml:4:1: remotes.a.connections: unknown key (known: address, "
             "services, connections_per_shard, connect_timeout_ms, call_timeout_ms, "
-            "max_calls_in_flight, backoff_min_ms, backoff_max_ms)");
+            "max_calls_in_flight, backoff_min_ms, backoff_max_ms, tls, insecure, keepalive_ms)");
   EXPECT_EQ(parseError(lines({"[remotes.a]", "address = \"tcp:h:1\"", "services = [\"x\"]",
                               "connections_per_shard = 0"}) +
                        REQUIRED),
             "/etc/payhost/payhostd.toml:4:25: remotes.a.connections_per_shard: 0 is out of range "
             "1..64");
-  EXPECT_EQ(parseError(lines({"[remotes.a]", "address = \"tcp:h:1\"", "services = [\"x\"]",
-                              "backoff_min_ms = 500", "backoff_max_ms = 100"}) +
+  EXPECT_EQ(parseError(lines({"[remotes.a]", "address = \"tcp:127.0.0.1:1\"", "services = [\"x\"]",
+                              "insecure = true", "backoff_min_ms = 500", "backoff_max_ms = 100"}) +
                        REQUIRED),
             "/etc/payhost/payhostd.toml:1:1: remotes.a: backoff_min_ms (500) is above "
             "backoff_max_ms (100)");
+}
+
+TEST(DaemonConfig, RemotesAreTlsUnlessInsecureOnLoopback) {
+  auto remote = [](std::initializer_list<const char*> settings) {
+    std::vector<std::string> text = {"[remotes.a]", "services = [\"x\"]"};
+    text.insert(text.end(), settings.begin(), settings.end());
+    std::string joined;
+    for (auto& line : text)
+      joined += line + "\n";
+    return joined + REQUIRED;
+  };
+  EXPECT_EQ(parseError(remote({"address = \"tcp:10.0.0.5:7400\""})),
+            "/etc/payhost/payhostd.toml:1:1: remotes.a.tls: missing required key: connections "
+            "to a remote are TLS (tls = { ca = \"...\", certificate = \"...\", private_key = "
+            "\"...\" }); plaintext needs insecure = true, for a loopback or unix development "
+            "remote");
+  EXPECT_EQ(parseError(remote({"address = \"tcp:10.0.0.5:7400\"", "insecure = true"})),
+            "/etc/payhost/payhostd.toml:1:1: remotes.a.insecure: insecure = true is allowed only "
+            "for a loopback address (127.0.0.1, ::1, localhost) or a unix socket, not "
+            "\"tcp:10.0.0.5:7400\"; configure tls = { ... } instead");
+  EXPECT_EQ(parseError(remote({"address = \"tcp:127.0.0.1:7400\"", "insecure = true",
+                               "tls = { ca = \"a\", certificate = \"b\", private_key = \"c\" }"})),
+            "/etc/payhost/payhostd.toml:1:1: remotes.a.insecure: insecure = true and tls = { ... "
+            "} exclude each other");
+  EXPECT_EQ(
+      parseError(remote({"address = \"tcp:h:1\"", "tls = { ca = \"a\", certificate = \"b\" }"})),
+      "/etc/payhost/payhostd.toml:4:7: remotes.a.tls.private_key: missing required key");
+  EXPECT_EQ(parseError(remote({"address = \"unix:/run/b.sock\"",
+                               "tls = { ca = \"a\", certificate = \"b\", private_key = \"c\" }"})),
+            "/etc/payhost/payhostd.toml:1:1: remotes.a.tls.server_name: missing required key (a "
+            "unix address has no host name to verify the remote's certificate against)");
+  EXPECT_EQ(parseError(remote({"address = \"tcp:h:1\"",
+                               "tls = { ca = \"a\", certificate = \"b\", private_key = \"c\", "
+                               "verify = false }"})),
+            "/etc/payhost/payhostd.toml:4:57: remotes.a.tls.verify: unknown key (known: ca, "
+            "certificate, private_key, server_name)");
+  EXPECT_EQ(parseError(remote(
+                {"address = \"unix:/run/b.sock\"", "insecure = true", "keepalive_ms = 500"})),
+            "/etc/payhost/payhostd.toml:5:16: remotes.a.keepalive_ms: 500 is below 1000 (the "
+            "kernel counts keepalive in seconds); 0 turns it off");
+  auto unixTls = parse(remote({"address = \"unix:/run/b.sock\"",
+                               "tls = { ca = \"a\", certificate = \"b\", private_key = \"c\", "
+                               "server_name = \"b.payhost.internal\" }",
+                               "keepalive_ms = 0"}));
+  EXPECT_EQ(str(KJ_ASSERT_NONNULL(unixTls.remotes[0].tls).serverName), "b.payhost.internal");
+  EXPECT_EQ(unixTls.remotes[0].keepalive, 0 * kj::SECONDS);
+  auto localhost = parse(remote({"address = \"tcp:localhost:7400\"", "insecure = true"}));
+  EXPECT_TRUE(localhost.remotes[0].insecure);
 }
 
 TEST(DaemonConfig, FirstErrorInFileIsReported) {
@@ -778,6 +841,7 @@ TEST(DaemonConfig, ParsesTlsAccessAndLimits) {
   EXPECT_EQ(str(tls.privateKey), "/etc/payhost/certs/server.key");
   EXPECT_EQ(str(tls.clientCa), "/etc/ca.pem");
   EXPECT_TRUE(tls.requireClientCertificate);
+  EXPECT_EQ(tls.identity, ClientIdentity::COMMON_NAME);
   ASSERT_EQ(config.access.size(), 2u);
   EXPECT_EQ(str(config.access[0].identity), "merchant-a");
   ASSERT_EQ(config.access[0].methods.size(), 2u);
@@ -790,6 +854,23 @@ TEST(DaemonConfig, ParsesTlsAccessAndLimits) {
   EXPECT_EQ(config.limits.maxCallsPerConnection, 4u);
   EXPECT_EQ(config.limits.handshakeTimeout, 250 * kj::MILLISECONDS);
   EXPECT_EQ(config.limits.idleTimeout, 0 * kj::MILLISECONDS);
+}
+
+TEST(DaemonConfig, TlsIdentitySourceIsOneOfThree) {
+  auto withIdentity = [](const char* value) {
+    return REQUIRED + lines({"[tls]", "certificate = \"s.pem\"", "private_key = \"s.key\"",
+                             "client_ca = \"ca.pem\"", value});
+  };
+  EXPECT_EQ(KJ_ASSERT_NONNULL(parse(withIdentity("identity = \"san-uri\"")).tls).identity,
+            ClientIdentity::SAN_URI);
+  EXPECT_EQ(KJ_ASSERT_NONNULL(parse(withIdentity("identity = \"san-dns\"")).tls).identity,
+            ClientIdentity::SAN_DNS);
+  EXPECT_EQ(KJ_ASSERT_NONNULL(parse(withIdentity("identity = \"cn\"")).tls).identity,
+            ClientIdentity::COMMON_NAME);
+  EXPECT_EQ(parseError(withIdentity("identity = \"san\"")),
+            "/etc/payhost/payhostd.toml:9:12: tls.identity: \"san\" is not one of \"cn\", "
+            "\"san-uri\", \"san-dns\"");
+  EXPECT_EQ(identitySourceName(ClientIdentity::SAN_DNS), "san-dns"_kj);
 }
 
 TEST(DaemonConfig, LimitDefaultsAreWellBelowCapnProtoDefaults) {

@@ -1,0 +1,45 @@
+#include "host/util/tls-files.h"
+
+#include "host/util/errors.h"
+
+#include <kj/io.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <system_error>
+
+namespace payhost::host {
+
+void checkPrivateKeyFile(kj::StringPtr path, kj::StringPtr what) {
+  struct stat info;
+  if (stat(path.cStr(), &info) != 0) {
+    auto reason = std::generic_category().message(errno);
+    PAYHOST_FAIL(FAILED, what, " ", path, ": cannot read: ", reason.c_str());
+  }
+  if (!S_ISREG(info.st_mode)) PAYHOST_FAIL(FAILED, what, " ", path, ": not a regular file");
+  if ((info.st_mode & (S_IRWXO | S_IWGRP)) != 0) {
+    PAYHOST_FAIL(FAILED, what, " ", path, ": mode 0", (info.st_mode >> 6) & 7,
+                 (info.st_mode >> 3) & 7, info.st_mode & 7,
+                 " lets other users read or replace the private key; refusing to use it (chmod "
+                 "600 it, or 640 for a group)");
+  }
+}
+
+kj::String readPemFile(kj::StringPtr path, kj::StringPtr what) {
+  int fd;
+  do {
+    fd = ::open(path.cStr(), O_RDONLY | O_CLOEXEC);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    auto reason = std::generic_category().message(errno);
+    PAYHOST_FAIL(FAILED, what, " ", path, ": cannot read: ", reason.c_str());
+  }
+  kj::FdInputStream input{kj::AutoCloseFd(fd)};
+  auto bytes = input.readAllBytes(1 << 20);
+  return kj::heapString(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+}
+
+}  // namespace payhost::host
