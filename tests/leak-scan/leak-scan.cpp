@@ -2,7 +2,12 @@
 
 #include <kj/debug.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -199,13 +204,27 @@ void Scanner::scanBytes(std::string_view file, std::string_view bytes,
 }
 
 void Scanner::scanFile(const fs::path& file, std::vector<Finding>& findings, Totals& totals) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in.good()) {
+  std::string bytes;
+  int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  bool ok = fd >= 0;
+  if (ok) {
+    struct stat info;
+    ok = fstat(fd, &info) == 0;
+    if (ok) bytes.resize(static_cast<size_t>(info.st_size));
+    size_t done = 0;
+    while (ok && done < bytes.size()) {
+      ssize_t n = read(fd, bytes.data() + done, bytes.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      ok = n > 0;
+      if (ok) done += static_cast<size_t>(n);
+    }
+    close(fd);
+  }
+  if (!ok) {
     ++totals.unreadable;
     findings.push_back({file.native(), 0, "cannot be read, so cannot be checked"});
     return;
   }
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   ++totals.files;
   totals.bytes += bytes.size();
   auto name = file.filename().native();
