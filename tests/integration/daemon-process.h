@@ -285,6 +285,10 @@ protected:
   // Waits for `promise`; fails the test if it takes longer than `timeout`.
   template <typename T>
   T await(kj::Promise<T>&& promise, kj::Duration timeout = STEP_TIMEOUT) {
+    // The loop's timer stands still while the test blocks outside it (starting payhostd or
+    // PostgreSQL, for seconds on a loaded machine); a poll brings it up to date, or the timeout
+    // below could be over before it starts.
+    io.waitScope.poll();
     return promise
         .exclusiveJoin(io.provider->getTimer().afterDelay(timeout).then(
             []() -> T { KJ_FAIL_ASSERT("timed out waiting for payhostd"); }))
