@@ -9,7 +9,6 @@
 #include <kj/exception.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -26,13 +25,11 @@ int main(int argc, char** argv) {
   bool removeWhenClean = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
-    auto value = [&]() -> fs::path {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", arg.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
+    if (arg != "--remove-when-clean" && i + 1 >= argc) {
+      std::fprintf(stderr, "%s needs a value\n", arg.c_str());
+      return 2;
+    }
+    auto value = [&]() -> fs::path { return argv[++i]; };
     if (arg == "--root") {
       root = value();
     } else if (arg == "--file") {
@@ -78,7 +75,8 @@ int main(int argc, char** argv) {
   std::printf(
       "card-number scan of %s: %llu files, %.1f MB: %llu SQLite databases, %llu WAL or journal "
       "files, %llu logs, %llu files in %llu PostgreSQL data directories\n",
-      root.c_str(), static_cast<unsigned long long>(totals.files), totals.bytes / 1e6,
+      root.c_str(), static_cast<unsigned long long>(totals.files),
+      static_cast<double>(totals.bytes) / 1e6,
       static_cast<unsigned long long>(totals.sqliteDatabases),
       static_cast<unsigned long long>(totals.sqliteWalOrJournals),
       static_cast<unsigned long long>(totals.logs),
