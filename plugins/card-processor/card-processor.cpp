@@ -380,6 +380,10 @@ Issuer::Options readOptions(Context& context) {
   options.authWindow =
       configInteger(config, "auth_window_s", 7 * 24 * 3600, 1, MAX_AUTH_WINDOW_S) * kj::SECONDS;
   options.slowDelay = configInteger(config, "slow_ms", 2000, 0, MAX_DELAY_MS) * kj::MILLISECONDS;
+  options.retention =
+      configInteger(config, "retention_s", 24 * 3600, 1, MAX_AUTH_WINDOW_S) * kj::SECONDS;
+  options.maxTransactions =
+      static_cast<size_t>(configInteger(config, "max_transactions", 100'000, 1, 100'000'000));
   return options;
 }
 

@@ -3,6 +3,8 @@
 #include <kj/debug.h>
 #include <kj/vector.h>
 
+#include <cstdlib>
+
 namespace payhost::plugins::card {
 
 kj::StringPtr nameOf(TransactionState state) {
@@ -273,6 +275,8 @@ Result clone(const Result& result) {
 
 Issuer::Issuer(Options options) : options_(options) {
   KJ_REQUIRE(options.maxAmountMinor > 0, "maxAmountMinor must be positive");
+  KJ_REQUIRE(options.retention > 0 * kj::SECONDS, "retention must be positive");
+  KJ_REQUIRE(options.maxTransactions > 0, "maxTransactions must be positive");
   KJ_REQUIRE(options.authWindow > 0 * kj::SECONDS, "authWindow must be positive");
   KJ_REQUIRE(options.slowDelay >= 0 * kj::SECONDS, "slowDelay must not be negative");
 }
@@ -296,10 +300,83 @@ kj::Maybe<Outcome> Issuer::recall(Operation operation, kj::StringPtr key,
 }
 
 void Issuer::remember(Operation operation, kj::StringPtr key, kj::String parameters,
-                      const Outcome& outcome) {
+                      const Outcome& outcome, kj::Date now) {
   remembered[static_cast<size_t>(operation)].insert(
       kj::heapString(key),
-      Remembered{kj::mv(parameters), clone(outcome.result), cloneId(outcome.transactionId)});
+      Remembered{kj::mv(parameters), clone(outcome.result), cloneId(outcome.transactionId), now});
+  recordQueue.push_back(RecordRef{operation, kj::heapString(key)});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounds
+
+size_t Issuer::recordsHeldForTest() const {
+  size_t count = 0;
+  for (auto& map : remembered)
+    count += map.size();
+  return count;
+}
+
+kj::Date Issuer::forgetTime(const Transaction& transaction) const {
+  auto last = transaction.lastActivity;
+  if (transaction.state == TransactionState::AUTHORIZED ||
+      transaction.state == TransactionState::PARTIALLY_CAPTURED) {
+    // The window closing is its last change (to expired, or to nothing more to capture).
+    auto windowEnd = transaction.authorizedAt + options_.authWindow;
+    if (windowEnd > last) last = windowEnd;
+  }
+  return last + options_.retention;
+}
+
+void Issuer::schedule(Transaction& transaction) {
+  transaction.forgetAt = forgetTime(transaction);
+  dueQueue.push(Due{transaction.forgetAt, ++scheduled, kj::heapString(transaction.id)});
+}
+
+void Issuer::forget(kj::Date now) {
+  // Idempotency records: all those past the retention, then the oldest beyond the cap (leaving
+  // room for the one this operation may add).
+  size_t maxRecords = options_.maxTransactions * OPERATION_COUNT;
+  while (!recordQueue.empty()) {
+    auto& front = recordQueue.front();
+    auto& map = remembered[static_cast<size_t>(front.operation)];
+    KJ_IF_MAYBE (record, map.find(front.key)) {
+      if (now - record->at < options_.retention && recordQueue.size() < maxRecords) break;
+      map.erase(front.key);
+    }
+    recordQueue.pop_front();
+  }
+  // Transactions: those due, then beyond the cap those due soonest, whatever their state.
+  while (!dueQueue.empty() &&
+         (dueQueue.top().at <= now || transactions.size() >= options_.maxTransactions)) {
+    auto& due = dueQueue.top();
+    KJ_IF_MAYBE (transaction, transactions.find(due.id)) {
+      if (transaction->forgetAt == due.at) transactions.erase(due.id);
+    }
+    dueQueue.pop();
+  }
+}
+
+Outcome Issuer::notFound(kj::StringPtr transactionId) const {
+  // Ids are txn_<shard>_<n>, n counting from 1: one of ours up to the count was forgotten.
+  auto prefix = kj::str("txn_", options_.shardIndex, "_");
+  if (transactionId.startsWith(prefix)) {
+    auto number = transactionId.slice(prefix.size());
+    bool digits = number.size() > 0 && number.size() <= 19;
+    for (char c : number) {
+      digits = digits && c >= '0' && c <= '9';
+    }
+    if (digits && number[0] != '0') {
+      uint64_t n = strtoull(number.cStr(), nullptr, 10);
+      if (n <= transactionCount) {
+        return rejected(RejectCode::UNKNOWN_TRANSACTION,
+                        "transaction forgotten: the simulated issuer keeps a transaction for "
+                        "retention_s after its last operation, and at most max_transactions",
+                        kj::heapString(transactionId));
+      }
+    }
+  }
+  return rejected(RejectCode::UNKNOWN_TRANSACTION, "no such transaction");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -316,6 +393,7 @@ Outcome Issuer::purchase(const AuthorizeRequest& request, kj::Date now) {
 
 Outcome Issuer::authorizeOrPurchase(Operation operation, const AuthorizeRequest& request,
                                     kj::Date now) {
+  forget(now);
   KJ_IF_MAYBE (problem, checkAuthorize(request)) {
     return rejected(RejectCode::INVALID_REQUEST, *problem);
   }
@@ -330,11 +408,12 @@ Outcome Issuer::authorizeOrPurchase(Operation operation, const AuthorizeRequest&
     return kj::mv(*replay);
   }
   auto outcome = decideAuthorization(request, now, operation == Operation::PURCHASE);
-  remember(operation, request.idempotencyKey, kj::mv(canonical), outcome);
+  remember(operation, request.idempotencyKey, kj::mv(canonical), outcome, now);
   return outcome;
 }
 
 Outcome Issuer::capture(const CaptureRequest& request, kj::Date now) {
+  forget(now);
   KJ_IF_MAYBE (problem, checkAmountRequest(request.transactionId, request.amount, request.currency,
                                            request.idempotencyKey)) {
     return rejected(RejectCode::INVALID_REQUEST, *problem);
@@ -345,11 +424,12 @@ Outcome Issuer::capture(const CaptureRequest& request, kj::Date now) {
     return kj::mv(*replay);
   }
   auto outcome = decideCapture(request, now);
-  remember(Operation::CAPTURE, request.idempotencyKey, kj::mv(canonical), outcome);
+  remember(Operation::CAPTURE, request.idempotencyKey, kj::mv(canonical), outcome, now);
   return outcome;
 }
 
 Outcome Issuer::voidAuthorization(const VoidRequest& request, kj::Date now) {
+  forget(now);
   if (!isValidKey(request.transactionId)) {
     return rejected(RejectCode::INVALID_REQUEST, "transactionId must be 1 to 255 bytes");
   }
@@ -361,11 +441,12 @@ Outcome Issuer::voidAuthorization(const VoidRequest& request, kj::Date now) {
     return kj::mv(*replay);
   }
   auto outcome = decideVoid(request, now);
-  remember(Operation::VOID, request.idempotencyKey, kj::mv(canonical), outcome);
+  remember(Operation::VOID, request.idempotencyKey, kj::mv(canonical), outcome, now);
   return outcome;
 }
 
 Outcome Issuer::refund(const RefundRequest& request, kj::Date now) {
+  forget(now);
   KJ_IF_MAYBE (problem, checkAmountRequest(request.transactionId, request.amount, request.currency,
                                            request.idempotencyKey)) {
     return rejected(RejectCode::INVALID_REQUEST, *problem);
@@ -376,11 +457,12 @@ Outcome Issuer::refund(const RefundRequest& request, kj::Date now) {
     return kj::mv(*replay);
   }
   auto outcome = decideRefund(request, now);
-  remember(Operation::REFUND, request.idempotencyKey, kj::mv(canonical), outcome);
+  remember(Operation::REFUND, request.idempotencyKey, kj::mv(canonical), outcome, now);
   return outcome;
 }
 
 Outcome Issuer::sync(kj::StringPtr transactionId, kj::Date now) {
+  forget(now);
   if (!isValidKey(transactionId)) {
     return rejected(RejectCode::INVALID_REQUEST, "transactionId must be 1 to 255 bytes");
   }
@@ -397,7 +479,7 @@ Outcome Issuer::sync(kj::StringPtr transactionId, kj::Date now) {
     outcome.transactionId = kj::heapString(transaction->id);
     return outcome;
   }
-  return rejected(RejectCode::UNKNOWN_TRANSACTION, "no such transaction");
+  return notFound(transactionId);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,7 +498,9 @@ Outcome Issuer::decideAuthorization(const AuthorizeRequest& request, kj::Date no
                           0,
                           TransactionState::AUTHORIZED,
                           now,
-                          nullptr};
+                          nullptr,
+                          now,
+                          now};
   Outcome outcome{Result(Unknown{})};
   outcome.transactionId = kj::heapString(id);
 
@@ -456,6 +540,7 @@ Outcome Issuer::decideAuthorization(const AuthorizeRequest& request, kj::Date no
   }
   if (token == "tok_slow") outcome.delay = options_.slowDelay;
 
+  schedule(transaction);
   transactions.insert(kj::mv(id), kj::mv(transaction));
   return outcome;
 }
@@ -486,15 +571,17 @@ Outcome Issuer::decideCapture(const CaptureRequest& request, kj::Date now) {
                       kj::str("only ", available, " may still be captured"), id());
     }
     transaction->captured = checkedAdd(transaction->captured, request.amount);
+    transaction->lastActivity = now;
     transaction->state = transaction->captured == transaction->authorized
                              ? TransactionState::CAPTURED
                              : TransactionState::PARTIALLY_CAPTURED;
+    schedule(*transaction);
     Outcome outcome{Result(Approval{id(), kj::heapString(transaction->authCode),
                                     money(request.amount, request.currency), transaction->state})};
     outcome.transactionId = id();
     return outcome;
   }
-  return rejected(RejectCode::UNKNOWN_TRANSACTION, "no such transaction");
+  return notFound(request.transactionId);
 }
 
 Outcome Issuer::decideVoid(const VoidRequest& request, kj::Date now) {
@@ -506,13 +593,15 @@ Outcome Issuer::decideVoid(const VoidRequest& request, kj::Date now) {
                       kj::str("cannot void a transaction that is ", transaction->state), id());
     }
     transaction->state = TransactionState::VOIDED;
+    transaction->lastActivity = now;
+    schedule(*transaction);
     Outcome outcome{Result(Approval{id(), kj::heapString(transaction->authCode),
                                     money(transaction->authorized, transaction->currency),
                                     transaction->state})};
     outcome.transactionId = id();
     return outcome;
   }
-  return rejected(RejectCode::UNKNOWN_TRANSACTION, "no such transaction");
+  return notFound(request.transactionId);
 }
 
 Outcome Issuer::decideRefund(const RefundRequest& request, kj::Date now) {
@@ -537,15 +626,17 @@ Outcome Issuer::decideRefund(const RefundRequest& request, kj::Date now) {
                       kj::str("only ", available, " may still be refunded"), id());
     }
     transaction->refunded = checkedAdd(transaction->refunded, request.amount);
+    transaction->lastActivity = now;
     transaction->state = transaction->refunded == transaction->captured
                              ? TransactionState::REFUNDED
                              : TransactionState::PARTIALLY_REFUNDED;
+    schedule(*transaction);
     Outcome outcome{Result(Approval{id(), kj::heapString(transaction->authCode),
                                     money(request.amount, request.currency), transaction->state})};
     outcome.transactionId = id();
     return outcome;
   }
-  return rejected(RejectCode::UNKNOWN_TRANSACTION, "no such transaction");
+  return notFound(request.transactionId);
 }
 
 kj::Maybe<Issuer::Transaction&> Issuer::find(kj::StringPtr transactionId, kj::Date now) {

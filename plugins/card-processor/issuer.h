@@ -3,8 +3,12 @@
 //
 // Test card tokens and amounts decide each outcome deterministically; README.md beside this file
 // has the table. An `Issuer` keeps the transactions and idempotency records of one plugin
-// instance (one shard) in memory. Every outcome is a value: nothing here throws for a decline or
-// a bad request. Requests are views that must outlive the call only; results own their strings.
+// instance (one shard) in memory, bounded: a transaction is forgotten `retention` after its last
+// operation or, while it can still be captured or voided, after its authorization window closes;
+// an idempotency record `retention` after it was made; beyond `maxTransactions` the ones due
+// soonest go first whatever their state. Every outcome
+// is a value: nothing here throws for a decline or a bad request. Requests are views that must
+// outlive the call only; results own their strings.
 //
 // Shard-local.
 
@@ -19,6 +23,9 @@
 #include <kj/time.h>
 
 #include <cstdint>
+#include <deque>
+#include <queue>
+#include <vector>
 
 namespace payhost::plugins::card {
 
@@ -203,6 +210,13 @@ public:
     kj::Duration authWindow = 7 * kj::DAYS;
     // How long the slow test card takes to answer.
     kj::Duration slowDelay = 2 * kj::SECONDS;
+    // How long a transaction is kept after its last operation (or after its authorization
+    // window closes, while it may still be captured or voided), and an idempotency key's first
+    // answer after it was made.
+    kj::Duration retention = 24 * kj::HOURS;
+    // At most this many transactions, and this many idempotency records per operation, are
+    // kept; beyond it the oldest are forgotten even if still open.
+    size_t maxTransactions = 100'000;
   };
 
   explicit Issuer(Options options);
@@ -223,6 +237,10 @@ public:
 
   const Options& options() const { return options_; }
 
+  // How many transactions and idempotency records are held now, for tests of the bounds.
+  size_t transactionsHeldForTest() const { return transactions.size(); }
+  size_t recordsHeldForTest() const;
+
 private:
   enum class Operation { AUTHORIZE, CAPTURE, VOID, REFUND, PURCHASE };
   static constexpr size_t OPERATION_COUNT = 5;
@@ -237,6 +255,19 @@ private:
     TransactionState state;
     kj::Date authorizedAt;
     kj::Maybe<Decline> decline;  // Set when state is FAILED.
+    kj::Date lastActivity;       // The last operation that changed it.
+    kj::Date forgetAt;           // When `forget` may drop it (see `forgetTime`).
+  };
+
+  // A transaction's turn to be forgotten. A later operation schedules it again; the earlier
+  // entry is then stale (its time no longer matches) and is skipped when it comes up.
+  struct Due {
+    kj::Date at;
+    uint64_t sequence;  // Breaks ties: of two due at once, the one scheduled first goes first.
+    kj::String id;
+    bool operator>(const Due& other) const {
+      return at > other.at || (at == other.at && sequence > other.sequence);
+    }
   };
 
   // The first answer to an idempotency key, with the parameters it answered.
@@ -244,11 +275,17 @@ private:
     kj::String parameters;
     Result result;
     kj::Maybe<kj::String> transactionId;
+    kj::Date at;
+  };
+
+  struct RecordRef {
+    Operation operation;
+    kj::String key;
   };
 
   kj::Maybe<Outcome> recall(Operation operation, kj::StringPtr key, kj::StringPtr parameters);
   void remember(Operation operation, kj::StringPtr key, kj::String parameters,
-                const Outcome& outcome);
+                const Outcome& outcome, kj::Date now);
 
   Outcome authorizeOrPurchase(Operation operation, const AuthorizeRequest& request, kj::Date now);
   // `captureAll`: a purchase, which captures the whole amount when it is approved.
@@ -259,12 +296,27 @@ private:
 
   // Finds a transaction and moves an authorization past its window to EXPIRED.
   kj::Maybe<Transaction&> find(kj::StringPtr transactionId, kj::Date now);
+  // The rejection for an id `find` did not find: an id this issuer issued and has forgotten
+  // says so, any other is simply unknown.
+  Outcome notFound(kj::StringPtr transactionId) const;
+  // Forgets what the bounds in Options allow; called by every operation. O(log n) amortized.
+  void forget(kj::Date now);
+  // `retention` after its last change: the last operation, or the closing of the authorization
+  // window while it may still be captured or voided.
+  kj::Date forgetTime(const Transaction& transaction) const;
+  // Sets `forgetAt` after an operation changed the transaction, and queues it.
+  void schedule(Transaction& transaction);
   bool windowClosed(const Transaction& transaction, kj::Date now) const;
 
   Options options_;
   uint64_t transactionCount = 0;
   kj::HashMap<kj::String, Transaction> transactions;
   kj::HashMap<kj::String, Remembered> remembered[OPERATION_COUNT];
+  // Transactions, soonest to be forgotten first.
+  std::priority_queue<Due, std::vector<Due>, std::greater<Due>> dueQueue;
+  uint64_t scheduled = 0;
+  // Idempotency records, oldest first (never changed once made, so exactly in age order).
+  std::deque<RecordRef> recordQueue;
 };
 
 }  // namespace payhost::plugins::card

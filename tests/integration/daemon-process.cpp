@@ -11,6 +11,8 @@
 
 #include <filesystem>
 
+#include "tests/support/test-artifacts.h"
+
 #if !defined(PAYHOSTD) || !defined(PAYHOST_FIXTURE_DIR)
 #error "PAYHOSTD and PAYHOST_FIXTURE_DIR must be defined by the build"
 #endif
@@ -47,9 +49,11 @@ void writeFile(kj::StringPtr path, kj::StringPtr text) {
 }
 
 TempDir::TempDir() {
-  const char* base = getenv("TMPDIR");
-  if (base == nullptr || *base == '\0' || strlen(base) > 60) base = "/tmp";
-  auto pattern = kj::str(base, "/payhostd-test.XXXXXX");
+  // Short enough for the unix socket paths put in it; a longer base falls back to /tmp, and
+  // retireTestDir() copies the files to the artifacts root at the end.
+  auto base = testsupport::testTempBase().native();
+  if (base.size() > 60) base = "/tmp";
+  auto pattern = kj::str(base.c_str(), "/payhostd-test.XXXXXX");
   if (mkdtemp(pattern.begin()) == nullptr) KJ_FAIL_SYSCALL("mkdtemp", errno, pattern);
   // payhostd names files by their canonical path; so do the expectations.
   char* real = realpath(pattern.cStr(), nullptr);
@@ -59,8 +63,12 @@ TempDir::TempDir() {
 }
 
 TempDir::~TempDir() {
-  std::error_code ignored;
-  std::filesystem::remove_all(path_.cStr(), ignored);
+  testsupport::retireTestDir(path_.cStr());
+}
+
+uint64_t envNumber(const char* name, uint64_t fallback) {
+  const char* text = getenv(name);
+  return text == nullptr ? fallback : strtoull(text, nullptr, 10);
 }
 
 Pipe makePipe() {
@@ -193,6 +201,20 @@ kj::String echoPlugin(kj::StringPtr config) {
                  config.size() > 0 ? kj::str("[plugin.config]\n", config) : kj::String(), "\n");
 }
 
+kj::String pluginTable(kj::StringPtr path, kj::StringPtr databases, kj::StringPtr config) {
+  return kj::str("[[plugin]]\npath = \"", path, "\"\n",
+                 databases.size() > 0 ? kj::str("databases = [", databases, "]\n") : kj::String(),
+                 config.size() > 0 ? kj::str("[plugin.config]\n", config, "\n") : kj::String());
+}
+
+kj::String databaseTable(kj::StringPtr name, uint32_t maxConnections, kj::StringPtr conninfo) {
+  return kj::str("[databases.", name, "]\n",
+                 conninfo.size() > 0
+                     ? kj::str("driver = \"postgresql\"\nconninfo = \"", conninfo, "\"\n")
+                     : kj::str("driver = \"sqlite\"\n"),
+                 "max_connections = ", maxConnections, "\nlease_wait_ms = 5000\n");
+}
+
 DaemonProcess::DaemonProcess(DaemonOptions options)
     : configPath_(dir.file("payhostd.toml")),
       unixSocket_(dir.file("gateway.sock")),
@@ -231,6 +253,12 @@ DaemonProcess::DaemonProcess(DaemonOptions options)
 
 void DaemonProcess::start() {
   auto pipe = makePipe();
+  if (logFile == nullptr) {
+    int fd;
+    auto path = dir.file("payhostd.log");
+    KJ_SYSCALL(fd = open(path.cStr(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), path);
+    logFile = kj::AutoCloseFd(fd);
+  }
   kj::StringPtr argv[] = {PAYHOSTD, "-c", configPath_};
   child = kj::heap<Child>(argv, pipe.write, pipe.write);
   log = kj::mv(pipe.read);
@@ -335,14 +363,14 @@ bool DaemonProcess::readLog(kj::TimePoint deadline) {
   if (ready == 0) return false;
   if (!readSome(log, partial)) {
     log = nullptr;
-    if (partial.size() > 0) lines.add(kj::heapString(partial.asPtr()));
+    if (partial.size() > 0) addLine(kj::heapString(partial.asPtr()));
     partial.clear();
     return true;
   }
   size_t start = 0;
   for (size_t i = 0; i < partial.size(); ++i) {
     if (partial[i] == '\n') {
-      lines.add(kj::heapString(partial.begin() + start, i - start));
+      addLine(kj::heapString(partial.begin() + start, i - start));
       start = i + 1;
     }
   }
@@ -350,6 +378,13 @@ bool DaemonProcess::readLog(kj::TimePoint deadline) {
   rest.addAll(partial.begin() + start, partial.end());
   partial = kj::mv(rest);
   return true;
+}
+
+void DaemonProcess::addLine(kj::String line) {
+  kj::FdOutputStream out(logFile.get());
+  out.write(line.begin(), line.size());
+  out.write("\n", 1);
+  lines.add(kj::mv(line));
 }
 
 kj::Maybe<int> DaemonProcess::tryWaitForExit(kj::Duration timeout) {

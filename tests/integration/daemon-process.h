@@ -47,8 +47,11 @@ kj::TimePoint now();
 // Milliseconds left until `deadline`, for poll(); 0 once it has passed.
 int msUntil(kj::TimePoint deadline);
 void writeFile(kj::StringPtr path, kj::StringPtr text);
+// A number from the environment (a seed, a round count), or `fallback` when it is unset.
+uint64_t envNumber(const char* name, uint64_t fallback);
 
-// A fresh directory, removed with its contents at the end. Short enough for socket paths.
+// A fresh directory, removed with its contents at the end (unless the run keeps test files for
+// the card-number scan: tests/support/test-artifacts.h). Short enough for socket paths.
 class TempDir {
 public:
   TempDir();
@@ -144,6 +147,15 @@ struct DaemonOptions {
 // The echo fixture as a `[[plugin]]` table; `config` holds lines of its `[plugin.config]`.
 kj::String echoPlugin(kj::StringPtr config = "");
 
+// A `[[plugin]]` table for the plugin file at `path`: `databases` is the inside of its
+// `databases = [...]` list (e.g. `"ledger"`), `config` the lines of its `[plugin.config]` and
+// any subtables; either may be empty.
+kj::String pluginTable(kj::StringPtr path, kj::StringPtr databases = "", kj::StringPtr config = "");
+
+// A `[databases.NAME]` table: a SQLite file in the daemon's data_dir, or, when `conninfo` is set,
+// a PostgreSQL database (see tests/support/postgres-server.h).
+kj::String databaseTable(kj::StringPtr name, uint32_t maxConnections, kj::StringPtr conninfo = "");
+
 // A payhostd process serving on TCP 127.0.0.1:0, a unix socket (both plaintext, for "anonymous",
 // unless `DaemonOptions::listen` says otherwise) and the admin socket, all in a fresh temporary
 // directory. The constructor returns once the daemon has logged `host.ready`.
@@ -201,8 +213,12 @@ private:
   // passed with nothing new.
   bool readLog(kj::TimePoint deadline);
   kj::Maybe<int> tryWaitForExit(kj::Duration timeout);
+  // Keeps a line of the daemon's log, in memory and in `payhostd.log` in its directory (which the
+  // card-number scan at the end of the run searches).
+  void addLine(kj::String line);
 
   TempDir dir;
+  kj::AutoCloseFd logFile;
   kj::String configPath_;
   kj::String unixSocket_;
   kj::String adminSocket_;
@@ -242,6 +258,15 @@ public:
   typename Interface::Client client;
 };
 
+// The service `name` through the gateway as `Interface` (pipelined, not awaited).
+template <typename Interface>
+typename Interface::Client gatewayService(Connection<schema::Gateway>& connection,
+                                          kj::StringPtr name) {
+  auto request = connection.client.getServiceRequest();
+  request.setName(name);
+  return request.send().getService().template castAs<Interface>();
+}
+
 kj::Promise<ScreenResponse> screen(schema::FraudScreen::Client& echo, kj::StringPtr token,
                                    int64_t amount, kj::StringPtr merchant = "merchant-1");
 
@@ -260,6 +285,10 @@ protected:
   // Waits for `promise`; fails the test if it takes longer than `timeout`.
   template <typename T>
   T await(kj::Promise<T>&& promise, kj::Duration timeout = STEP_TIMEOUT) {
+    // The loop's timer stands still while the test blocks outside it (starting payhostd or
+    // PostgreSQL, for seconds on a loaded machine); a poll brings it up to date, or the timeout
+    // below could be over before it starts.
+    io.waitScope.poll();
     return promise
         .exclusiveJoin(io.provider->getTimer().afterDelay(timeout).then(
             []() -> T { KJ_FAIL_ASSERT("timed out waiting for payhostd"); }))

@@ -22,30 +22,20 @@ namespace {
 constexpr int64_t AMOUNT = 7;
 constexpr int IN_FLIGHT = 32;
 
-uint64_t envNumber(const char* name, uint64_t fallback) {
-  const char* text = getenv(name);
-  return text == nullptr ? fallback : strtoull(text, nullptr, 10);
-}
-
 class LedgerDurability : public EndToEnd {
 protected:
   kj::Own<DaemonProcess> start() {
     DaemonOptions options;
     options.shards = 2;
     options.dataDir = kj::heapString(data.path());
-    options.extra = kj::str(
-        "[workers]\nmin_threads = 2\nmax_threads = 4\n"
-        "[databases.ledger]\ndriver = \"sqlite\"\nmax_connections = 4\nlease_wait_ms = 5000\n");
-    options.plugins = kj::str("[[plugin]]\npath = \"", LEDGER_PLUGIN,
-                              "\"\ndatabases = [\"ledger\"]\n[plugin.config]\n"
-                              "expiry_sweep_ms = 0\n");
+    options.extra =
+        kj::str("[workers]\nmin_threads = 2\nmax_threads = 4\n", databaseTable("ledger", 4));
+    options.plugins = pluginTable(LEDGER_PLUGIN, "\"ledger\"", "expiry_sweep_ms = 0");
     return kj::heap<DaemonProcess>(kj::mv(options));
   }
 
   static schema::Ledger::Client ledger(Connection<schema::Gateway>& connection) {
-    auto request = connection.client.getServiceRequest();
-    request.setName("payments.ledger");
-    return request.send().getService().castAs<schema::Ledger>();
+    return gatewayService<schema::Ledger>(connection, "payments.ledger");
   }
 
   static kj::Promise<capnp::Response<schema::Ledger::TransferResults>> send(

@@ -17,6 +17,8 @@
 #include <cstdio>
 #include <thread>
 
+#include "tests/support/test-artifacts.h"
+
 namespace payhost::testsupport {
 
 namespace fs = std::filesystem;
@@ -55,7 +57,7 @@ pid_t spawnAsPostgres(const std::vector<std::string>& argv, const fs::path& logF
 
 }  // namespace
 
-TempDir::TempDir() : TempDir(fs::temp_directory_path()) {}
+TempDir::TempDir() : TempDir(testTempBase()) {}
 
 TempDir::TempDir(const fs::path& base) {
   std::string pattern = (base / "payhost-test-XXXXXX").native();
@@ -64,11 +66,23 @@ TempDir::TempDir(const fs::path& base) {
 }
 
 TempDir::~TempDir() {
-  std::error_code ignored;
-  fs::remove_all(path, ignored);
+  retireTestDir(path);
 }
 
+namespace {
+
+void startCatching(PostgresServer& server) {
+  server.attempted = true;
+  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { server.start(); })) {
+    server.failure = e->getDescription().cStr();
+    server.conninfo.clear();
+  }
+}
+
+}  // namespace
+
 PostgresServer* postgresServer() {
+  if (postgres != nullptr && !postgres->attempted) startCatching(*postgres);
   return postgres;
 }
 
@@ -113,6 +127,17 @@ void PostgresServer::stop() {
   pid = -1;
 }
 
+std::string PostgresServer::createDatabase(const std::string& name) {
+  KJ_REQUIRE(!conninfo.empty(), "PostgreSQL is not running", failure);
+  PGconn* conn = PQconnectdb(conninfo.c_str());
+  KJ_DEFER(PQfinish(conn));
+  KJ_REQUIRE(PQstatus(conn) == CONNECTION_OK, PQerrorMessage(conn));
+  PGresult* result = PQexec(conn, ("CREATE DATABASE \"" + name + "\"").c_str());
+  KJ_DEFER(PQclear(result));
+  KJ_REQUIRE(PQresultStatus(result) == PGRES_COMMAND_OK, PQerrorMessage(conn));
+  return "host=" + dir.path.native() + " user=postgres dbname=" + name;
+}
+
 std::string PostgresServer::readLog() {
   std::string text;
   FILE* file = fopen((dir.path / "server.log").c_str(), "r");
@@ -127,10 +152,7 @@ std::string PostgresServer::readLog() {
 
 void PostgresEnvironment::SetUp() {
   postgres = &server;
-  KJ_IF_MAYBE (e, kj::runCatchingExceptions([&]() { server.start(); })) {
-    server.failure = e->getDescription().cStr();
-    server.conninfo.clear();
-  }
+  if (when == Start::AT_SET_UP) startCatching(server);
 }
 
 void PostgresEnvironment::TearDown() {

@@ -17,7 +17,8 @@
 
 namespace payhost::testsupport {
 
-// A fresh directory under $TMPDIR, removed with everything in it.
+// A fresh directory under the run's artifacts root (test-artifacts.h), else $TMPDIR, removed
+// with everything in it unless the run keeps it for the card-number scan.
 class TempDir {
 public:
   TempDir();
@@ -34,22 +35,31 @@ public:
   void start();
   void stop();
   std::string readLog();
+  // Creates an empty database `name` on this server; returns its conninfo. Throws on failure.
+  std::string createDatabase(const std::string& name);
 
   TempDir dir;
   pid_t pid = -1;
   std::string conninfo;
   std::string failure;
+  bool attempted = false;
 };
 
-// The server of this test binary, once `PostgresEnvironment` set it up; else null.
+// The server of this test binary, once `PostgresEnvironment` set it up (and started it, for an
+// environment that starts on first use); else null.
 PostgresServer* postgresServer();
 
 class PostgresEnvironment : public ::testing::Environment {
 public:
+  enum class Start { AT_SET_UP, ON_FIRST_USE };
+  // ON_FIRST_USE: for binaries where most tests never call postgresServer(), so only the runs
+  // that do pay for initdb.
+  explicit PostgresEnvironment(Start when = Start::AT_SET_UP) : when(when) {}
   void SetUp() override;
   void TearDown() override;
 
 private:
+  Start when;
   PostgresServer server;
 };
 

@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/test-artifacts.h"
+
 namespace payhost::test {
 namespace {
 
@@ -27,19 +29,16 @@ std::string toStd(kj::StringPtr text) {
   return std::string(text.begin(), text.size());
 }
 
-// A fresh directory under $TMPDIR, removed with everything in it.
+// A fresh directory, removed with everything in it (or kept for the card-number scan).
 class TempDir {
 public:
   TempDir() {
-    auto base = fs::temp_directory_path() / "audit-log-test-XXXXXX";
+    auto base = testsupport::testTempBase() / "audit-log-test-XXXXXX";
     std::string pattern = base.native();
     KJ_ASSERT(mkdtemp(pattern.data()) != nullptr, "mkdtemp failed", pattern.c_str());
     path = fs::canonical(pattern);
   }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
+  ~TempDir() { testsupport::retireTestDir(path); }
   KJ_DISALLOW_COPY(TempDir);
 
   fs::path path;

@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/test-artifacts.h"
+
 namespace payhost::test {
 namespace {
 
@@ -31,16 +33,13 @@ std::string toStd(kj::StringPtr text) {
 class SecurityAuditTest : public testing::Test {
 protected:
   SecurityAuditTest() {
-    auto base = fs::temp_directory_path() / "security-audit-test-XXXXXX";
+    auto base = testsupport::testTempBase() / "security-audit-test-XXXXXX";
     std::string pattern = base.native();
     KJ_ASSERT(mkdtemp(pattern.data()) != nullptr, "mkdtemp failed", pattern.c_str());
     dir = fs::canonical(pattern);
     path = kj::str((dir / "audit.log").c_str());
   }
-  ~SecurityAuditTest() override {
-    std::error_code ignored;
-    fs::remove_all(dir, ignored);
-  }
+  ~SecurityAuditTest() override { testsupport::retireTestDir(dir); }
 
   fs::path dir;
   kj::String path;

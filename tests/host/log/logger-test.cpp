@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "tests/support/test-artifacts.h"
+
 namespace payhost::host {
 namespace {
 
@@ -296,16 +298,11 @@ TEST(RenderLogRecord, JsonCheckerRejectsInvalidJson) {
 class TempDir {
 public:
   TempDir() {
-    const char* base = getenv("TMPDIR");
-    std::string pattern =
-        std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/payhost-log-test-XXXXXX";
+    std::string pattern = (testsupport::testTempBase() / "payhost-log-test-XXXXXX").native();
     KJ_REQUIRE(mkdtemp(pattern.data()) != nullptr, "mkdtemp failed", pattern);
     path_ = pattern;
   }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
+  ~TempDir() { testsupport::retireTestDir(path_); }
   std::string file(const std::string& name) const { return path_ + "/" + name; }
 
 private:

@@ -673,11 +673,11 @@ TEST(Issuer, AuthorizationsExpireAfterTheWindow) {
 }
 
 TEST(Issuer, CapturesJustInsideTheWindow) {
-  Issuer issuer({.authWindow = kj::HOURS});
+  Issuer issuer({.authWindow = kj::HOURS, .retention = 60 * kj::DAYS});
   auto id = authorized(issuer, 1000, "a1");
   EXPECT_TRUE(isApproved(issuer.capture(capture(id, 1000, "c1"), start() + kj::HOURS - kj::SECONDS),
                          TransactionState::CAPTURED));
-  // Captured money stays refundable after the window.
+  // Captured money stays refundable after the window (while the issuer keeps the transaction).
   EXPECT_TRUE(isApproved(issuer.refund(refund(id, 1000, "r1"), start() + 30 * kj::DAYS),
                          TransactionState::REFUNDED));
 }
@@ -828,6 +828,101 @@ TEST(Issuer, PurchaseKeysAreSeparateFromAuthorizeKeysAndReplay) {
   EXPECT_TRUE(isRejected(issuer.purchase(auth("tok_visa_approve", 999, "k1"), start()),
                          RejectCode::IDEMPOTENCY_CONFLICT));
   EXPECT_EQ(issuer.sync("txn_0_3", start()).result.is<Rejection>(), true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounds: what the issuer forgets, and how it says so
+
+Issuer::Options bounded(kj::Duration retention, size_t maxTransactions = 100'000) {
+  Issuer::Options options;
+  options.retention = retention;
+  options.maxTransactions = maxTransactions;
+  return options;
+}
+
+TEST(Issuer, ForgetsASettledTransactionAfterTheRetentionAndSaysSo) {
+  Issuer issuer(bounded(1 * kj::HOURS));
+  auto purchase = issuer.purchase(auth("tok_visa_approve", 500, "p1"), start());
+  auto id = kj::heapString(approvalOf(purchase).transactionId);
+  // A refund is an operation: the hour counts from it.
+  ASSERT_TRUE(isApproved(issuer.refund(refund(id, 100, "r1"), start() + 30 * kj::MINUTES),
+                         TransactionState::PARTIALLY_REFUNDED));
+  EXPECT_EQ(stateOf(issuer, id, start() + 89 * kj::MINUTES), TransactionState::PARTIALLY_REFUNDED);
+  auto later = issuer.sync(id, start() + 91 * kj::MINUTES);
+  ASSERT_TRUE(isRejected(later, RejectCode::UNKNOWN_TRANSACTION));
+  EXPECT_TRUE(contains(rejectionOf(later).message, "forgotten"))
+      << rejectionOf(later).message.cStr();
+  EXPECT_EQ(loggedIdOf(later), id);
+  EXPECT_TRUE(isRejected(issuer.refund(refund(id, 100, "r2"), start() + 92 * kj::MINUTES),
+                         RejectCode::UNKNOWN_TRANSACTION));
+  EXPECT_EQ(issuer.transactionsHeldForTest(), 0u);
+  // An id it never issued is unknown, not forgotten.
+  for (kj::StringPtr other : {"txn_0_2", "txn_1_1", "txn_0_01", "txn_0_", "card_0_1"}) {
+    auto unknown = issuer.sync(other, start() + 92 * kj::MINUTES);
+    ASSERT_TRUE(isRejected(unknown, RejectCode::UNKNOWN_TRANSACTION)) << other.cStr();
+    EXPECT_EQ(rejectionOf(unknown).message, "no such transaction") << other.cStr();
+    EXPECT_EQ(loggedIdOf(unknown), "(none)");
+  }
+}
+
+TEST(Issuer, KeepsAnAuthorizationWhileItCanStillBeCaptured) {
+  Issuer::Options options = bounded(1 * kj::HOURS);
+  options.authWindow = 1 * kj::DAYS;
+  Issuer issuer(options);
+  auto id = authorized(issuer, 1000, "a1");
+  // Long past the retention, inside the window: still capturable.
+  ASSERT_TRUE(isApproved(issuer.capture(capture(id, 400, "c1"), start() + 20 * kj::HOURS),
+                         TransactionState::PARTIALLY_CAPTURED));
+  EXPECT_EQ(stateOf(issuer, id, start() + 23 * kj::HOURS), TransactionState::PARTIALLY_CAPTURED);
+  // An hour after the window has closed, it goes.
+  EXPECT_EQ(stateOf(issuer, id, start() + 24 * kj::HOURS + 59 * kj::MINUTES),
+            TransactionState::PARTIALLY_CAPTURED);
+  auto gone = issuer.sync(id, start() + 25 * kj::HOURS);
+  EXPECT_TRUE(isRejected(gone, RejectCode::UNKNOWN_TRANSACTION)) << describe(gone.result).cStr();
+}
+
+TEST(Issuer, ForgetsIdempotencyRecordsAfterTheRetention) {
+  Issuer issuer(bounded(1 * kj::HOURS));
+  auto first = issuer.authorize(auth("tok_visa_approve", 700, "k"), start());
+  auto replay = issuer.authorize(auth("tok_visa_approve", 700, "k"), start() + 59 * kj::MINUTES);
+  EXPECT_TRUE(replay.replayed);
+  EXPECT_EQ(approvalOf(replay).transactionId, approvalOf(first).transactionId);
+  EXPECT_EQ(issuer.recordsHeldForTest(), 1u);
+  // After the retention the key is free again: a new authorization.
+  auto fresh = issuer.authorize(auth("tok_visa_approve", 700, "k"), start() + 61 * kj::MINUTES);
+  EXPECT_FALSE(fresh.replayed);
+  EXPECT_NE(approvalOf(fresh).transactionId, approvalOf(first).transactionId);
+  EXPECT_EQ(issuer.recordsHeldForTest(), 1u);
+}
+
+TEST(Issuer, HoldsAtMostMaxTransactionsAndForgetsTheOldestFirst) {
+  constexpr size_t MAX = 50;
+  Issuer issuer(bounded(24 * kj::HOURS, MAX));
+  kj::Vector<kj::String> ids;
+  for (int i = 0; i < 1000; ++i) {
+    auto outcome = issuer.authorize(auth("tok_visa_approve", 100, kj::str("k", i)), start());
+    ids.add(kj::heapString(approvalOf(outcome).transactionId));
+    ASSERT_LE(issuer.transactionsHeldForTest(), MAX);
+    ASSERT_LE(issuer.recordsHeldForTest(), MAX * 5);
+  }
+  EXPECT_EQ(issuer.transactionsHeldForTest(), MAX);
+  EXPECT_EQ(stateOf(issuer, ids.back()), TransactionState::AUTHORIZED);
+  auto oldest = issuer.sync(ids[0], start());
+  ASSERT_TRUE(isRejected(oldest, RejectCode::UNKNOWN_TRANSACTION));
+  EXPECT_TRUE(contains(rejectionOf(oldest).message, "forgotten"));
+}
+
+TEST(Issuer, MemoryStaysBoundedUnderSteadyTraffic) {
+  // Six hours of purchases, one a second: with a one-hour retention, an hour's worth is held.
+  Issuer issuer(bounded(1 * kj::HOURS));
+  for (int i = 0; i < 6 * 3600; ++i) {
+    auto now = start() + i * kj::SECONDS;
+    auto outcome = issuer.purchase(auth("tok_visa_approve", 100, kj::str("k", i)), now);
+    ASSERT_TRUE(outcome.result.is<Approval>());
+  }
+  EXPECT_LE(issuer.transactionsHeldForTest(), 3601u);
+  EXPECT_GE(issuer.transactionsHeldForTest(), 3599u);
+  EXPECT_LE(issuer.recordsHeldForTest(), 3601u);
 }
 
 }  // namespace

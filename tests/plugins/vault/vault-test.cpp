@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "card-number.h"
+#include "tests/support/test-artifacts.h"
 
 namespace payhost::plugins::vault {
 namespace {
@@ -46,21 +47,27 @@ using host::SqlPool;
 using host::WorkerPool;
 using schema::RejectCode;
 
-// A fresh directory under $TMPDIR, removed with everything in it.
+// A fresh directory, removed with everything in it (or kept for the card-number scan).
 class TempDir {
 public:
   TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "vault-test-XXXXXX").native();
+    std::string pattern = (testsupport::testTempBase() / "vault-test-XXXXXX").native();
     KJ_ASSERT(mkdtemp(pattern.data()) != nullptr, "mkdtemp failed");
     path = pattern;
   }
   ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
+    if (discard) {
+      std::error_code ignored;
+      fs::remove_all(path, ignored);
+    } else {
+      testsupport::retireTestDir(path);
+    }
   }
   KJ_DISALLOW_COPY(TempDir);
 
   fs::path path;
+  // Removed even when the run keeps test files: it holds a card number planted on purpose.
+  bool discard = false;
 };
 
 std::string readFile(const fs::path& path) {
@@ -128,6 +135,12 @@ public:
     host.provideDatabase("vault", database);
     vault = host.service<schema::Vault>("payments.vault");
     reveal = host.service<schema::VaultReveal>("payments.vault.reveal");
+  }
+  // The plugin's log records go to a file beside the database, for the card-number scan.
+  ~Harness() noexcept(false) {
+    std::ofstream out(dir.path / "plugin.log");
+    for (auto& record : host.logs())
+      out << record.line.cStr() << '\n';
   }
 
   fs::path databaseFile() const { return dir.path / "vault.sqlite"; }
@@ -407,6 +420,7 @@ TEST(Vault, TheLeakScanFindsACardNumberStoredInTheClear) {
   vault.tokenized("4111111111111111");
   vault.sql("CREATE TABLE careless (pan TEXT)");
   vault.sql("INSERT INTO careless (pan) VALUES ($1)", {"4000056655665556"});
+  vault.dir.discard = true;
   bool found = false;
   for (auto& [name, bytes] : vault.leakSurfaces()) {
     if (bytes.find("4000056655665556") != std::string::npos) found = true;
