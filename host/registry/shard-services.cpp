@@ -41,8 +41,9 @@ public:
 
   // Rejects with the reason when the membrane is revoked; never resolves otherwise.
   kj::Promise<void> whenRevoked() {
-    return revoked.addBranch().then(
-        []() { KJ_FAIL_ASSERT("a membrane's revocation only rejects"); });
+    return revoked.addBranch().then([]() {
+      kj::throwFatalException(KJ_EXCEPTION(FAILED, "a membrane's revocation only rejects"));
+    });
   }
 
   void revoke(kj::Exception reason) {
@@ -441,7 +442,7 @@ public:
         resultsTable(*this->policy) {}
 
   // Listed means `calls` still exists: ~Instance unlists the calls that outlive it.
-  ~HostCallContext() noexcept(false) {
+  ~HostCallContext() noexcept(false) override {
     if (link.isLinked()) calls.remove(*this);
   }
   KJ_DISALLOW_COPY(HostCallContext);
