@@ -11,6 +11,7 @@
 #include <capnp/membrane.h>
 #include <capnp/serialize.h>
 #include <kj/debug.h>
+#include <kj/list.h>
 
 #include <deque>
 
@@ -37,6 +38,13 @@ public:
   }
   kj::Own<capnp::MembranePolicy> addRef() override { return kj::addRef(*this); }
   kj::Maybe<kj::Promise<void>> onRevoked() override { return revoked.addBranch(); }
+
+  // Rejects with the reason when the membrane is revoked; never resolves otherwise.
+  kj::Promise<void> whenRevoked() {
+    return revoked.addBranch().then([]() {
+      kj::throwFatalException(KJ_EXCEPTION(FAILED, "a membrane's revocation only rejects"));
+    });
+  }
 
   void revoke(kj::Exception reason) {
     if (fulfiller->isWaiting()) fulfiller->reject(kj::mv(reason));
@@ -115,9 +123,11 @@ private:
   kj::String identity_;
 };
 
-// Where a call's parameters live: the same address the plugin's `Context::caller(call)` reads.
-const void* paramsLocation(capnp::AnyPointer::Reader params) {
-  return capnp::AnyStruct::Reader(params.getAs<capnp::AnyStruct>()).getDataSection().begin();
+// Where a struct's data section begins: what a plugin's `Context::caller(call)` names its call by
+// (`Context::callerOf`); null for a null pointer.
+const void* structLocation(capnp::AnyPointer::Reader pointer) {
+  if (pointer.isNull()) return nullptr;
+  return capnp::AnyStruct::Reader(pointer.getAs<capnp::AnyStruct>()).getDataSection().begin();
 }
 
 }  // namespace
@@ -247,6 +257,24 @@ struct Admission : public kj::Refcounted {
   }
 };
 
+// A call in flight into a plugin instance, routed by name (see HostCallContext): listed on its
+// instance while it lives, so that `Context::caller(call)`, which names a call by where its
+// parameters are, finds it. No two live calls share that address: each holds its own copy of its
+// parameters. Shard-local.
+class RoutedCall {
+public:
+  // The caller's identity (see Caller::identity; "host" for host code).
+  virtual kj::StringPtr identity() = 0;
+  // Where the call's parameter struct begins, while the call holds its parameters; else null.
+  virtual const void* paramsLocation() = 0;
+
+  kj::ListLink<RoutedCall> link;
+
+protected:
+  ~RoutedCall() noexcept(false) = default;
+};
+using RoutedCalls = kj::List<RoutedCall, &RoutedCall::link>;
+
 struct ShardServices::Instance {
   // Declared first so it is destroyed last: the plugin's objects go before the generation's
   // reference (and with it, possibly, the library).
@@ -256,8 +284,13 @@ struct ShardServices::Instance {
   Plugin* plugin = nullptr;
   std::map<std::string, capnp::Capability::Client> capabilities;
   kj::Own<Admission> admission = kj::refcounted<Admission>();
+  // Its calls in flight; each removes itself, and those still held elsewhere go with it. Mutable:
+  // looking a caller up (a const query) caches where each call's parameters are.
+  mutable RoutedCalls calls;
 
   ~Instance() noexcept(false) {
+    for (auto& call : calls)
+      calls.remove(call);
     policy->revoke(KJ_EXCEPTION(DISCONNECTED, "service was replaced or unloaded",
                                 generation->name(), generation->version()));
     for (auto& waiting : admission->queue) {
@@ -326,6 +359,182 @@ void countFailure(MethodCounters& method, kj::Exception::Type type) {
   }
 }
 
+namespace {
+
+// Capabilities in a call's parameters come from outside the plugin: the plugin gets them behind
+// its instance's membrane, so revoking the membrane also cuts the plugin's calls on them.
+class ParamsCapTable final : public capnp::_::CapTableReader {
+public:
+  explicit ParamsCapTable(capnp::MembranePolicy& policy) : policy(policy) {}
+
+  capnp::AnyPointer::Reader imbue(capnp::AnyPointer::Reader reader) {
+    auto internal = capnp::_::PointerHelpers<capnp::AnyPointer>::getInternalReader(reader);
+    inner = internal.getCapTable();
+    return capnp::AnyPointer::Reader(internal.imbue(this));
+  }
+
+  kj::Maybe<kj::Own<capnp::ClientHook>> extractCap(uint index) override {
+    if (inner == nullptr) return nullptr;
+    return inner->extractCap(index).map([this](kj::Own<capnp::ClientHook>&& cap) {
+      return capnp::ClientHook::from(
+          capnp::reverseMembrane(capnp::Capability::Client(kj::mv(cap)), policy.addRef()));
+    });
+  }
+
+private:
+  capnp::_::CapTableReader* inner = nullptr;
+  capnp::MembranePolicy& policy;
+};
+
+// Capabilities the plugin puts in its results leave through its membrane; read back, they are
+// unwrapped again.
+class ResultsCapTable final : public capnp::_::CapTableBuilder {
+public:
+  explicit ResultsCapTable(capnp::MembranePolicy& policy) : policy(policy) {}
+
+  capnp::AnyPointer::Builder imbue(capnp::AnyPointer::Builder builder) {
+    auto internal =
+        capnp::_::PointerHelpers<capnp::AnyPointer>::getInternalBuilder(kj::mv(builder));
+    inner = internal.getCapTable();
+    return capnp::AnyPointer::Builder(internal.imbue(this));
+  }
+
+  kj::Maybe<kj::Own<capnp::ClientHook>> extractCap(uint index) override {
+    if (inner == nullptr) return nullptr;
+    return inner->extractCap(index).map([this](kj::Own<capnp::ClientHook>&& cap) {
+      return capnp::ClientHook::from(
+          capnp::reverseMembrane(capnp::Capability::Client(kj::mv(cap)), policy.addRef()));
+    });
+  }
+  uint injectCap(kj::Own<capnp::ClientHook>&& cap) override {
+    KJ_ASSERT(inner != nullptr);
+    return inner->injectCap(capnp::ClientHook::from(
+        capnp::membrane(capnp::Capability::Client(kj::mv(cap)), policy.addRef())));
+  }
+  void dropCap(uint index) override {
+    if (inner != nullptr) inner->dropCap(index);
+  }
+
+private:
+  capnp::_::CapTableBuilder* inner = nullptr;
+  capnp::MembranePolicy& policy;
+};
+
+}  // namespace
+
+// The plugin's side of one routed call: what its `CallContext` wraps, carrying the call's caller
+// (`Context::caller`, through `ShardServices::callerOf`). The parameters are the host's copy of the
+// route's (copying reads all of them under the connection's reader limits, and the connection can
+// free its buffer at once); results are written straight into the route's call. Capabilities cross
+// the instance's membrane (see the cap tables above), and revoking it fails the call (Route).
+// Shard-local; refcounted because the plugin's call machinery holds it too.
+class HostCallContext final : public capnp::CallContextHook,
+                              public RoutedCall,
+                              public kj::Refcounted {
+public:
+  HostCallContext(capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> outer, Caller* caller,
+                  RevocablePolicy& policy, RoutedCalls& calls)
+      : outer(outer),
+        caller(caller == nullptr ? nullptr : kj::Maybe<kj::Own<Caller>>(kj::addRef(*caller))),
+        policy(kj::addRef(policy)),
+        calls(calls),
+        paramsTable(*this->policy),
+        resultsTable(*this->policy) {}
+
+  // Listed means `calls` still exists: ~Instance unlists the calls that outlive it.
+  ~HostCallContext() noexcept(false) override {
+    if (link.isLinked()) calls.remove(*this);
+  }
+  KJ_DISALLOW_COPY(HostCallContext);
+
+  // Copies `params` in (throws, failing the call, when they break the reader's limits) and
+  // lists the call on its shard.
+  void start(capnp::AnyPointer::Reader params) {
+    auto size = params.targetSize();
+    auto& message = paramsMessage.emplace(static_cast<uint>(size.wordCount + 1));
+    message.getRoot<capnp::AnyPointer>().set(params);
+    calls.add(*this);
+  }
+
+  kj::StringPtr identity() override {
+    KJ_IF_MAYBE (c, caller) {
+      return (*c)->identity();
+    }
+    return "host";
+  }
+
+  const void* paramsLocation() override {
+    KJ_IF_MAYBE (message, paramsMessage) {
+      // Found once, when a plugin first asks for a caller while this call is in flight.
+      if (location == nullptr) {
+        location = structLocation(message->getRoot<capnp::AnyPointer>().asReader());
+      }
+      return location;
+    }
+    return nullptr;
+  }
+
+  capnp::AnyPointer::Reader getParams() override {
+    KJ_IF_MAYBE (reader, params) {
+      return *reader;
+    }
+    auto& message = KJ_REQUIRE_NONNULL(paramsMessage, "the call's parameters were released");
+    auto reader = paramsTable.imbue(message.getRoot<capnp::AnyPointer>().asReader());
+    params = reader;
+    return reader;
+  }
+
+  void releaseParams() override {
+    params = nullptr;
+    paramsMessage = nullptr;
+    location = nullptr;
+  }
+
+  capnp::AnyPointer::Builder getResults(kj::Maybe<capnp::MessageSize> sizeHint) override {
+    KJ_IF_MAYBE (builder, results) {
+      return *builder;
+    }
+    auto builder = resultsTable.imbue(outer.getResults(sizeHint));
+    results = builder;
+    return builder;
+  }
+
+  // A tail call from the plugin: its answer becomes this call's results.
+  kj::Promise<void> tailCall(kj::Own<capnp::RequestHook>&& request) override {
+    return request->send().then(
+        [self = kj::addRef(*this)](capnp::Response<capnp::AnyPointer>&& response) mutable {
+          self->outer.getResults(response.targetSize()).set(response);
+        });
+  }
+
+  // Calls into plugins are cancelled when their caller goes (the route allowed it).
+  void allowCancellation() override {}
+
+  // Nothing pipelines on a route's results (Route answers without a pipeline).
+  void setPipeline(kj::Own<capnp::PipelineHook>&&) override {}
+  kj::Promise<capnp::AnyPointer::Pipeline> onTailCall() override { return kj::NEVER_DONE; }
+  capnp::ClientHook::VoidPromiseAndPipeline directTailCall(
+      kj::Own<capnp::RequestHook>&& request) override {
+    return {tailCall(kj::mv(request)),
+            capnp::newBrokenPipeline(KJ_EXCEPTION(UNIMPLEMENTED, "no pipelining on a route"))};
+  }
+
+  kj::Own<capnp::CallContextHook> addRef() override { return kj::addRef(*this); }
+
+private:
+  // The route's own call, which outlives this one's use of it: the route's promise holds this.
+  capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> outer;
+  kj::Maybe<kj::Own<Caller>> caller;
+  kj::Own<RevocablePolicy> policy;
+  RoutedCalls& calls;
+  kj::Maybe<capnp::MallocMessageBuilder> paramsMessage;
+  const void* location = nullptr;
+  ParamsCapTable paramsTable;
+  kj::Maybe<capnp::AnyPointer::Reader> params;
+  ResultsCapTable resultsTable;
+  kj::Maybe<capnp::AnyPointer::Builder> results;
+};
+
 class Route final : public capnp::Capability::Server {
 public:
   Route(kj::Own<ShardServices::Entry> entry, kj::Own<Caller> caller)
@@ -392,28 +601,11 @@ public:
     }
 
     context.allowCancellation();
-    auto params = context.getParams();
-    auto request = target->typelessRequest(interfaceId, methodId, params.targetSize());
-    request.set(params);
+    // The call carries its caller into the plugin (see HostCallContext).
+    auto call =
+        kj::refcounted<HostCallContext>(context, caller.get(), *instance->policy, instance->calls);
+    call->start(context.getParams());
     context.releaseParams();
-    // Named to the plugin by where its parameters are (null parameters name nobody).
-    auto callNumber = ++owner->callNumber;
-    const void* location = nullptr;
-    if (!request.asReader().isNull()) {
-      location = paramsLocation(request.asReader());
-      owner->callsByParams.emplace(location, ShardServices::CallRecord{callNumber, caller.get()});
-    }
-    auto forget = kj::defer([entry = kj::addRef(*entry), location, callNumber]() {
-      auto services = entry->owner;
-      if (location == nullptr || services == nullptr) return;
-      auto range = services->callsByParams.equal_range(location);
-      for (auto it = range.first; it != range.second; ++it) {
-        if (it->second.number == callNumber) {
-          services->callsByParams.erase(it);
-          return;
-        }
-      }
-    });
 
     auto generation = instance->generation->addRef();
     generation->callsInFlight.fetch_add(1, std::memory_order_relaxed);
@@ -434,37 +626,41 @@ public:
       return kj::defer(
           [admission = kj::addRef(admission), gen]() mutable { admission->release(*gen); });
     };
+    // Into the plugin's own capability, with this call's context: the plugin writes its results
+    // straight into the route's. The pipeline goes unused (no pipelining on a route's results).
+    auto send = [interfaceId, methodId, target = capnp::ClientHook::from(*target),
+                 call = kj::addRef(*call)]() mutable {
+      return target->call(interfaceId, methodId, kj::mv(call)).promise;
+    };
 
-    kj::Promise<capnp::Response<capnp::AnyPointer>> sent = nullptr;
+    kj::Promise<void> sent = nullptr;
     if (mustWait) {
       auto paf = kj::newPromiseAndFulfiller<void>();
       admission.queue.push_back(kj::mv(paf.fulfiller));
       generation->admissionQueued.fetch_add(1, std::memory_order_relaxed);
-      sent = paf.promise.then([request = kj::mv(request), turn]() mutable {
-        return kj::Promise<capnp::Response<capnp::AnyPointer>>(request.send()).attach(turn());
-      });
+      sent =
+          paf.promise.then([send = kj::mv(send), turn]() mutable { return send().attach(turn()); });
     } else if (maxConcurrent > 0) {
       ++admission.running;
-      sent = kj::Promise<capnp::Response<capnp::AnyPointer>>(request.send()).attach(turn());
+      sent = send().attach(turn());
     } else {
       // No limit: nothing to count, and nothing more to allocate per call.
-      sent = request.send();
+      sent = send();
     }
-    auto promise =
-        sent.then(
-                [context](capnp::Response<capnp::AnyPointer>&& response) mutable {
-                  context.getResults(response.targetSize()).set(response);
-                },
-                // The counters are host-wide and outlive every shard; `method` lives as
-                // long as the generation, which the call holds.
-                [generation = generation.get(), counters = &owner->counters,
-                 &method](kj::Exception&& e) {
-                  generation->callsFailed.fetch_add(1, std::memory_order_relaxed);
-                  counters->failed.fetch_add(1, std::memory_order_relaxed);
-                  countFailure(method, e.getType());
-                  kj::throwFatalException(copyIntoHost(kj::mv(e)));
-                })
-            .attach(kj::mv(done), kj::mv(generation), kj::mv(forget), kj::mv(callerDone));
+    // Revoking the instance's membrane fails the call (DISCONNECTED) and cancels the plugin's
+    // part of it.
+    auto promise = sent.exclusiveJoin(instance->policy->whenRevoked())
+                       .catch_(
+                           // The counters are host-wide and outlive every shard; `method` lives as
+                           // long as the generation, which the call holds.
+                           [generation = generation.get(), counters = &owner->counters,
+                            &method](kj::Exception&& e) {
+                             generation->callsFailed.fetch_add(1, std::memory_order_relaxed);
+                             counters->failed.fetch_add(1, std::memory_order_relaxed);
+                             countFailure(method, e.getType());
+                             kj::throwFatalException(copyIntoHost(kj::mv(e)));
+                           })
+                       .attach(kj::mv(done), kj::mv(generation), kj::mv(call), kj::mv(callerDone));
     return {kj::mv(promise), false};
   }
 
@@ -504,9 +700,9 @@ kj::Promise<void> ShardServices::prepare(kj::Own<Generation> generation) {
   }
   instance->plugin = static_cast<Plugin*>(created);
   for (auto& service : instance->generation->services()) {
-    auto inner = instance->plugin->service(service.name);
+    // Unwrapped: each call crosses the membrane through its HostCallContext (see Route).
     instance->capabilities.emplace(std::string(service.name.cStr()),
-                                   capnp::membrane(kj::mv(inner), instance->policy->addRef()));
+                                   instance->plugin->service(service.name));
   }
   auto id = instance->generation->id();
   auto ready = instance->plugin->ready();
@@ -660,13 +856,14 @@ capnp::Capability::Client ShardServices::route(kj::StringPtr name, kj::Own<Calle
 }
 
 kj::StringPtr ShardServices::callerOf(const void* paramsLocation) const {
-  auto range = callsByParams.equal_range(paramsLocation);
-  const CallRecord* latest = nullptr;
-  for (auto it = range.first; it != range.second; ++it) {
-    if (latest == nullptr || it->second.number > latest->number) latest = &it->second;
+  if (paramsLocation == nullptr) return "";
+  // Each live call holds its own copy of its parameters, so at most one matches.
+  for (auto& [id, instance] : instances) {
+    for (auto& call : instance->calls) {
+      if (call.paramsLocation() == paramsLocation) return call.identity();
+    }
   }
-  if (latest == nullptr) return "";
-  return latest->caller == nullptr ? kj::StringPtr("host") : latest->caller->identity();
+  return "";
 }
 
 bool ShardServices::serves(kj::StringPtr name) const {

@@ -27,7 +27,6 @@
 #include <map>
 #include <string>
 #include <tuple>
-#include <unordered_map>
 
 namespace payhost::host {
 
@@ -118,8 +117,9 @@ public:
   // plugin); a null caller is trusted host code, named "host".
   capnp::Capability::Client route(kj::StringPtr name, kj::Own<Caller> caller = {});
 
-  // The identity of the caller of the call whose parameters are at `paramsLocation` (see
-  // `Context::callerOf`); empty when no call in flight on this shard has them.
+  // The identity of the caller of the call in flight on this shard whose parameters are at
+  // `paramsLocation` (see `Context::callerOf`; each call carries its caller and its own copy of
+  // its parameters); empty when no such call holds its parameters.
   kj::StringPtr callerOf(const void* paramsLocation) const;
 
   // Whether `name` is served on this shard now.
@@ -168,15 +168,6 @@ private:
   kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> idleFulfiller;
   std::map<std::string, kj::Own<Entry>> entries;
   std::map<uint64_t, kj::Own<Instance>> instances;
-  // The calls in flight into plugins, by the address of their parameters: `Context::caller()`
-  // finds its call's identity here. A plugin that released its parameters early may see a new
-  // call's parameters at the same address, so the latest call (highest number) wins a lookup.
-  struct CallRecord {
-    uint64_t number;
-    Caller* caller;
-  };
-  std::unordered_multimap<const void*, CallRecord> callsByParams;
-  uint64_t callNumber = 0;
 };
 
 }  // namespace payhost::host

@@ -253,6 +253,29 @@ TEST_F(Security, PermittedIdentityIsServedAndNamedToThePlugin) {
   EXPECT_TRUE(daemon.logged("event=listener.insecure")) << s(daemon.logText());
 }
 
+TEST_F(Security, PluginCallingAPluginIsNamedPluginColonName) {
+  auto daemonOptions = options();
+  daemonOptions.plugins = kj::str(echoPlugin("report_caller = true"), "[[plugin]]\npath = \"",
+                                  fixture("fixture-forward.so"), "\"\n");
+  DaemonProcess daemon(kj::mv(daemonOptions));
+  auto ports = portsOf(daemon);
+  Connection<schema::Gateway> local(io, kj::str("127.0.0.1:", ports.plain));
+  auto echo = local.echo();
+  auto forward = local.service("test.forward");
+  // Interleaved: calls from the client and from the forward plugin are each named as their own.
+  auto first = screen(forward, "tok_f", 1);
+  auto second = screen(echo, "tok_l", 2);
+  auto third = screen(forward, "tok_f", 3);
+  auto forwarded = await(kj::mv(first));
+  auto rules = forwarded.getVerdict().getFiredRules();
+  ASSERT_EQ(rules.size(), 4u);
+  EXPECT_EQ(s(rules[0]), "tok_f");
+  EXPECT_EQ(s(rules[2]), "plugin:forward");
+  EXPECT_EQ(s(rules[3]), "forwarded");
+  EXPECT_EQ(s(await(kj::mv(second)).getVerdict().getFiredRules()[2]), "local");
+  EXPECT_EQ(s(await(kj::mv(third)).getVerdict().getFiredRules()[2]), "plugin:forward");
+}
+
 TEST_F(Security, ProjectClientServesPermittedAndRefusesWithoutCertificate) {
   DaemonProcess daemon(options());
   auto ports = portsOf(daemon);
