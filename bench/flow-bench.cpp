@@ -568,6 +568,7 @@ public:
       auto log = kj::str(dir, "/", name, "-", service, ".log");
       pid_t pid = startProcess(kj::mv(args), log);
       pids.push_back(pid);
+      services.push_back(service);
       auto port =
           waitForPort(io, pid, kj::str(name, " ", service), [&log]() { return portFromLog(log); });
       return "127.0.0.1:" + std::to_string(port);
@@ -613,6 +614,9 @@ public:
   }
 
   Figures measure(uint32_t inFlight, double seconds, int round, std::string& firstError) {
+    std::vector<double> before;
+    for (auto pid : pids)
+      before.push_back(processCpuMicros(pid));
     double cpuBefore = cpuMicros();
     uint64_t acknowledgedBefore = client->acknowledged();
     auto result = client->purchase(what(), name + "-" + std::to_string(round) + "-", inFlight,
@@ -627,8 +631,29 @@ public:
     if (purchases > 0) {
       figures.serverCpuMicros = (cpuMicros() - cpuBefore) / static_cast<double>(purchases);
       figures.perCpuSecond = 1e6 / figures.serverCpuMicros;
+      std::vector<double> perService;
+      for (size_t i = 0; i < pids.size(); ++i) {
+        perService.push_back((processCpuMicros(pids[i]) - before[i]) /
+                             static_cast<double>(purchases));
+      }
+      byService.push_back(kj::mv(perService));
     }
     return figures;
+  }
+
+  // Each service's CPU per purchase, median over rounds: "card 310, fraud 250, ...".
+  std::string breakdown(bool json) const {
+    std::string out;
+    for (size_t i = 0; i < services.size(); ++i) {
+      std::vector<double> values;
+      for (auto& round : byService)
+        values.push_back(round[i]);
+      char item[64];
+      snprintf(item, sizeof(item), json ? "%s\"%s\": %.1f" : "%s%s %.0f", i == 0 ? "" : ", ",
+               services[i], spread(values).median);
+      out += item;
+    }
+    return out;
   }
 
   bool balanced(uint64_t failed) {
@@ -657,6 +682,9 @@ public:
 private:
   std::string name;
   std::vector<pid_t> pids;
+  std::vector<const char*> services;
+  // Per measured round, each service's CPU per purchase (µs).
+  std::vector<std::vector<double>> byService;
   kj::Own<GrpcFlowClient> client;
 
   static GrpcPurchase what() {
@@ -687,10 +715,14 @@ struct Paired {
 
 Paired paired(const std::vector<Figures>& a, const std::vector<Figures>& b) {
   std::vector<double> perCpu, rate, p50;
+  // A round where a side completed nothing has no ratio (and would print inf into the JSON).
+  auto add = [](std::vector<double>& to, double x, double y) {
+    if (x > 0 && y > 0) to.push_back(x / y);
+  };
   for (size_t i = 0; i < a.size(); ++i) {
-    perCpu.push_back(a[i].perCpuSecond / b[i].perCpuSecond);
-    rate.push_back(a[i].rate / b[i].rate);
-    p50.push_back(a[i].p50Micros / b[i].p50Micros);
+    add(perCpu, a[i].perCpuSecond, b[i].perCpuSecond);
+    add(rate, a[i].rate, b[i].rate);
+    add(p50, a[i].p50Micros, b[i].p50Micros);
   }
   return {spread(perCpu), spread(rate), spread(p50)};
 }
@@ -756,6 +788,8 @@ bool versusGrpc(kj::AsyncIoContext& io, pid_t pid, Flow& flow, const Options& op
   printVersus("payhost", payhostRuns);
   printVersus("grpc", grpcRuns);
   printVersus("grpc-batch", batchRuns);
+  std::printf("  server CPU us per payment by service: grpc %s; grpc-batch %s\n",
+              grpc.breakdown(false).c_str(), grpcBatch.breakdown(false).c_str());
   auto vsGrpc = paired(payhostRuns, grpcRuns);
   auto vsBatch = paired(payhostRuns, batchRuns);
   for (auto [name, r] :
@@ -797,7 +831,9 @@ bool versusGrpc(kj::AsyncIoContext& io, pid_t pid, Flow& flow, const Options& op
     jsonCase(json, "grpc", grpcRuns);
     json << ",\n";
     jsonCase(json, "grpc-batch", batchRuns);
-    json << "\n  },\n  \"ratios\": {";
+    json << "\n  },\n  \"server_cpu_us_per_payment_by_service\": {\"grpc\": {"
+         << grpc.breakdown(true) << "}, \"grpc-batch\": {" << grpcBatch.breakdown(true)
+         << "}},\n  \"ratios\": {";
     bool first = true;
     for (auto [name, r] : {std::pair<const char*, Paired&>{"payhost/grpc", vsGrpc},
                            {"payhost/grpc-batch", vsBatch}}) {

@@ -38,6 +38,8 @@
 #include <CLI/CLI.hpp>
 
 #include <grpcpp/grpcpp.h>
+#include <pthread.h>
+#include <signal.h>
 
 #include <chrono>
 #include <csignal>
@@ -768,13 +770,14 @@ void PurchaseFlow::answer(const ::grpc::Status& status) {
 
 // --- serving -------------------------------------------------------------------------------------
 
-volatile std::sig_atomic_t stopRequested = 0;
-
-void onSignal(int) {
-  stopRequested = 1;
-}
-
+// Serves `service` until SIGTERM or SIGINT. The signals are blocked before gRPC starts its threads
+// and awaited with sigwait, so an idle service does not wake up.
 int serve(::grpc::Service& service, const std::string& address) {
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
   ::grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(address, ::grpc::InsecureServerCredentials(), &port);
@@ -786,12 +789,8 @@ int serve(::grpc::Service& service, const std::string& address) {
   }
   printf("listening %d\n", port);
   fflush(stdout);
-  std::signal(SIGTERM, onSignal);
-  std::signal(SIGINT, onSignal);
-  while (!stopRequested) {
-    struct timespec tick = {0, 20L * 1000 * 1000};
-    nanosleep(&tick, nullptr);
-  }
+  int received = 0;
+  sigwait(&stop, &received);
   server->Shutdown();
   return 0;
 }

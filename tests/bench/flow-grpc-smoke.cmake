@@ -9,7 +9,7 @@ set(_json ${DIR}.json)
 file(REMOVE ${_json})
 execute_process(
   COMMAND ${BENCH} --payhostd ${PAYHOSTD} --plugins ${PLUGINS} --versus grpc --grpc-flow
-          ${GRPC_FLOW} --grpc-card ${GRPC_CARD} --rounds 1 --seconds 0.3 --in-flight 8 --dir
+          ${GRPC_FLOW} --grpc-card ${GRPC_CARD} --rounds 1 --seconds 1 --in-flight 8 --dir
           ${DIR} --json ${_json}
   RESULT_VARIABLE _status)
 if(NOT _status EQUAL 0)
