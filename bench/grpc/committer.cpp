@@ -51,7 +51,9 @@ void SqliteConnection::transaction(kj::FunctionParam<void(SqlTransaction&)> work
 }
 
 SqlResult SqliteConnection::execute(kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params) {
-  auto fail = [&]() { KJ_FAIL_REQUIRE("SQLite", path, sqlite3_errmsg(db), sql); };
+  auto fail = [&]() {
+    kj::throwFatalException(KJ_EXCEPTION(FAILED, "SQLite", path, sqlite3_errmsg(db), sql));
+  };
   const char* rest = sql.cStr();
   SqlResult last;
   while (*rest != '\0') {
@@ -65,8 +67,9 @@ SqlResult SqliteConnection::execute(kj::StringPtr sql, kj::ArrayPtr<const SqlPar
     for (int i = 1; i <= count; ++i) {
       const char* name = sqlite3_bind_parameter_name(statement, i);
       long index = name != nullptr && name[0] == '$' ? strtol(name + 1, nullptr, 10) : 0;
-      KJ_REQUIRE(index >= 1 && static_cast<size_t>(index) <= params.size(),
-                 "a statement parameter has no value", sql);
+      if (index < 1 || static_cast<size_t>(index) > params.size()) {
+        kj::throwFatalException(KJ_EXCEPTION(FAILED, "a statement parameter has no value", sql));
+      }
       auto& param = params[index - 1];
       int bound = SQLITE_OK;
       switch (param.type()) {

@@ -127,7 +127,10 @@ private:
     auto failure = kj::runCatchingExceptions([&]() {
       connection.transaction([&](SqlTransaction& tx) {
         results = batch(tx, owned.asPtr().asConst());
-        KJ_ASSERT(results.size() == owned.size(), "a batch returned the wrong number of results");
+        if (results.size() != owned.size()) {
+          kj::throwFatalException(
+              KJ_EXCEPTION(FAILED, "a batch returned the wrong number of results"));
+        }
       });
     });
     KJ_IF_MAYBE (e, failure) {

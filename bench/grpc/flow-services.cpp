@@ -583,7 +583,7 @@ void PurchaseFlow::screen() {
   screenRequest.set_card_country(request.card_country());
   screenRequest.set_ip_country(request.ip_country());
   service.fraud->async()->Screen(&newContext(), &screenRequest, &screenResponse,
-                                 [this](::grpc::Status done) { screened(done); });
+                                 [this](const ::grpc::Status& done) { screened(done); });
 }
 
 void PurchaseFlow::screened(const ::grpc::Status& status) {
@@ -606,7 +606,7 @@ void PurchaseFlow::screened(const ::grpc::Status& status) {
   cardRequest.set_card_token(request.card_token());
   cardRequest.set_idempotency_key(row.id.cStr());
   service.card->async()->Purchase(&newContext(), &cardRequest, &cardResponse,
-                                  [this](::grpc::Status done) { charged(done); });
+                                  [this](const ::grpc::Status& done) { charged(done); });
 }
 
 void PurchaseFlow::charged(const ::grpc::Status& status) {
@@ -652,7 +652,7 @@ void PurchaseFlow::ensureAccounts() {
     accountRequest.mutable_flags()->set_debits_must_not_exceed_credits(spec.limited);
     service.ledger->async()->CreateAccount(
         &newContext(), &accountRequest, &accountResult,
-        [this, name = kj::mv(name)](::grpc::Status status) mutable {
+        [this, name = kj::mv(name)](const ::grpc::Status& status) mutable {
           if (!status.ok()) return fail(status);
           if (!accountResult.has_posted()) {
             return fail(::grpc::Status(::grpc::StatusCode::INTERNAL, "ledger refused an account"));
@@ -674,7 +674,7 @@ void PurchaseFlow::quote() {
   setMoney(*quoteRequest.mutable_source(), row.authorized, currency);
   quoteRequest.set_target_currency(settlement.cStr());
   service.fx->async()->Quote(
-      &newContext(), &quoteRequest, &quoteResponse, [this](::grpc::Status status) {
+      &newContext(), &quoteRequest, &quoteResponse, [this](const ::grpc::Status& status) {
         if (!status.ok()) return fail(status);
         if (!quoteResponse.has_quote()) {
           return fail(::grpc::Status(::grpc::StatusCode::INTERNAL, "fx refused a quote"));
@@ -694,7 +694,7 @@ void PurchaseFlow::capture() {
   setMoney(*t.mutable_amount(), row.authorized, currency);
   t.set_kind(pb::POSTED);
   service.ledger->async()->TransferAll(
-      &newContext(), &transferRequest, &transferResult, [this](::grpc::Status status) {
+      &newContext(), &transferRequest, &transferResult, [this](const ::grpc::Status& status) {
         if (!status.ok()) return fail(status);
         if (!transferResult.has_posted()) {
           return reject(REJECT_AMOUNT_EXCEEDS_AVAILABLE,
@@ -718,7 +718,7 @@ void PurchaseFlow::settle() {
   setMoney(*t.mutable_amount(), settled, settlement);
   t.set_kind(pb::POSTED);
   service.ledger->async()->TransferAll(
-      &newContext(), &transferRequest, &transferResult, [this](::grpc::Status status) {
+      &newContext(), &transferRequest, &transferResult, [this](const ::grpc::Status& status) {
         if (!status.ok()) return fail(status);
         if (!transferResult.has_posted()) {
           return reject(REJECT_AMOUNT_EXCEEDS_AVAILABLE,
