@@ -579,10 +579,9 @@ public:
     };
     auto withDb = [&](const char* service) {
       auto args = flowService(service);
-      for (auto arg : {std::string("--db"), dir + "/" + name + "-" + service + ".sqlite",
-                       std::string("--max-batch"), std::to_string(maxBatch)}) {
-        args.push_back(arg);
-      }
+      auto file = dir;
+      file.append("/").append(name).append("-").append(service).append(".sqlite");
+      args.insert(args.end(), {"--db", file, "--max-batch", std::to_string(maxBatch)});
       return args;
     };
     auto card = start("card", {options.grpcCard, "--listen", "127.0.0.1:0"});
@@ -590,10 +589,7 @@ public:
     auto fx = start("fx", flowService("fx"));
     auto ledger = start("ledger", withDb("ledger"));
     auto args = withDb("payments");
-    for (auto arg : {std::string("--fraud"), fraud, std::string("--card"), card,
-                     std::string("--fx"), fx, std::string("--ledger"), ledger}) {
-      args.push_back(arg);
-    }
+    args.insert(args.end(), {"--fraud", fraud, "--card", card, "--fx", fx, "--ledger", ledger});
     auto payments = start("payments", kj::mv(args));
     client = kj::heap<GrpcFlowClient>(payments, fx, ledger);
   }
