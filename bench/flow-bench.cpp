@@ -1,19 +1,21 @@
-// payhost-flow-bench: durable payments per second through the whole payment flow in payhostd
-// beside the naive rate of the same database writes into SQLite directly, in one run.
+// payhost-flow-bench: durable payments per second through the whole payment flow in payhostd,
+// in one run beside either the naive rate of the same database writes into SQLite directly, or
+// the same five services as separate gRPC processes calling each other.
 //
 //   payhost-flow-bench --payhostd build/host/payhostd --plugins build/plugins
 //       [--dir /var/tmp/payhost-flow-bench] [--rounds 3] [--seconds 3] [--in-flight 64]
-//       [--json FILE]
+//       [--json FILE] [--versus naive|grpc] [--grpc-flow build/bench/grpc/payhost-bench-grpc-flow
+//       --grpc-card build/bench/grpc/payhost-bench-grpc-server] [--plot-data DIR]
 //
 // flow      payhostd (a separate process, one shard) with the card-processor (latency_ms = 0),
 //           fraud-screen, fx, ledger and payments plugins over SQLite files in `--dir` (WAL,
 //           synchronous=FULL: the host's SqlPool). The bench keeps `--in-flight` purchases in
 //           flight on one TCP connection (closed loop), each with a new idempotency key; a
-//           purchase counts when it is answered approved and captured. Purchases are in EUR settled
-//           in EUR, so fx is loaded but not called (the plugin converts only across currencies);
-//           an FX case is not measured yet. The payments plugin
+//           purchase counts when it is answered approved and captured. The payments plugin
 //           answers only after its result is durable (claim, ledger transfer and result are
 //           group-committed, <payhost/group-commit.h>).
+//
+// --versus naive (the default): purchases in EUR settled in EUR (fx is loaded, not called), beside
 // naive     the writes one purchase makes (payments: key lookup, key claim, payment lookup;
 //           ledger: both accounts read, transfer id lookup, transfer row, both balances; payments:
 //           result and payment row) into SQLite directly in the same directory, one durable
@@ -21,12 +23,30 @@
 //           statements, one at a time: the rate without group commit.
 // naive-3   the same writes as three durable transactions per payment in two files (payments and
 //           ledger), as the flow splits them, one at a time.
-// The cases run in turns within each round so drift on a shared machine hits all of them. The
-// ratio is flow over naive (the one-transaction baseline, the stricter one), per round, then the
-// median. At the end the merchant's ledger balance must equal the sum of acknowledged purchases.
+// The ratio is flow over naive (the one-transaction baseline, the stricter one), per round, then
+// the median.
+//
+// --versus grpc: purchases in USD settled in EUR, so the flow calls every service (fraud screen,
+// card purchase, FX quote, the charge and the settlement transfers), beside
+// grpc        the same services as five gRPC processes (bench/grpc/flow-services.cpp and the card
+//             service payhost-bench-grpc-server), each compiled with its plugin's own code, the
+//             payments service calling the other four over gRPC; ledger and payments make one
+//             durable transaction per request; the bench calls payments over gRPC with the same
+//             purchases in flight on one channel.
+// grpc-batch  the same with ledger and payments group-committing what arrives during a commit.
+// The headline is payments per server-CPU-second: the CPU of every server process (payhostd; the
+// five gRPC processes), all threads, from /proc, over the run with its warm-up, per acknowledged
+// purchase. Ratios are paired round by round, then the median.
+//
+// The cases run in turns within each round so drift on a shared machine hits all of them. At
+// the end each merchant's ledger balance must equal what the acknowledged purchases settled.
 #include "bench/histogram.h"
 #include "bench/loadgen.h"
 #include "bench/server-process.h"
+
+#ifdef PAYHOST_BENCH_GRPC
+#include "bench/grpc/flow-client.h"
+#endif
 
 #include <payhost/flow.capnp.h>
 #include <payhost/host.capnp.h>
@@ -281,8 +301,10 @@ struct Figures {
   double p50Micros = 0;
   double p99Micros = 0;
   uint64_t failed = 0;
-  // payhostd's CPU (all threads) per purchase over the run, warm-up and drain included.
+  // The servers' CPU (all their processes and threads) per purchase over the run, warm-up and
+  // drain included, and its inverse: purchases per server-CPU-second.
   double serverCpuMicros = 0;
+  double perCpuSecond = 0;
 };
 
 Figures fromHistogram(double rate, const Histogram& h) {
@@ -293,15 +315,19 @@ Figures fromHistogram(double rate, const Histogram& h) {
 struct Flow {
   schema::Payments::Client payments;
   schema::Ledger::Client ledger;
+  schema::Fx::Client fx;
+  // Purchases of AMOUNT in `currency`, settled in `settlement` (FX when they differ).
+  kj::StringPtr currency;
+  kj::StringPtr settlement;
   uint64_t sequence = 0;
   // Every acknowledged purchase, warm-up included: the merchant's balance must match.
-  int64_t acknowledgedAmount = 0;
+  uint64_t acknowledged = 0;
 };
 
 Figures measureFlow(kj::AsyncIoContext& io, pid_t pid, Flow& flow, uint32_t inFlight,
                     double seconds, int round, std::string& firstError) {
   double cpuBefore = processCpuMicros(pid);
-  int64_t amountBefore = flow.acknowledgedAmount;
+  uint64_t acknowledgedBefore = flow.acknowledged;
   LoadGenerator generator(io.provider->getTimer());
   ClosedLoopOptions options;
   options.concurrency = inFlight;
@@ -317,7 +343,8 @@ Figures measureFlow(kj::AsyncIoContext& io, pid_t pid, Flow& flow, uint32_t inFl
                 auto r = request.initRequest();
                 r.setMerchantId("m1");
                 r.initAmount().setMinorUnits(AMOUNT);
-                r.getAmount().setCurrency("EUR");
+                r.getAmount().setCurrency(flow.currency);
+                r.setSettlementCurrency(flow.settlement);
                 r.setCardToken("tok_visa_approve");
                 r.setIdempotencyKey(kj::str("flow-", round, "-", flow.sequence++));
                 return request.send().then(
@@ -327,7 +354,7 @@ Figures measureFlow(kj::AsyncIoContext& io, pid_t pid, Flow& flow, uint32_t inFl
                           answer.getApproved().getState() != schema::TransactionState::CAPTURED) {
                         KJ_FAIL_REQUIRE("purchase not captured", kj::str(answer));
                       }
-                      flow.acknowledgedAmount += AMOUNT;
+                      ++flow.acknowledged;
                     });
               })
           .wait(io.waitScope);
@@ -336,17 +363,19 @@ Figures measureFlow(kj::AsyncIoContext& io, pid_t pid, Flow& flow, uint32_t inFl
   }
   auto figures = fromHistogram(result.callsPerSecond, result.latency);
   figures.failed = result.failed;
-  auto purchases = (flow.acknowledgedAmount - amountBefore) / AMOUNT;
+  auto purchases = flow.acknowledged - acknowledgedBefore;
   if (purchases > 0) {
     figures.serverCpuMicros = (processCpuMicros(pid) - cpuBefore) / static_cast<double>(purchases);
+    figures.perCpuSecond = 1e6 / figures.serverCpuMicros;
   }
   return figures;
 }
 
+// The merchant's posted credits minus debits in the settlement currency.
 int64_t merchantCredits(kj::AsyncIoContext& io, Flow& flow) {
   auto request = flow.ledger.balanceRequest();
   request.setAccountId("merchant:m1");
-  request.setCurrency("EUR");
+  request.setCurrency(flow.settlement);
   auto response = request.send().wait(io.waitScope);
   return response.getBalance().getCredits().getMinorUnits() -
          response.getBalance().getDebits().getMinorUnits();
@@ -392,9 +421,16 @@ void jsonCase(std::ofstream& json, const char* name, const std::vector<Figures>&
        << ", \"p50_us\": " << over(runs, &Figures::p50Micros).median
        << ", \"p99_us\": " << over(runs, &Figures::p99Micros).median;
   if (runs.front().serverCpuMicros > 0) {
-    json << ", \"server_cpu_us_per_payment\": " << over(runs, &Figures::serverCpuMicros).median;
+    auto perCpu = over(runs, &Figures::perCpuSecond);
+    json << ", \"server_cpu_us_per_payment\": " << over(runs, &Figures::serverCpuMicros).median
+         << ", \"payments_per_server_cpu_s\": " << perCpu.median
+         << ", \"payments_per_server_cpu_s_min\": " << perCpu.min
+         << ", \"payments_per_server_cpu_s_max\": " << perCpu.max;
   }
-  json << "}";
+  uint64_t failed = 0;
+  for (auto& r : runs)
+    failed += r.failed;
+  json << ", \"failed\": " << failed << "}";
 }
 
 struct Options {
@@ -405,67 +441,46 @@ struct Options {
   double seconds = 3;
   uint32_t inFlight = 64;
   std::string json;
+  // "naive" (SQLite directly) or "grpc" (the same services as gRPC processes).
+  std::string versus = "naive";
+  std::string grpcFlow;
+  std::string grpcCard;
+  std::string plotData;
 };
 
 std::string absolutePath(const std::string& path) {
   return fs::absolute(path).lexically_normal().native();
 }
 
-int runBenchmark(const Options& options) {
-  auto plugin = [&](const char* name) {
-    auto path = absolutePath(options.plugins + "/" + name + "/" + name + ".so");
-    KJ_REQUIRE(fs::exists(path), "plugin not built", path);
-    return path;
-  };
-  fs::remove_all(options.dir);
-  fs::create_directories(options.dir);
-  auto dir = absolutePath(options.dir);
-  auto configPath = dir + "/payhostd.toml";
-  auto adminSocket = kj::str(dir, "/admin.sock");
-  auto logPath = kj::str(dir, "/payhostd.log");
-  {
-    // As payments-test: one shard, the five flow plugins, two SQLite databases in `dir`.
-    std::ofstream config(configPath);
-    config << "[host]\nshards = 1\nlog_level = \"warning\"\ndata_dir = \"" << dir << "/data\"\n"
-           << "[listen]\ntcp = [{ address = \"127.0.0.1:0\", insecure = true }]\n"
-           << "[[access]]\nidentity = \"anonymous\"\nservices = [\"*\"]\n"
-           << "[admin]\nsocket = \"" << adminSocket.cStr() << "\"\n"
-           << "[security]\nallow_unsigned = true\n"
-           << "[workers]\nmin_threads = 2\nmax_threads = 4\n"
-           << "[databases.ledger]\ndriver = \"sqlite\"\nmax_connections = 2\n"
-           << "lease_wait_ms = 10000\n"
-           << "[databases.payments]\ndriver = \"sqlite\"\nmax_connections = 2\n"
-           << "lease_wait_ms = 10000\n"
-           << "[[plugin]]\npath = \"" << plugin("card-processor")
-           << "\"\n[plugin.config]\nlatency_ms = 0\n"
-           << "[[plugin]]\npath = \"" << plugin("fraud-screen") << "\"\n"
-           << "[plugin.config.velocity]\ncard_limit = 1000000\nmerchant_limit = 1000000\n"
-           << "[[plugin]]\npath = \"" << plugin("fx") << "\"\n[plugin.config.rates]\n"
-           << "EUR_USD = \"1.0842\"\nUSD_EUR = \"0.9223\"\n"
-           << "[[plugin]]\npath = \"" << plugin("ledger") << "\"\ndatabases = [\"ledger\"]\n"
-           << "[[plugin]]\npath = \"" << plugin("payments") << "\"\ndatabases = [\"payments\"]\n";
-  }
-  fs::create_directories(dir + "/data");
-  auto io = kj::setupAsyncIo();
-  pid_t pid = startProcess({options.payhostd, "--config", configPath}, logPath);
-  KJ_DEFER(if (pid > 0) {
-    kill(pid, SIGKILL);
-    waitpid(pid, nullptr, 0);
-  });
-  uint16_t port = waitForPort(io, pid, "payhostd", [&]() { return payhostdPort(io, adminSocket); });
-  auto address =
-      io.provider->getNetwork().parseAddress(kj::str("127.0.0.1:", port)).wait(io.waitScope);
-  auto connection = address->connect().wait(io.waitScope);
-  capnp::TwoPartyClient client(*connection);
-  auto gateway = client.bootstrap().castAs<schema::Gateway>();
-  auto service = [&](const char* name) {
-    auto request = gateway.getServiceRequest();
-    request.setName(name);
-    return request.send().getService();
-  };
-  Flow flow{service("payments.payments").castAs<schema::Payments>(),
-            service("payments.ledger").castAs<schema::Ledger>()};
+// What `flow.fx` quotes for one purchase in the settlement currency (AMOUNT when it is the same).
+int64_t settledPerPurchase(kj::AsyncIoContext& io, Flow& flow) {
+  if (flow.currency == flow.settlement) return AMOUNT;
+  auto request = flow.fx.quoteRequest();
+  request.initSource().setMinorUnits(AMOUNT);
+  request.getSource().setCurrency(flow.currency);
+  request.setTargetCurrency(flow.settlement);
+  auto response = request.send().wait(io.waitScope);
+  KJ_REQUIRE(response.getResult().isQuote(), "payments.fx refused a quote");
+  return response.getResult().getQuote().getTarget().getMinorUnits();
+}
 
+// Whether the merchant's ledger balance is what the acknowledged purchases put there; prints it.
+bool checkBalance(const char* name, int64_t credits, uint64_t acknowledged, int64_t settled,
+                  uint64_t failed) {
+  auto expected = static_cast<int64_t>(acknowledged) * settled;
+  bool balanced = credits == expected;
+  std::printf("%s ledger: merchant credits %lld, acknowledged purchases %llu x %lld = %lld: %s\n",
+              name, static_cast<long long>(credits), static_cast<unsigned long long>(acknowledged),
+              static_cast<long long>(settled), static_cast<long long>(expected),
+              balanced ? "equal" : (failed > 0 ? "differ (calls failed)" : "DIFFER  <-- FAILED"));
+  return balanced;
+}
+
+// --- against SQLite directly ---------------------------------------------------------------------
+
+// Returns whether every purchase succeeded and the ledger balanced.
+bool versusNaive(kj::AsyncIoContext& io, pid_t pid, Flow& flow, const Options& options,
+                 const std::string& dir) {
   Naive naive1(dir, false);
   Naive naive3(dir, true);
   std::printf(
@@ -515,11 +530,8 @@ int runBenchmark(const Options& options) {
       "ratio flow/naive %.2fx (%.2f-%.2f); flow/naive-3 %.2fx (target: at least 5x naive)\n",
       ratio.median, ratio.min, ratio.max, ratio3.median);
 
-  int64_t credits = merchantCredits(io, flow);
-  bool balanced = credits == flow.acknowledgedAmount;
-  std::printf("ledger: merchant credits %lld, acknowledged purchases %lld: %s\n",
-              static_cast<long long>(credits), static_cast<long long>(flow.acknowledgedAmount),
-              balanced ? "equal" : (failed > 0 ? "differ (calls failed)" : "DIFFER  <-- FAILED"));
+  bool balanced = checkBalance("payhostd", merchantCredits(io, flow), flow.acknowledged,
+                               settledPerPurchase(io, flow), failed);
   if (!firstError.empty()) std::printf("first failure: %s\n", firstError.c_str());
 
   if (!options.json.empty()) {
@@ -537,6 +549,393 @@ int runBenchmark(const Options& options) {
          << ", \"ratio_flow_over_naive_3\": " << ratio3.median << ",\n  \"flow_failed\": " << failed
          << ", \"ledger_balanced\": " << (balanced ? "true" : "false") << "\n}\n";
   }
+  return failed == 0 && balanced;
+}
+
+// --- against gRPC microservices ------------------------------------------------------------------
+
+#ifdef PAYHOST_BENCH_GRPC
+
+// The flow's five services as gRPC processes calling each other (bench/grpc/flow-services.cpp;
+// the card service is payhost-bench-grpc-server), their databases in `dir`.
+class GrpcServices final {
+public:
+  // `maxBatch`: requests per durable transaction in the ledger and payments services.
+  GrpcServices(kj::AsyncIoContext& io, const Options& options, const std::string& dir,
+               const std::string& name, size_t maxBatch)
+      : name(name) {
+    auto start = [&](const char* service, std::vector<std::string> args) {
+      auto log = kj::str(dir, "/", name, "-", service, ".log");
+      pid_t pid = startProcess(kj::mv(args), log);
+      pids.push_back(pid);
+      services.push_back(service);
+      auto port =
+          waitForPort(io, pid, kj::str(name, " ", service), [&log]() { return portFromLog(log); });
+      return "127.0.0.1:" + std::to_string(port);
+    };
+    auto flowService = [&](const char* service) {
+      return std::vector<std::string>{options.grpcFlow, "--service", service, "--listen",
+                                      "127.0.0.1:0"};
+    };
+    auto withDb = [&](const char* service) {
+      auto args = flowService(service);
+      auto file = dir;
+      file.append("/").append(name).append("-").append(service).append(".sqlite");
+      args.insert(args.end(), {"--db", file, "--max-batch", std::to_string(maxBatch)});
+      return args;
+    };
+    auto card = start("card", {options.grpcCard, "--listen", "127.0.0.1:0"});
+    auto fraud = start("fraud", flowService("fraud"));
+    auto fx = start("fx", flowService("fx"));
+    auto ledger = start("ledger", withDb("ledger"));
+    auto args = withDb("payments");
+    args.insert(args.end(), {"--fraud", fraud, "--card", card, "--fx", fx, "--ledger", ledger});
+    auto payments = start("payments", kj::mv(args));
+    client = kj::heap<GrpcFlowClient>(payments, fx, ledger);
+  }
+  ~GrpcServices() noexcept(false) {
+    for (auto pid : pids) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+  KJ_DISALLOW_COPY(GrpcServices);
+
+  // CPU used so far by all the services' processes.
+  double cpuMicros() const {
+    double sum = 0;
+    for (auto pid : pids)
+      sum += processCpuMicros(pid);
+    return sum;
+  }
+
+  Figures measure(uint32_t inFlight, double seconds, int round, std::string& firstError) {
+    std::vector<double> before;
+    for (auto pid : pids)
+      before.push_back(processCpuMicros(pid));
+    double cpuBefore = cpuMicros();
+    uint64_t acknowledgedBefore = client->acknowledged();
+    auto result = client->purchase(what(), name + "-" + std::to_string(round) + "-", inFlight,
+                                   std::chrono::milliseconds(300),
+                                   std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+    KJ_IF_MAYBE (e, result.firstError) {
+      if (firstError.empty()) firstError = e->cStr();
+    }
+    auto figures = fromHistogram(result.callsPerSecond, result.latency);
+    figures.failed = result.failed;
+    auto purchases = client->acknowledged() - acknowledgedBefore;
+    if (purchases > 0) {
+      figures.serverCpuMicros = (cpuMicros() - cpuBefore) / static_cast<double>(purchases);
+      figures.perCpuSecond = 1e6 / figures.serverCpuMicros;
+      std::vector<double> perService;
+      for (size_t i = 0; i < pids.size(); ++i) {
+        perService.push_back((processCpuMicros(pids[i]) - before[i]) /
+                             static_cast<double>(purchases));
+      }
+      byService.push_back(kj::mv(perService));
+    }
+    return figures;
+  }
+
+  // Each service's CPU per purchase, median over rounds: "card 310, fraud 250, ...".
+  std::string breakdown(bool json) const {
+    std::string out;
+    for (size_t i = 0; i < services.size(); ++i) {
+      std::vector<double> values;
+      for (auto& round : byService)
+        values.push_back(round[i]);
+      char item[64];
+      snprintf(item, sizeof(item), json ? "%s\"%s\": %.1f" : "%s%s %.0f", i == 0 ? "" : ", ",
+               services[i], spread(values).median);
+      out += item;
+    }
+    return out;
+  }
+
+  bool balanced(uint64_t failed) {
+    auto settled = client->quote(AMOUNT, CURRENCY, SETTLEMENT);
+    return checkBalance(name.c_str(), client->net("merchant:m1", SETTLEMENT),
+                        client->acknowledged(), settled, failed);
+  }
+
+  // Stops every process with SIGTERM; whether each exited cleanly.
+  bool stop() {
+    client = nullptr;
+    bool clean = true;
+    for (auto pid : pids) {
+      kill(pid, SIGTERM);
+      int status = 0;
+      waitpid(pid, &status, 0);
+      clean = clean && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    }
+    pids.clear();
+    return clean;
+  }
+
+  static constexpr const char* CURRENCY = "USD";
+  static constexpr const char* SETTLEMENT = "EUR";
+
+private:
+  std::string name;
+  std::vector<pid_t> pids;
+  std::vector<const char*> services;
+  // Per measured round, each service's CPU per purchase (µs).
+  std::vector<std::vector<double>> byService;
+  kj::Own<GrpcFlowClient> client;
+
+  static GrpcPurchase what() {
+    return GrpcPurchase{"m1", AMOUNT, CURRENCY, SETTLEMENT, "tok_visa_approve"};
+  }
+};
+
+void printVersus(const char* name, const std::vector<Figures>& runs) {
+  auto rate = over(runs, &Figures::rate);
+  auto perCpu = over(runs, &Figures::perCpuSecond);
+  std::printf("  %-10s %6.0f (%.0f-%.0f) %9.1f %9.1f %10.0f %9.0f (%.0f-%.0f) %llu\n", name,
+              rate.median, rate.min, rate.max, over(runs, &Figures::p50Micros).median / 1e3,
+              over(runs, &Figures::p99Micros).median / 1e3,
+              over(runs, &Figures::serverCpuMicros).median, perCpu.median, perCpu.min, perCpu.max,
+              [&] {
+                unsigned long long failed = 0;
+                for (auto& r : runs)
+                  failed += r.failed;
+                return failed;
+              }());
+}
+
+struct Paired {
+  Spread perCpu;
+  Spread rate;
+  Spread p50;
+};
+
+Paired paired(const std::vector<Figures>& a, const std::vector<Figures>& b) {
+  std::vector<double> perCpu, rate, p50;
+  // A round where a side completed nothing has no ratio (and would print inf into the JSON).
+  auto add = [](std::vector<double>& to, double x, double y) {
+    if (x > 0 && y > 0) to.push_back(x / y);
+  };
+  for (size_t i = 0; i < a.size(); ++i) {
+    add(perCpu, a[i].perCpuSecond, b[i].perCpuSecond);
+    add(rate, a[i].rate, b[i].rate);
+    add(p50, a[i].p50Micros, b[i].p50Micros);
+  }
+  return {spread(perCpu), spread(rate), spread(p50)};
+}
+
+// Returns whether every purchase succeeded, every ledger balanced and every service stopped
+// cleanly.
+bool versusGrpc(kj::AsyncIoContext& io, pid_t pid, Flow& flow, const Options& options,
+                const std::string& dir) {
+  KJ_REQUIRE(!options.grpcFlow.empty() && !options.grpcCard.empty(),
+             "--versus grpc needs --grpc-flow and --grpc-card");
+  GrpcServices grpc(io, options, dir, "grpc", 1);
+  GrpcServices grpcBatch(io, options, dir, "grpc-batch", 512);
+  std::printf(
+      "payhost-flow-bench --versus grpc: durable purchases of %lld %s settled in %s (fraud "
+      "screen, card purchase, FX quote, two ledger transfers; SQLite WAL synchronous=FULL in %s)\n"
+      "  payhost     payhostd, one shard: payments, fraud-screen, card-processor, fx, ledger as "
+      "plugins; group commit\n"
+      "  grpc        the same five services as gRPC processes calling each other (callback API), "
+      "one durable transaction per request in ledger and payments\n"
+      "  grpc-batch  the same, ledger and payments group-committing what arrives during a commit\n"
+      "%u in flight on 1 connection; %d rounds of %.1f s per case, interleaved (order reversed "
+      "every other round); server CPU is every server process, all threads, from /proc\n\n",
+      static_cast<long long>(AMOUNT), flow.currency.cStr(), flow.settlement.cStr(), dir.c_str(),
+      options.inFlight, options.rounds, options.seconds);
+  std::fflush(stdout);
+
+  std::vector<Figures> payhostRuns, grpcRuns, batchRuns;
+  std::string firstError;
+  for (int round = 0; round < options.rounds; ++round) {
+    auto runPayhost = [&]() {
+      payhostRuns.push_back(
+          measureFlow(io, pid, flow, options.inFlight, options.seconds, round, firstError));
+    };
+    auto runGrpc = [&]() {
+      grpcRuns.push_back(grpc.measure(options.inFlight, options.seconds, round, firstError));
+    };
+    auto runBatch = [&]() {
+      batchRuns.push_back(grpcBatch.measure(options.inFlight, options.seconds, round, firstError));
+    };
+    if (round % 2 == 0) {
+      runPayhost();
+      runGrpc();
+      runBatch();
+    } else {
+      runBatch();
+      runGrpc();
+      runPayhost();
+    }
+    auto& p = payhostRuns.back();
+    auto& g = grpcRuns.back();
+    auto& b = batchRuns.back();
+    std::printf(
+        "round %d: payhost %.0f/s %.0f us CPU; grpc %.0f/s %.0f us CPU; grpc-batch %.0f/s %.0f us "
+        "CPU; payments per server-CPU-s payhost/grpc %.2fx, payhost/grpc-batch %.2fx\n",
+        round + 1, p.rate, p.serverCpuMicros, g.rate, g.serverCpuMicros, b.rate, b.serverCpuMicros,
+        p.perCpuSecond / g.perCpuSecond, p.perCpuSecond / b.perCpuSecond);
+    std::fflush(stdout);
+  }
+
+  std::printf("\nmedians over rounds (min-max):\n  %-10s %-18s %9s %9s %10s %24s %s\n", "case",
+              "payments/s", "p50 ms", "p99 ms", "CPU us/pay", "payments per server-CPU-s",
+              "failed");
+  printVersus("payhost", payhostRuns);
+  printVersus("grpc", grpcRuns);
+  printVersus("grpc-batch", batchRuns);
+  std::printf("  server CPU us per payment by service: grpc %s; grpc-batch %s\n",
+              grpc.breakdown(false).c_str(), grpcBatch.breakdown(false).c_str());
+  auto vsGrpc = paired(payhostRuns, grpcRuns);
+  auto vsBatch = paired(payhostRuns, batchRuns);
+  for (auto [name, r] :
+       {std::pair<const char*, Paired&>{"grpc", vsGrpc}, {"grpc-batch", vsBatch}}) {
+    std::printf(
+        "  payhost/%-10s payments per server-CPU-s %.2fx (%.2f-%.2f), payments/s %.2fx "
+        "(%.2f-%.2f), p50 %.2fx\n",
+        name, r.perCpu.median, r.perCpu.min, r.perCpu.max, r.rate.median, r.rate.min, r.rate.max,
+        r.p50.median);
+  }
+  std::printf(
+      "target: payhost at least 5x the payments per server-CPU-s of the gRPC services: "
+      "%.2fx against grpc (%s), %.2fx against grpc-batch (%s)\n",
+      vsGrpc.perCpu.median, vsGrpc.perCpu.median >= 5 ? "met" : "MISSED", vsBatch.perCpu.median,
+      vsBatch.perCpu.median >= 5 ? "met" : "MISSED");
+
+  uint64_t failed = 0;
+  for (auto* runs : {&payhostRuns, &grpcRuns, &batchRuns}) {
+    for (auto& r : *runs)
+      failed += r.failed;
+  }
+  bool balanced = checkBalance("payhost", merchantCredits(io, flow), flow.acknowledged,
+                               settledPerPurchase(io, flow), failed);
+  balanced = grpc.balanced(failed) && balanced;
+  balanced = grpcBatch.balanced(failed) && balanced;
+  if (!firstError.empty()) std::printf("first failure: %s\n", firstError.c_str());
+  bool stopped = grpc.stop();
+  stopped = grpcBatch.stop() && stopped;
+  if (!stopped) std::printf("a gRPC service did not stop cleanly  <-- FAILED\n");
+
+  if (!options.json.empty()) {
+    std::ofstream json(options.json);
+    json << "{\n  \"benchmark\": \"payment-flow-vs-grpc\", \"rounds\": " << options.rounds
+         << ", \"seconds\": " << options.seconds << ", \"in_flight\": " << options.inFlight
+         << ", \"amount\": " << AMOUNT << ", \"currency\": \"" << flow.currency.cStr()
+         << "\", \"settlement\": \"" << flow.settlement.cStr() << "\",\n  \"cases\": {\n";
+    jsonCase(json, "payhost", payhostRuns);
+    json << ",\n";
+    jsonCase(json, "grpc", grpcRuns);
+    json << ",\n";
+    jsonCase(json, "grpc-batch", batchRuns);
+    json << "\n  },\n  \"server_cpu_us_per_payment_by_service\": {\"grpc\": {"
+         << grpc.breakdown(true) << "}, \"grpc-batch\": {" << grpcBatch.breakdown(true)
+         << "}},\n  \"ratios\": {";
+    bool first = true;
+    for (auto [name, r] : {std::pair<const char*, Paired&>{"payhost/grpc", vsGrpc},
+                           {"payhost/grpc-batch", vsBatch}}) {
+      json << (first ? "" : ", ") << "\"" << name
+           << "\": {\"payments_per_server_cpu_s\": " << r.perCpu.median
+           << ", \"payments_per_server_cpu_s_min\": " << r.perCpu.min
+           << ", \"payments_per_server_cpu_s_max\": " << r.perCpu.max
+           << ", \"payments_per_s\": " << r.rate.median << ", \"p50\": " << r.p50.median << "}";
+      first = false;
+    }
+    json << "},\n  \"target_payments_per_server_cpu_s\": 5, \"failed\": " << failed
+         << ", \"ledger_balanced\": " << (balanced ? "true" : "false") << "\n}\n";
+  }
+  if (!options.plotData.empty()) {
+    // One table for the plot's payment-flow panel: a row per figure, a column per case.
+    std::ofstream tsv(options.plotData + "/flow.tsv");
+    tsv << "figure\tpayhost\tgrpc\tgrpc-batch\n";
+    auto row = [&](const char* label, auto field, double scale) {
+      tsv << "\"" << label << "\"";
+      for (auto* runs : {&payhostRuns, &grpcRuns, &batchRuns})
+        tsv << "\t" << over(*runs, field).median * scale;
+      tsv << "\n";
+    };
+    row("payments/s", &Figures::rate, 1);
+    row("payments per server-CPU-s", &Figures::perCpuSecond, 1);
+    row("server CPU us per payment", &Figures::serverCpuMicros, 1);
+    row("p50 ms", &Figures::p50Micros, 1e-3);
+    row("p99 ms", &Figures::p99Micros, 1e-3);
+  }
+  return failed == 0 && balanced && stopped;
+}
+
+#endif  // PAYHOST_BENCH_GRPC
+
+int runBenchmark(const Options& options) {
+  auto plugin = [&](const char* name) {
+    auto path = absolutePath(options.plugins + "/" + name + "/" + name + ".so");
+    KJ_REQUIRE(fs::exists(path), "plugin not built", path);
+    return path;
+  };
+  bool grpcMode = options.versus == "grpc";
+  KJ_REQUIRE(grpcMode || options.versus == "naive", "--versus is naive or grpc",
+             options.versus.c_str());
+#ifndef PAYHOST_BENCH_GRPC
+  KJ_REQUIRE(!grpcMode, "built without gRPC (libgrpc++-dev): --versus grpc is not available");
+#endif
+  fs::remove_all(options.dir);
+  fs::create_directories(options.dir);
+  auto dir = absolutePath(options.dir);
+  auto configPath = dir + "/payhostd.toml";
+  auto adminSocket = kj::str(dir, "/admin.sock");
+  auto logPath = kj::str(dir, "/payhostd.log");
+  {
+    // As payments-test: one shard, the five flow plugins, two SQLite databases in `dir`.
+    std::ofstream config(configPath);
+    config << "[host]\nshards = 1\nlog_level = \"warning\"\ndata_dir = \"" << dir << "/data\"\n"
+           << "[listen]\ntcp = [{ address = \"127.0.0.1:0\", insecure = true }]\n"
+           << "[[access]]\nidentity = \"anonymous\"\nservices = [\"*\"]\n"
+           << "[admin]\nsocket = \"" << adminSocket.cStr() << "\"\n"
+           << "[security]\nallow_unsigned = true\n"
+           << "[workers]\nmin_threads = 2\nmax_threads = 4\n"
+           << "[databases.ledger]\ndriver = \"sqlite\"\nmax_connections = 2\n"
+           << "lease_wait_ms = 10000\n"
+           << "[databases.payments]\ndriver = \"sqlite\"\nmax_connections = 2\n"
+           << "lease_wait_ms = 10000\n"
+           << "[[plugin]]\npath = \"" << plugin("card-processor")
+           << "\"\n[plugin.config]\nlatency_ms = 0\n"
+           << "[[plugin]]\npath = \"" << plugin("fraud-screen") << "\"\n"
+           << "[plugin.config.velocity]\ncard_limit = 1000000\nmerchant_limit = 1000000\n"
+           << "[[plugin]]\npath = \"" << plugin("fx") << "\"\n[plugin.config.rates]\n"
+           << "EUR_USD = \"1.0842\"\nUSD_EUR = \"0.9223\"\n"
+           << "[[plugin]]\npath = \"" << plugin("ledger") << "\"\ndatabases = [\"ledger\"]\n"
+           << "[[plugin]]\npath = \"" << plugin("payments") << "\"\ndatabases = [\"payments\"]\n";
+  }
+  fs::create_directories(dir + "/data");
+  auto io = kj::setupAsyncIo();
+  pid_t pid = startProcess({options.payhostd, "--config", configPath}, logPath);
+  KJ_DEFER(if (pid > 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  });
+  uint16_t port = waitForPort(io, pid, "payhostd", [&]() { return payhostdPort(io, adminSocket); });
+  auto address =
+      io.provider->getNetwork().parseAddress(kj::str("127.0.0.1:", port)).wait(io.waitScope);
+  auto connection = address->connect().wait(io.waitScope);
+  capnp::TwoPartyClient client(*connection);
+  auto gateway = client.bootstrap().castAs<schema::Gateway>();
+  auto service = [&](const char* name) {
+    auto request = gateway.getServiceRequest();
+    request.setName(name);
+    return request.send().getService();
+  };
+  // Against gRPC the purchases go through FX (USD charged, EUR settled), so every service of the
+  // flow is called; against SQLite directly they stay in EUR, as the naive writes do.
+  Flow flow{service("payments.payments").castAs<schema::Payments>(),
+            service("payments.ledger").castAs<schema::Ledger>(),
+            service("payments.fx").castAs<schema::Fx>(), grpcMode ? "USD" : "EUR", "EUR"};
+
+  bool ok = false;
+  if (grpcMode) {
+#ifdef PAYHOST_BENCH_GRPC
+    ok = versusGrpc(io, pid, flow, options, dir);
+#endif
+  } else {
+    ok = versusNaive(io, pid, flow, options, dir);
+  }
 
   kill(pid, SIGTERM);
   int status = 0;
@@ -553,7 +952,7 @@ int runBenchmark(const Options& options) {
       std::printf("  %s\n", line.c_str());
   }
   fs::remove_all(options.dir);
-  return failed == 0 && balanced && stopped ? 0 : 1;
+  return ok && stopped ? 0 : 1;
 }
 
 }  // namespace
@@ -561,7 +960,9 @@ int runBenchmark(const Options& options) {
 
 int main(int argc, char** argv) {
   payhost::bench::Options options;
-  CLI::App app{"payhost-flow-bench: durable payments through payhostd vs SQLite directly"};
+  CLI::App app{
+      "payhost-flow-bench: durable payments through payhostd vs SQLite directly or vs "
+      "the same services as gRPC processes"};
   app.add_option("--payhostd", options.payhostd, "payhostd executable")->required();
   app.add_option("--plugins", options.plugins,
                  "the build's plugins directory (card-processor/card-processor.so, ...)")
@@ -571,6 +972,14 @@ int main(int argc, char** argv) {
   app.add_option("--seconds", options.seconds, "seconds per case per round");
   app.add_option("--in-flight", options.inFlight, "purchases in flight through payhostd");
   app.add_option("--json", options.json, "write the results as JSON here");
+  app.add_option("--versus", options.versus,
+                 "naive: SQLite directly (default); grpc: the same services as gRPC processes");
+  app.add_option("--grpc-flow", options.grpcFlow,
+                 "--versus grpc: path of payhost-bench-grpc-flow (bench/grpc)");
+  app.add_option("--grpc-card", options.grpcCard,
+                 "--versus grpc: path of payhost-bench-grpc-server (the card service)");
+  app.add_option("--plot-data", options.plotData,
+                 "--versus grpc: write flow.tsv for bench/plot.gp into this folder");
   CLI11_PARSE(app, argc, argv);
   return payhost::bench::runBenchmark(options);
 }

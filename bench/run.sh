@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The benchmark suite in one command: payhostd beside bare Cap'n Proto, gRPC and the raw socket
-# floor, interleaved, then the plot.
+# floor, interleaved; then the payment flow through payhostd beside the same services as gRPC
+# processes; then the plot.
 #
 #   bash bench/run.sh [BUILD_DIR] [payhost-bench-suite options...]
 #
 # BUILD_DIR defaults to ./build (configure with -DCMAKE_BUILD_TYPE=RelWithDebInfo; the gRPC
-# baseline needs libgrpc++-dev, protobuf-compiler-grpc and libprotobuf-dev, the plot gnuplot:
-# scripts/install-deps.sh installs them). Writes bench/results/suite-DATE.json and
-# bench/results/suite-DATE.png. Defaults: 5 rounds of 3 s per server and case, 4 connections in
+# baselines need libgrpc++-dev, protobuf-compiler-grpc and libprotobuf-dev, the plot gnuplot:
+# scripts/install-deps.sh installs them). Writes bench/results/suite-DATE.json,
+# bench/results/flow-grpc-DATE.json and bench/results/suite-DATE.png. Defaults: 5 rounds of 3 s per server and case, 4 connections in
 # the multi-connection case, 1 payhostd shard; any option given here is passed on (e.g.
 # `--rounds 3 --seconds 2`, `--shards 2`, `--connections 8`, `--case "64 in flight"`).
 set -euo pipefail
@@ -16,7 +17,7 @@ build="${1:-build}"
 if [[ $# -gt 0 && "$1" != --* ]]; then shift; fi
 suite="$build/bench/payhost-bench-suite"
 if [[ ! -x "$suite" ]]; then
-  echo "run.sh: $suite not found; build it: ninja -C $build payhost-bench-suite payhostd card-processor payhost-bench-grpc-server" >&2
+  echo "run.sh: $suite not found; build it: ninja -C $build payhost-bench-suite payhostd card-processor payhost-bench-grpc-server payhost-flow-bench payhost-bench-grpc-flow fraud-screen fx ledger payments" >&2
   exit 2
 fi
 grpc=()
@@ -30,6 +31,27 @@ trap 'rm -rf "$plotdata"' EXIT
 "$suite" --payhostd "$build/host/payhostd" \
   --plugin "$build/plugins/card-processor/card-processor.so" "${grpc[@]}" \
   --json "$results/suite-$date.json" --plot-data "$plotdata" "$@"
+# The payment flow against the same services as gRPC processes (payhost-flow-bench --versus grpc),
+# with the suite's --rounds and --seconds; its JSON beside the suite's, its panel in the plot.
+flow="$build/bench/payhost-flow-bench"
+grpcflow="$build/bench/grpc/payhost-bench-grpc-flow"
+if [[ -x "$flow" && -x "$grpcflow" && ${#grpc[@]} -gt 0 ]]; then
+  flowargs=(--rounds 5 --seconds 3)
+  args=("$@")
+  for ((i = 0; i + 1 < ${#args[@]}; i++)); do
+    case "${args[i]}" in
+      --rounds) flowargs[1]="${args[i+1]}" ;;
+      --seconds) flowargs[3]="${args[i+1]}" ;;
+    esac
+  done
+  echo
+  "$flow" --payhostd "$build/host/payhostd" --plugins "$build/plugins" --versus grpc \
+    --grpc-flow "$grpcflow" --grpc-card "$build/bench/grpc/payhost-bench-grpc-server" \
+    "${flowargs[@]}" --json "$results/flow-grpc-$date.json" --plot-data "$plotdata"
+else
+  echo "run.sh: payment flow vs gRPC not measured (build payhost-flow-bench payhost-bench-grpc-flow" \
+    "payhost-bench-grpc-server fraud-screen fx ledger payments)" >&2
+fi
 if command -v gnuplot > /dev/null; then
   gnuplot -e "data='$plotdata'; output='$results/suite-$date.png'; subtitle='$(nproc) CPUs, $date'" \
     "$here/plot.gp"

@@ -45,6 +45,14 @@ uint16_t waitForPort(kj::AsyncIoContext& io, pid_t pid, kj::StringPtr name,
   KJ_FAIL_REQUIRE("server did not start within 10 s", name);
 }
 
+kj::Maybe<uint16_t> portFromLog(kj::StringPtr logPath) {
+  std::ifstream in(logPath.cStr());
+  std::string word;
+  int port = 0;
+  if (in >> word >> port && word == "listening" && port > 0) return static_cast<uint16_t>(port);
+  return nullptr;
+}
+
 kj::Maybe<uint16_t> payhostdPort(kj::AsyncIoContext& io, kj::StringPtr adminSocket) {
   try {
     auto address =

@@ -25,6 +25,10 @@ pid_t startProcess(std::vector<std::string> args, kj::StringPtr logPath);
 uint16_t waitForPort(kj::AsyncIoContext& io, pid_t pid, kj::StringPtr name,
                      kj::Function<kj::Maybe<uint16_t>()> ready);
 
+// The port a baseline server printed as its first line ("listening PORT") into `logPath`; null
+// before it did.
+kj::Maybe<uint16_t> portFromLog(kj::StringPtr logPath);
+
 // The TCP port payhostd listens on, from its admin interface once it is serving; null before.
 kj::Maybe<uint16_t> payhostdPort(kj::AsyncIoContext& io, kj::StringPtr adminSocket);
 

@@ -1,5 +1,6 @@
-// payhost-bench-grpc-server: the gRPC baseline of the benchmark suite. The card processor's
-// authorize call served by gRPC's callback API, with the same work per call as the plugin: the
+// payhost-bench-grpc-server: the gRPC baseline of the benchmark suite, and the card service of the
+// flow benchmark's gRPC microservices. The card processor's authorize (and purchase) call served
+// by gRPC's callback API, with the same work per call as the plugin: the
 // request is converted to the issuer's plain types, the same `Issuer` (plugins/card-processor,
 // compiled in) decides, and the result is converted back.
 //
@@ -80,32 +81,46 @@ public:
   ::grpc::ServerUnaryReactor* Authorize(::grpc::CallbackServerContext* context,
                                         const pb::AuthorizeRequest* request,
                                         pb::AuthorizeResponse* response) override {
-    auto metadata = kj::heapArray<card::MetadataEntry>(request->metadata_size());
-    for (int i = 0; i < request->metadata_size(); ++i) {
-      metadata[i] =
-          card::MetadataEntry{view(request->metadata(i).key()), view(request->metadata(i).value())};
-    }
-    card::AuthorizeRequest plain{
-        .merchantId = view(request->merchant_id()),
-        .amount = request->amount().minor_units(),
-        .currency = view(request->amount().currency()),
-        .cardToken = view(request->card_token()),
-        .idempotencyKey = view(request->idempotency_key()),
-        .metadata = metadata,
-    };
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      auto outcome = issuer.authorize(plain, kj::systemPreciseCalendarClock().now());
-      fill(*response->mutable_result(), outcome.result);
-    }
-    auto* reactor = context->DefaultReactor();
-    reactor->Finish(::grpc::Status::OK);
-    return reactor;
+    return decide(context, *request, *response, false);
+  }
+
+  ::grpc::ServerUnaryReactor* Purchase(::grpc::CallbackServerContext* context,
+                                       const pb::AuthorizeRequest* request,
+                                       pb::AuthorizeResponse* response) override {
+    return decide(context, *request, *response, true);
   }
 
 private:
   std::mutex mutex;
   card::Issuer& issuer;
+
+  // `purchase`: authorize and capture at once (the payment flow's card step).
+  ::grpc::ServerUnaryReactor* decide(::grpc::CallbackServerContext* context,
+                                     const pb::AuthorizeRequest& request,
+                                     pb::AuthorizeResponse& response, bool purchase) {
+    auto metadata = kj::heapArray<card::MetadataEntry>(request.metadata_size());
+    for (int i = 0; i < request.metadata_size(); ++i) {
+      metadata[i] =
+          card::MetadataEntry{view(request.metadata(i).key()), view(request.metadata(i).value())};
+    }
+    card::AuthorizeRequest plain{
+        .merchantId = view(request.merchant_id()),
+        .amount = request.amount().minor_units(),
+        .currency = view(request.amount().currency()),
+        .cardToken = view(request.card_token()),
+        .idempotencyKey = view(request.idempotency_key()),
+        .metadata = metadata,
+    };
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      auto now = kj::systemPreciseCalendarClock().now();
+      auto outcome = purchase ? issuer.purchase(plain, now) : issuer.authorize(plain, now);
+      fill(*response.mutable_result(), outcome.result);
+    }
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(::grpc::Status::OK);
+    return reactor;
+  }
 };
 
 volatile std::sig_atomic_t stopRequested = 0;
