@@ -13,6 +13,8 @@ set grid ytics
 set xtics nomirror noenhanced
 set ytics nomirror
 set logscale y
+# A server not measured in a case (TLS: only payhostd, payhostd-plain and bare-buf) is "?".
+set datafile missing "?"
 set format y "%g"
 set title "throughput: calls per second, log scale (client and servers share the cores)"
 plot for [i=2:*] data."/throughput.tsv" using i:xtic(1) title columnheader(i)
