@@ -10,7 +10,8 @@ set style fill solid 0.85 border -1
 set boxwidth 0.9
 set key top left horizontal
 set grid ytics
-set xtics nomirror noenhanced
+set xtics nomirror noenhanced rotate by 12 right font ",9"
+set bmargin 4
 set ytics nomirror
 set logscale y
 # A server not measured in a case (TLS: only payhostd, payhostd-plain and bare-buf) is "?".
