@@ -1138,6 +1138,17 @@ int runSuite(const Options& options) {
       json << ", \"measured\": false}";
       continue;
     }
+    bool failed = false;
+    for (auto* runs : {&found->host, &found->base}) {
+      for (auto& run : *runs) {
+        if (run.failed > 0 || run.callsPerSecond <= 0) failed = true;
+      }
+    }
+    if (failed) {
+      printf("  %-68s not measured (calls failed in case \"%s\")\n", target.what, target.caseName);
+      json << ", \"measured\": false}";
+      continue;
+    }
     auto ratio = paired(found->host, found->base, target.field);
     bool met = target.atLeast ? ratio.median >= target.limit : ratio.median <= target.limit;
     printf("  %-68s %.2fx (%.2f-%.2f)  %s\n", target.what, ratio.median, ratio.min, ratio.max,
