@@ -12,9 +12,12 @@ set style fill solid 0.85 border -1
 set boxwidth 0.9
 set key top left horizontal
 set grid ytics
-set xtics nomirror noenhanced
+set xtics nomirror noenhanced rotate by 12 right font ",9"
+set bmargin 4
 set ytics nomirror
 set logscale y
+# A server not measured in a case (TLS: only payhostd, payhostd-plain and bare-buf) is "?".
+set datafile missing "?"
 set format y "%g"
 set title "throughput: calls per second, log scale (client and servers share the cores)"
 plot for [i=2:*] data."/throughput.tsv" using i:xtic(1) title columnheader(i)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark suite in one command: payhostd beside bare Cap'n Proto, gRPC and the raw socket
-# floor, interleaved; then the payment flow through payhostd beside the same services as gRPC
-# processes; then the plot.
+# floor, interleaved, over TCP, unix sockets and TLS (certificates made with
+# scripts/make-certs.sh, which needs the openssl CLI); then the payment flow through payhostd beside
+# the same services as gRPC processes; then the plot.
 #
 #   bash bench/run.sh [BUILD_DIR] [payhost-bench-suite options...]
 #
@@ -28,8 +29,10 @@ date="$(date -u +%Y-%m-%d)"
 results="$here/results"
 plotdata="$(mktemp -d /tmp/payhost-bench-plot-XXXXXX)"
 trap 'rm -rf "$plotdata"' EXIT
+# The TLS cases' certificates (CA, server, client CN=bench-client), made fresh for each run.
+bash "$here/../scripts/make-certs.sh" "$plotdata/certs" bench-client > /dev/null
 "$suite" --payhostd "$build/host/payhostd" \
-  --plugin "$build/plugins/card-processor/card-processor.so" "${grpc[@]}" \
+  --plugin "$build/plugins/card-processor/card-processor.so" "${grpc[@]}" --certs "$plotdata/certs" \
   --json "$results/suite-$date.json" --plot-data "$plotdata" "$@"
 # The payment flow against the same services as gRPC processes (payhost-flow-bench --versus grpc),
 # with the suite's --rounds and --seconds; its JSON beside the suite's, its panel in the plot.

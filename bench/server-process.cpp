@@ -53,7 +53,7 @@ kj::Maybe<uint16_t> portFromLog(kj::StringPtr logPath) {
   return nullptr;
 }
 
-kj::Maybe<uint16_t> payhostdPort(kj::AsyncIoContext& io, kj::StringPtr adminSocket) {
+kj::Maybe<uint16_t> payhostdPort(kj::AsyncIoContext& io, kj::StringPtr adminSocket, size_t index) {
   try {
     auto address =
         io.provider->getNetwork().parseAddress(kj::str("unix:", adminSocket)).wait(io.waitScope);
@@ -65,7 +65,9 @@ kj::Maybe<uint16_t> payhostdPort(kj::AsyncIoContext& io, kj::StringPtr adminSock
     if (status.getState() != schema::HostState::SERVING) return nullptr;
     for (auto listener : status.getListeners()) {
       KJ_IF_MAYBE (colon, listener.findLast(':')) {
-        if (!listener.startsWith("unix:")) return atoi(listener.cStr() + *colon + 1);
+        if (!listener.startsWith("unix:") && index-- == 0) {
+          return atoi(listener.cStr() + *colon + 1);
+        }
       }
     }
   } catch (const kj::Exception&) {

@@ -11,6 +11,7 @@
 
 #include <sys/types.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -29,8 +30,10 @@ uint16_t waitForPort(kj::AsyncIoContext& io, pid_t pid, kj::StringPtr name,
 // before it did.
 kj::Maybe<uint16_t> portFromLog(kj::StringPtr logPath);
 
-// The TCP port payhostd listens on, from its admin interface once it is serving; null before.
-kj::Maybe<uint16_t> payhostdPort(kj::AsyncIoContext& io, kj::StringPtr adminSocket);
+// The port of payhostd's `index`-th TCP listener (in config order), from its admin interface once
+// it is serving; null before.
+kj::Maybe<uint16_t> payhostdPort(kj::AsyncIoContext& io, kj::StringPtr adminSocket,
+                                 size_t index = 0);
 
 // CPU time (user + system, all threads) used so far by `pid`, in microseconds.
 double processCpuMicros(pid_t pid);

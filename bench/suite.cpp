@@ -3,11 +3,11 @@
 //
 //   payhost-bench-suite --payhostd build/host/payhostd
 //       --plugin build/plugins/card-processor/card-processor.so
-//       [--grpc-server build/bench/grpc/payhost-bench-grpc-server]
+//       [--grpc-server build/bench/grpc/payhost-bench-grpc-server] [--certs DIR]
 //       [--rounds 5] [--seconds 3] [--shards 1] [--connections 4] [--json FILE] [--plot-data DIR]
 //
-// (bench/run.sh runs it with the paths of a build tree and draws the plot.) Servers, each its own
-// process listening on loopback TCP and on a unix socket:
+// (bench/run.sh runs it with the paths of a build tree, makes the certificates and draws the
+// plot.) Servers, each its own process listening on loopback TCP and on a unix socket:
 //   payhostd  the daemon: Gateway -> route (call pin, counters) -> membrane -> plugin
 //   bare      this program in `--serve-bare` mode: the plugin's service object, loaded the same
 //             way (memfd + Boost.DLL), as the bootstrap capability of a plain Cap'n Proto server,
@@ -20,20 +20,28 @@
 //             Cap'n Proto request and response sizes, echoed by a blocking thread per connection
 //             that answers every complete request it has read with one write; no parsing, no work
 // Cases: 1 call in flight (latency); 64 in flight on one connection; 64 in flight on each of
-// `--connections` connections; over TCP and over a unix socket. TLS and the payment flow are not
-// measured yet (see README.md).
+// `--connections` connections; over TCP and over a unix socket. With `--certs DIR` (made by
+// scripts/make-certs.sh DIR bench-client), also over TLS 1.3 with a client certificate:
+// payhostd's TLS listener and bare-buf behind the same TLS server code (host/rpc/tls-server.h),
+// beside payhostd's plaintext listener (`payhostd-plain`, the same process) in the same turns,
+// 1 and 64 in flight on reused connections; and connection setup: a new connection (TCP
+// connect, TLS handshake, bootstrap, `--calls-per-connection` calls, close) per unit, over TLS
+// and over plaintext, for handshakes per second and server CPU per handshake. The payment flow
+// is payhost-flow-bench (see README.md).
 //
 // Each case measures the servers in turns (payhostd, bare, grpc, raw, payhostd, ...) so drift on a
 // shared machine hits all of them. Per server and case: calls/s, p50/p99/p999 latency, server CPU
 // per call (utime+stime of the server process, all threads, from /proc), client CPU per call (this
 // process, all threads, getrusage), and calls per server-CPU-second, the headline figure where
 // client and server share the cores; medians with min-max over the rounds, and paired ratios
-// (payhostd against each baseline in the same round).
+// (payhostd against each baseline in the same round). At the end, the performance issue's
+// targets with the figure each got.
 
 #include "bench/loadgen.h"
 #include "bench/server-process.h"
 #include "host/loader/plugin-library.h"
 #include "host/rpc/buffered-stream.h"
+#include "host/rpc/tls-server.h"
 
 #include <payhost/host.capnp.h>
 #include <payhost/payments.capnp.h>
@@ -44,6 +52,7 @@
 #include <capnp/serialize.h>
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
+#include <kj/compat/tls.h>
 #include <kj/debug.h>
 
 #include <CLI/CLI.hpp>
@@ -131,16 +140,40 @@ private:
   const payhost_plugin_v1_descriptor& descriptor;
 };
 
-// Accepts connections on `listener` for `server`, each wrapped in payhostd's BufferedStream.
-kj::Promise<void> acceptBuffered(capnp::TwoPartyServer& server, kj::ConnectionReceiver& listener) {
-  return listener.accept().then([&](kj::Own<kj::AsyncIoStream> stream) {
-    server.accept(host::bufferStream(kj::mv(stream)));
-    return acceptBuffered(server, listener);
+// Accepts connections on `listener` for `server`, each wrapped in payhostd's BufferedStream;
+// with `tls`, after a TLS handshake (the buffer above TLS, as payhostd has it).
+kj::Promise<void> acceptBuffered(capnp::TwoPartyServer& server, kj::ConnectionReceiver& listener,
+                                 const host::TlsServer* tls, kj::TaskSet& handshakes) {
+  return listener.accept().then([&, tls](kj::Own<kj::AsyncIoStream> stream) {
+    if (tls == nullptr) {
+      server.accept(host::bufferStream(kj::mv(stream)));
+    } else {
+      handshakes.add(tls->accept(kj::mv(stream)).then([&](host::TlsServer::Accepted&& accepted) {
+        server.accept(host::bufferStream(kj::mv(accepted.stream)));
+      }));
+    }
+    return acceptBuffered(server, listener, tls, handshakes);
   });
 }
 
+class IgnoreFailures final : public kj::TaskSet::ErrorHandler {
+public:
+  // A failed handshake is the client's problem; the suite counts its failed calls.
+  void taskFailed(kj::Exception&&) override {}
+};
+
+host::TlsConfig tlsConfig(kj::StringPtr certs) {
+  host::TlsConfig config;
+  config.certificate = kj::str(certs, "/server.pem");
+  config.privateKey = kj::str(certs, "/server.key");
+  config.clientCa = kj::str(certs, "/ca.pem");
+  return config;
+}
+
+// Serves until SIGTERM. Prints "listening PORT" (TCP), or "listening PORT TLSPORT" when `certs`
+// names a certificate folder (buffered only).
 int serveBare(kj::StringPtr pluginPath, kj::StringPtr service, kj::StringPtr unixPath,
-              bool buffered) {
+              bool buffered, kj::StringPtr certs) {
   auto io = kj::setupAsyncIo();
   auto library = host::PluginLibrary::load(pluginPath, 1);
   auto& descriptor = library->descriptor();
@@ -150,18 +183,33 @@ int serveBare(kj::StringPtr pluginPath, kj::StringPtr service, kj::StringPtr uni
   auto instance = static_cast<Plugin*>(descriptor.create(static_cast<Context*>(&context), &error));
   KJ_REQUIRE(instance != nullptr, message);
   {
+    kj::Maybe<kj::Own<host::TlsServer>> tls;
+    if (certs.size() > 0) {
+      KJ_REQUIRE(buffered, "the bare server serves TLS only with --buffered");
+      tls = kj::atomicRefcounted<host::TlsServer>(tlsConfig(certs));
+    }
+    IgnoreFailures ignore;
+    kj::TaskSet handshakes(ignore);
     capnp::TwoPartyServer server(instance->service(service));
     auto& network = io.provider->getNetwork();
     auto listener = network.parseAddress("127.0.0.1:0").wait(io.waitScope)->listen();
     auto unixListener =
         network.parseAddress(kj::str("unix:", unixPath)).wait(io.waitScope)->listen();
-    printf("listening %u\n", listener->getPort());
+    kj::Own<kj::ConnectionReceiver> tlsListener;
+    auto serving =
+        buffered ? acceptBuffered(server, *listener, nullptr, handshakes)
+                       .exclusiveJoin(acceptBuffered(server, *unixListener, nullptr, handshakes))
+                 : server.listen(*listener).exclusiveJoin(server.listen(*unixListener));
+    KJ_IF_MAYBE (tlsServer, tls) {
+      tlsListener = network.parseAddress("127.0.0.1:0").wait(io.waitScope)->listen();
+      serving =
+          serving.exclusiveJoin(acceptBuffered(server, *tlsListener, tlsServer->get(), handshakes));
+      printf("listening %u %u\n", listener->getPort(), tlsListener->getPort());
+    } else {
+      printf("listening %u\n", listener->getPort());
+    }
     fflush(stdout);
     io.unixEventPort.captureSignal(SIGTERM);
-    auto serving =
-        buffered
-            ? acceptBuffered(server, *listener).exclusiveJoin(acceptBuffered(server, *unixListener))
-            : server.listen(*listener).exclusiveJoin(server.listen(*unixListener));
     serving.exclusiveJoin(io.unixEventPort.onSignal(SIGTERM).ignoreResult()).wait(io.waitScope);
   }
   descriptor.destroy(instance);
@@ -401,15 +449,22 @@ struct Server {
   pid_t pid = -1;
   uint16_t port = 0;
   kj::String unixPath;
+  // The TLS listener's port; 0: this server is not measured over TLS.
+  uint16_t tlsPort = 0;
+  // payhostd's plaintext TCP listener in the TLS cases only (the same process as `payhostd`):
+  // TLS's cost is payhostd over payhostd-plain, measured in the same turns.
+  bool plaintextReference = false;
 };
 
-// The port a baseline server printed ("listening PORT") into its log.
-kj::Maybe<uint16_t> printedPort(kj::StringPtr logPath) {
+// The port a baseline server printed ("listening PORT [TLSPORT]") into its log; the TLS port, when
+// printed, into `tlsPort`.
+kj::Maybe<uint16_t> printedPort(kj::StringPtr logPath, uint16_t& tlsPort) {
   std::ifstream in(logPath.cStr());
   std::string word;
-  int port = 0;
-  if (in >> word >> port && word == "listening" && port > 0) return port;
-  return nullptr;
+  int port = 0, second = 0;
+  if (!(in >> word >> port) || word != "listening" || port <= 0) return nullptr;
+  if (in >> second && second > 0) tlsPort = static_cast<uint16_t>(second);
+  return static_cast<uint16_t>(port);
 }
 
 void stopServer(Server& server) {
@@ -427,14 +482,38 @@ double clientCpuMicros() {
 
 // --- cases and measurements -------------------------------------------------------------------
 
+enum class Transport { TCP, UNIX, TLS };
+
+const char* transportName(Transport transport) {
+  switch (transport) {
+    case Transport::TCP:
+      return "tcp";
+    case Transport::UNIX:
+      return "unix";
+    case Transport::TLS:
+      return "tls";
+  }
+  return "?";
+}
+
 struct Case {
   std::string name;
   uint32_t inFlight;
   uint32_t connections;
-  // TODO(tls): a TLS transport goes here (payhostd's TLS listener, gRPC's SSL credentials), with
-  // a case for connection setup (handshake cost) beside the reused-connection cases.
-  bool unix;
+  Transport transport;
+  // 0: each of `connections` is set up once and reused for the whole run. N > 0, the
+  // connection-setup case: the unit of load is a new connection (connect, TLS handshake over TLS,
+  // bootstrap, N calls one after another, close), `inFlight` of them at once; calls/s, latency
+  // and CPU per call are then per connection.
+  uint32_t callsPerConnection = 0;
 };
+
+// Whether `server` takes part in case `c`: TLS cases only for servers with a TLS listener, and
+// payhostd-plain only there.
+bool measuredIn(const Server& server, const Case& c) {
+  if (c.transport == Transport::TLS) return server.tlsPort != 0 || server.plaintextReference;
+  return !server.plaintextReference;
+}
 
 struct Measurement {
   double callsPerSecond = 0;
@@ -450,55 +529,100 @@ struct Measurement {
 
 constexpr auto WARM_UP = 300 * kj::MILLISECONDS;
 
+// One Cap'n Proto client connection: the stream (TLS and buffered as the server wants), the
+// two-party client and the card processor's capability. Members go in reverse order.
+struct CapnpConnection {
+  kj::Own<kj::AsyncIoStream> stream;
+  kj::Own<capnp::TwoPartyClient> client;
+  CardProcessor::Client card = nullptr;
+};
+
+// Opens a connection to `address`: TLS with `tls` when given, then (but for `bare`) a
+// BufferedStream, then payhostd's Gateway.getService("payments.card") pipelined, or the bare
+// servers' bootstrap.
+kj::Promise<kj::Own<CapnpConnection>> openCapnp(kj::NetworkAddress& address, const Server& server,
+                                                kj::TlsContext* tls) {
+  return address.connect()
+      .then([tls](kj::Own<kj::AsyncIoStream> stream) -> kj::Promise<kj::Own<kj::AsyncIoStream>> {
+        if (tls != nullptr) return tls->wrapClient(kj::mv(stream), "localhost");
+        return kj::mv(stream);
+      })
+      .then([kind = server.kind](kj::Own<kj::AsyncIoStream> stream) {
+        auto connection = kj::heap<CapnpConnection>();
+        // payhostd and bare-buf buffer their end; the client buffers its own, as it must for the
+        // gain (bench/README.md). Over TLS the buffer sits above TLS, as in payhostd.
+        connection->stream =
+            kind == Kind::BARE ? kj::mv(stream) : host::bufferStream(kj::mv(stream));
+        connection->client = kj::heap<capnp::TwoPartyClient>(*connection->stream);
+        if (kind == Kind::PAYHOSTD) {
+          auto request =
+              connection->client->bootstrap().castAs<schema::Gateway>().getServiceRequest();
+          request.setName("payments.card");
+          connection->card = request.send().getService().castAs<CardProcessor>();
+        } else {
+          connection->card = connection->client->bootstrap().castAs<CardProcessor>();
+        }
+        return connection;
+      });
+}
+
 // Cap'n Proto clients (payhostd and bare): one TwoPartyClient per connection, a closed loop on
-// each, all on this thread's event loop.
+// each, all on this thread's event loop; or, in the connection-setup case, a closed loop of new
+// connections.
 LoadResult runCapnpClosedLoop(kj::AsyncIoContext& io, const Server& server, const Case& c,
-                              kj::Duration duration, kj::Function<void()> onWindowStart) {
-  struct Connection {
-    kj::Own<kj::AsyncIoStream> stream;
-    kj::Own<capnp::TwoPartyClient> client;
-    CardProcessor::Client card = nullptr;
-  };
+                              kj::TlsContext* tls, kj::Duration duration,
+                              kj::Function<void()> onWindowStart) {
   auto& network = io.provider->getNetwork();
-  auto text = c.unix ? kj::str("unix:", server.unixPath) : kj::str("127.0.0.1:", server.port);
-  std::vector<Connection> connections(c.connections);
-  for (auto& connection : connections) {
-    connection.stream = network.parseAddress(text).wait(io.waitScope)->connect().wait(io.waitScope);
-    if (server.kind != Kind::BARE) {
-      // payhostd and bare-buf buffer their end; the client buffers its own, as it must for the
-      // gain (bench/README.md).
-      connection.stream = host::bufferStream(kj::mv(connection.stream));
-    }
-    connection.client = kj::heap<capnp::TwoPartyClient>(*connection.stream);
-    if (server.kind == Kind::PAYHOSTD) {
-      auto request = connection.client->bootstrap().castAs<schema::Gateway>().getServiceRequest();
-      request.setName("payments.card");
-      connection.card = request.send().wait(io.waitScope).getService().castAs<CardProcessor>();
-    } else {
-      connection.card = connection.client->bootstrap().castAs<CardProcessor>();
-    }
-  }
+  auto text = c.transport == Transport::UNIX ? kj::str("unix:", server.unixPath)
+              : tls != nullptr               ? kj::str("127.0.0.1:", server.tlsPort)
+                                             : kj::str("127.0.0.1:", server.port);
+  auto address = network.parseAddress(text).wait(io.waitScope);
   uint64_t sequence = 0;
+  auto call = [&](CardProcessor::Client& card) {
+    auto request = card.authorizeRequest();
+    ++sequence;
+    fillRequest(request.initRequest(), kj::str("bench-", server.name, "-", sequence), sequence);
+    return request.send().then([](auto&& response) {
+      KJ_REQUIRE(response.getResult().isApproved(), "authorize was not approved");
+    });
+  };
   LoadGenerator generator(io.provider->getTimer());
   ClosedLoopOptions options;
   options.concurrency = c.inFlight;
   options.duration = duration;
   options.warmUp = WARM_UP;
-  auto runs = kj::heapArrayBuilder<kj::Promise<LoadResult>>(connections.size());
-  for (auto& connection : connections) {
-    runs.add(generator.runClosedLoop(options, [&, card = connection.card]() mutable {
-      auto request = card.authorizeRequest();
-      ++sequence;
-      fillRequest(request.initRequest(), kj::str("bench-", server.name, "-", sequence), sequence);
-      return request.send().then([](auto&& response) {
-        KJ_REQUIRE(response.getResult().isApproved(), "authorize was not approved");
-      });
-    }));
-  }
   auto started = io.provider->getTimer()
                      .afterDelay(WARM_UP)
                      .then([&]() { onWindowStart(); })
                      .eagerlyEvaluate(nullptr);
+  std::vector<kj::Own<CapnpConnection>> connections;
+  auto runs = kj::heapArrayBuilder<kj::Promise<LoadResult>>(c.connections);
+  if (c.callsPerConnection > 0) {
+    // `calls` calls one after another on `card`.
+    struct Sequential {
+      static kj::Promise<void> run(decltype(call)& call, CardProcessor::Client& card,
+                                   uint32_t calls) {
+        if (calls == 0) return kj::READY_NOW;
+        return call(card).then([&call, &card, calls]() { return run(call, card, calls - 1); });
+      }
+    };
+    for (uint32_t i = 0; i < c.connections; ++i) {
+      runs.add(generator.runClosedLoop(options, [&]() {
+        return openCapnp(*address, server, tls).then([&](kj::Own<CapnpConnection> connection) {
+          auto& card = connection->card;
+          return Sequential::run(call, card, c.callsPerConnection).attach(kj::mv(connection));
+        });
+      }));
+    }
+  } else {
+    for (uint32_t i = 0; i < c.connections; ++i) {
+      connections.push_back(openCapnp(*address, server, tls).wait(io.waitScope));
+    }
+    for (auto& connection : connections) {
+      runs.add(
+          generator.runClosedLoop(options, [&, &card = connection->card]() { return call(card); }));
+    }
+  }
   auto results = kj::joinPromises(runs.finish()).wait(io.waitScope);
   LoadResult total;
   for (auto& result : results) {
@@ -514,7 +638,7 @@ LoadResult runCapnpClosedLoop(kj::AsyncIoContext& io, const Server& server, cons
 }
 
 Measurement measure(kj::AsyncIoContext& io, const Server& server, const Case& c, MessageSizes sizes,
-                    double seconds) {
+                    kj::TlsContext* tls, double seconds) {
   double serverBefore = 0, clientBefore = 0;
   auto onWindowStart = [&]() {
     serverBefore = processCpuMicros(server.pid);
@@ -527,20 +651,25 @@ Measurement measure(kj::AsyncIoContext& io, const Server& server, const Case& c,
     case Kind::PAYHOSTD:
     case Kind::BARE:
     case Kind::BARE_BUFFERED:
-      result = runCapnpClosedLoop(io, server, c, duration.count() * kj::NANOSECONDS, onWindowStart);
+      // Over TLS but for payhostd's plaintext reference.
+      result = runCapnpClosedLoop(
+          io, server, c,
+          c.transport == Transport::TLS && !server.plaintextReference ? tls : nullptr,
+          duration.count() * kj::NANOSECONDS, onWindowStart);
       break;
     case Kind::GRPC: {
 #ifdef PAYHOST_BENCH_GRPC
-      auto address = c.unix ? std::string("unix:") + server.unixPath.cStr()
-                            : "127.0.0.1:" + std::to_string(server.port);
+      auto address = c.transport == Transport::UNIX ? std::string("unix:") + server.unixPath.cStr()
+                                                    : "127.0.0.1:" + std::to_string(server.port);
       result =
           runGrpcClosedLoop(address, c.connections, c.inFlight, warmUp, duration, onWindowStart);
 #endif
       break;
     }
     case Kind::RAW:
-      result = runRawClosedLoop(server.port, c.unix ? server.unixPath.asPtr() : "", sizes,
-                                c.connections, c.inFlight, warmUp, duration, onWindowStart);
+      result = runRawClosedLoop(server.port,
+                                c.transport == Transport::UNIX ? server.unixPath.asPtr() : "",
+                                sizes, c.connections, c.inFlight, warmUp, duration, onWindowStart);
       break;
   }
   double serverCpu = processCpuMicros(server.pid) - serverBefore;
@@ -638,14 +767,77 @@ std::string jsonEscape(const std::string& text) {
 }
 
 struct Options {
-  std::string payhostd, plugin, grpcServer, json, plotData, self;
+  std::string payhostd, plugin, grpcServer, json, plotData, self, certs;
   int rounds = 5;
   double seconds = 3;
   bool check = false;
-  uint32_t shards = 1, connections = 4;
+  uint32_t shards = 1, connections = 4, callsPerConnection = 1, setupInFlight = 4;
   std::vector<std::string> only;
   std::string otherPayhostd;
   std::vector<std::string> baselines{"bare", "bare-buf", "grpc", "raw"};
+};
+
+// The client certificate the suite presents over TLS: CN=bench-client, granted by payhostd's
+// [[access]] like any caller.
+constexpr const char* CLIENT_NAME = "bench-client";
+
+std::string readText(const std::string& path) {
+  std::ifstream in(path);
+  KJ_REQUIRE(in.good(), "cannot read; make the certificates with: bash scripts/make-certs.sh DIR",
+             CLIENT_NAME, path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// The suite's side of TLS: trusts the folder's CA and presents bench-client's certificate.
+struct ClientTls {
+  kj::Vector<kj::TlsCertificate> trusted;
+  kj::Maybe<kj::TlsKeypair> keypair;
+  kj::Own<kj::TlsContext> context;
+};
+
+kj::Own<ClientTls> makeClientTls(const std::string& certs) {
+  auto tls = kj::heap<ClientTls>();
+  auto clientKey = readText(certs + "/" + CLIENT_NAME + ".key");
+  auto clientCert = readText(certs + "/" + CLIENT_NAME + ".pem");
+  tls->trusted.add(kj::TlsCertificate(kj::StringPtr(readText(certs + "/ca.pem").c_str())));
+  tls->keypair = kj::TlsKeypair{kj::TlsPrivateKey(kj::StringPtr(clientKey.c_str())),
+                                kj::TlsCertificate(kj::StringPtr(clientCert.c_str()))};
+  kj::TlsContext::Options options;
+  options.useSystemTrustStore = false;
+  options.trustedCertificates = tls->trusted;
+  options.defaultKeypair = KJ_ASSERT_NONNULL(tls->keypair);
+  tls->context = kj::heap<kj::TlsContext>(kj::mv(options));
+  return tls;
+}
+
+// The performance issue's targets, each a paired ratio from one case of this run.
+struct Target {
+  const char* what;
+  const char* caseName;
+  const char* baseline;
+  double Measurement::*field;
+  // Met when the ratio is at least (`atLeast`) or at most this.
+  double limit;
+  bool atLeast;
+};
+
+const Target TARGETS[] = {
+    {"64 in flight, one service: calls per server-CPU-s >= 2x gRPC's",
+     "tcp, 64 in flight, 1 connection", "grpc", &Measurement::callsPerServerCpuSecond, 2.0, true},
+    {"1 in flight: p50 <= 1.3x the raw TCP floor", "tcp, 1 in flight", "raw",
+     &Measurement::p50Micros, 1.3, false},
+    {"host cost, 1 in flight: server CPU per call <= 1.05x bare-buf", "tcp, 1 in flight",
+     "bare-buf", &Measurement::serverCpuMicrosPerCall, 1.05, false},
+    {"host cost, 64 in flight: server CPU per call <= 1.05x bare-buf",
+     "tcp, 64 in flight, 1 connection", "bare-buf", &Measurement::serverCpuMicrosPerCall, 1.05,
+     false},
+    {"TLS, 1 in flight, reused: server CPU per call <= 1.4x plaintext", "tls, 1 in flight",
+     "payhostd-plain", &Measurement::serverCpuMicrosPerCall, 1.4, false},
+    {"TLS, 64 in flight, reused: server CPU per call <= 1.4x plaintext",
+     "tls, 64 in flight, 1 connection", "payhostd-plain", &Measurement::serverCpuMicrosPerCall, 1.4,
+     false},
 };
 
 int runSuite(const Options& options) {
@@ -653,6 +845,9 @@ int runSuite(const Options& options) {
   KJ_ASSERT(mkdtemp(dir) != nullptr);
   auto io = kj::setupAsyncIo();
   auto sizes = capnpMessageSizes();
+  bool tls = !options.certs.empty();
+  kj::Own<ClientTls> clientTls;
+  if (tls) clientTls = makeClientTls(options.certs);
   std::vector<Server> servers;
   // Every server started is stopped, also when a measurement throws.
   KJ_DEFER(for (auto& server : servers) stopServer(server));
@@ -665,12 +860,20 @@ int runSuite(const Options& options) {
     host.unixPath = kj::str(dir, "/", name, ".sock");
     {
       // Warning level: per-call log lines would be a cost the baselines do not pay. The port
-      // payhostd picked comes from its admin interface.
+      // payhostd picked comes from its admin interface: the plaintext TCP listener first, the
+      // TLS one second.
       std::ofstream config(configPath.cStr());
       config << "[host]\nshards = " << options.shards << "\nlog_level = \"warning\"\n[listen]\n"
-             << "tcp = [{ address = \"127.0.0.1:0\", insecure = true }]\n"
-             << "unix = [{ path = \"" << host.unixPath.cStr() << "\", insecure = true }]\n"
-             << "[[access]]\nidentity = \"anonymous\"\nservices = [\"*\"]\n"
+             << "tcp = [{ address = \"127.0.0.1:0\", insecure = true }"
+             << (tls ? ", \"127.0.0.1:0\"" : "") << "]\n"
+             << "unix = [{ path = \"" << host.unixPath.cStr() << "\", insecure = true }]\n";
+      if (tls) {
+        config << "[tls]\ncertificate = \"" << options.certs << "/server.pem\"\nprivate_key = \""
+               << options.certs << "/server.key\"\nclient_ca = \"" << options.certs
+               << "/ca.pem\"\n[[access]]\nidentity = \"" << CLIENT_NAME
+               << "\"\nservices = [\"*\"]\n";
+      }
+      config << "[[access]]\nidentity = \"anonymous\"\nservices = [\"*\"]\n"
              << "[admin]\nsocket = \"" << adminSocket.cStr()
              << "\"\n[security]\nallow_unsigned = true\n[[plugin]]\npath = \"" << options.plugin
              << "\"\n";
@@ -678,9 +881,24 @@ int runSuite(const Options& options) {
     host.pid = startProcess({path, "--config", configPath.cStr()}, kj::str(dir, "/", name, ".log"));
     host.port =
         waitForPort(io, host.pid, host.name, [&]() { return payhostdPort(io, adminSocket); });
+    if (tls) {
+      host.tlsPort =
+          waitForPort(io, host.pid, host.name, [&]() { return payhostdPort(io, adminSocket, 1); });
+    }
     servers.push_back(kj::mv(host));
   };
   startPayhostd("payhostd", options.payhostd);
+  if (tls) {
+    // payhostd's plaintext listener, as a lane of the TLS cases only.
+    Server plain;
+    plain.kind = Kind::PAYHOSTD;
+    plain.name = kj::str("payhostd-plain");
+    plain.pid = servers[0].pid;
+    plain.port = servers[0].port;
+    plain.unixPath = kj::heapString(servers[0].unixPath);
+    plain.plaintextReference = true;
+    servers.push_back(kj::mv(plain));
+  }
   if (!options.otherPayhostd.empty()) {
     // Another build of payhostd as one more baseline: what a change to the host bought.
     startPayhostd("payhostd-b", options.otherPayhostd);
@@ -703,13 +921,20 @@ int runSuite(const Options& options) {
       args.push_back(server.unixPath.cStr());
     }
     server.pid = startProcess(kj::mv(args), log);
-    server.port = waitForPort(io, server.pid, server.name, [&]() { return printedPort(log); });
+    server.port = waitForPort(io, server.pid, server.name,
+                              [&]() { return printedPort(log, server.tlsPort); });
     servers.push_back(kj::mv(server));
     return true;
   };
   startBaseline(Kind::BARE, "bare", {options.self, "--serve-bare", "--plugin", options.plugin});
-  startBaseline(Kind::BARE_BUFFERED, "bare-buf",
-                {options.self, "--serve-bare", "--buffered", "--plugin", options.plugin});
+  std::vector<std::string> bareBuffered{options.self, "--serve-bare", "--buffered", "--plugin",
+                                        options.plugin};
+  if (tls) {
+    // The same TLS server code as payhostd's (host/rpc/tls-server.h), the buffer above it.
+    bareBuffered.push_back("--certs");
+    bareBuffered.push_back(options.certs);
+  }
+  startBaseline(Kind::BARE_BUFFERED, "bare-buf", kj::mv(bareBuffered));
   bool haveGrpc = false;
 #ifdef PAYHOST_BENCH_GRPC
   if (!options.grpcServer.empty()) {
@@ -721,12 +946,22 @@ int runSuite(const Options& options) {
 
   uint32_t n = options.connections;
   std::vector<Case> cases = {
-      {"tcp, 1 in flight", 1, 1, false},
-      {"tcp, 64 in flight, 1 connection", 64, 1, false},
-      {"tcp, 64 in flight x " + std::to_string(n) + " connections", 64, n, false},
-      {"unix, 1 in flight", 1, 1, true},
-      {"unix, 64 in flight, 1 connection", 64, 1, true},
+      {"tcp, 1 in flight", 1, 1, Transport::TCP},
+      {"tcp, 64 in flight, 1 connection", 64, 1, Transport::TCP},
+      {"tcp, 64 in flight x " + std::to_string(n) + " connections", 64, n, Transport::TCP},
+      {"unix, 1 in flight", 1, 1, Transport::UNIX},
+      {"unix, 64 in flight, 1 connection", 64, 1, Transport::UNIX},
   };
+  if (tls) {
+    uint32_t calls = options.callsPerConnection;
+    cases.push_back({"tls, 1 in flight", 1, 1, Transport::TLS});
+    cases.push_back({"tls, 64 in flight, 1 connection", 64, 1, Transport::TLS});
+    cases.push_back(
+        {(calls == 1 ? std::string("tls, new connection per call, ")
+                     : "tls, new connection per " + std::to_string(calls) + " calls, ") +
+             std::to_string(options.setupInFlight) + " in flight",
+         options.setupInFlight, 1, Transport::TLS, calls});
+  }
   if (!options.only.empty()) {
     std::vector<Case> chosen;
     for (auto& c : cases) {
@@ -746,17 +981,22 @@ int runSuite(const Options& options) {
          machine.c_str(), options.shards, options.rounds, options.seconds);
   printf("raw floor messages: request %zu B, response %zu B (the Cap'n Proto RPC sizes)\n",
          sizes.request, sizes.response);
-  printf("gRPC baseline: %s\n\n", haveGrpc ? "callback server (bench/grpc)"
-                                           : "NOT MEASURED (not built or --grpc-server not given)");
+  printf("gRPC baseline: %s\n", haveGrpc ? "callback server (bench/grpc), not over TLS"
+                                         : "NOT MEASURED (not built or --grpc-server not given)");
+  printf("TLS: %s\n\n",
+         tls ? "TLS 1.3, client certificate (CN=bench-client), payhostd and bare-buf; "
+               "payhostd-plain is payhostd's plaintext listener in the same turns"
+             : "NOT MEASURED (no --certs DIR; bench/run.sh makes them)");
   fflush(stdout);
 
   std::ostringstream json;
   json << "{\n  \"benchmark\": \"suite\",\n  \"machine\": \"" << jsonEscape(machine)
        << "\",\n  \"rounds\": " << options.rounds << ",\n  \"seconds\": " << options.seconds
        << ",\n  \"shards\": " << options.shards << ",\n  \"request_bytes\": " << sizes.request
-       << ",\n  \"response_bytes\": " << sizes.response
-       << ",\n  \"not_measured\": [\"tls: not yet\", \"payment flow: not yet\"],\n  \"cases\": [";
-  // Plot data: one row per case, a column per server.
+       << ",\n  \"response_bytes\": " << sizes.response << ",\n  \"not_measured\": ["
+       << (tls ? "\"grpc over tls\"" : "\"tls: no --certs\"")
+       << ", \"payment flow: payhost-flow-bench\"],\n  \"cases\": [";
+  // Plot data: one row per case, a column per server ("?" where it is not measured).
   std::ostringstream plot[3];
   const char* plotNames[3] = {"throughput", "cpu", "latency"};
   for (auto& out : plot) {
@@ -765,27 +1005,52 @@ int runSuite(const Options& options) {
       out << "\t" << server.name.cStr();
     out << "\n";
   }
+  // payhostd's and each baseline's runs per case, for the targets.
+  struct PairedRuns {
+    std::string caseName, baseline;
+    std::vector<Measurement> host, base;
+  };
+  std::vector<PairedRuns> pairedRuns;
   bool firstCase = true;
   bool checkFailed = false;
   for (auto& c : cases) {
+    std::vector<size_t> lanes;
+    for (size_t s = 0; s < servers.size(); ++s) {
+      if (measuredIn(servers[s], c)) lanes.push_back(s);
+    }
     std::vector<std::vector<Measurement>> runs(servers.size());
     for (int round = 0; round < options.rounds; ++round) {
-      for (size_t s = 0; s < servers.size(); ++s) {
-        runs[s].push_back(measure(io, servers[s], c, sizes, options.seconds));
+      for (size_t s : lanes) {
+        runs[s].push_back(measure(io, servers[s], c, sizes,
+                                  clientTls.get() != nullptr ? clientTls->context.get() : nullptr,
+                                  options.seconds));
       }
     }
     printf("%s\n", c.name.c_str());
-    printf("  %-9s %20s %9s %9s %9s %10s %10s %22s %s\n", "server", "calls/s (min-max)", "p50 us",
+    if (c.callsPerConnection > 0) {
+      printf(
+          "  (per connection: connect, %s bootstrap, %u call(s), close; calls/s is connections/s, "
+          "latency and CPU are per connection)\n",
+          c.transport == Transport::TLS ? "TLS handshake (payhostd-plain: none)," : "",
+          c.callsPerConnection);
+    }
+    printf("  %-14s %20s %9s %9s %9s %10s %10s %22s %s\n", "server", "calls/s (min-max)", "p50 us",
            "p99 us", "p999 us", "server us", "client us", "calls/server-CPU-s", "failed");
     json << (firstCase ? "" : ",") << "\n    {\"case\": \"" << c.name
          << "\", \"in_flight\": " << c.inFlight << ", \"connections\": " << c.connections
-         << ", \"transport\": \"" << (c.unix ? "unix" : "tcp") << "\"";
+         << ", \"transport\": \"" << transportName(c.transport)
+         << "\", \"calls_per_connection\": " << c.callsPerConnection;
     firstCase = false;
     std::string label = "\"" + c.name + "\"";
     for (auto& out : plot)
       out << label;
     for (size_t s = 0; s < servers.size(); ++s) {
       auto& r = runs[s];
+      if (r.empty()) {
+        for (auto& out : plot)
+          out << "\t?";
+        continue;
+      }
       auto cps = stat(column(r, &Measurement::callsPerSecond));
       auto cpu = stat(column(r, &Measurement::callsPerServerCpuSecond));
       uint64_t failed = 0;
@@ -797,7 +1062,7 @@ int runSuite(const Options& options) {
       }
       char range[64];
       snprintf(range, sizeof(range), "%.0f (%.0f-%.0f)", cps.median, cps.min, cps.max);
-      printf("  %-9s %20s %9.1f %9.1f %9.1f %10.2f %10.2f %9.0f (%.0f-%.0f) %llu%s%s\n",
+      printf("  %-14s %20s %9.1f %9.1f %9.1f %10.2f %10.2f %9.0f (%.0f-%.0f) %llu%s%s\n",
              servers[s].name.cStr(), range, stat(column(r, &Measurement::p50Micros)).median,
              stat(column(r, &Measurement::p99Micros)).median,
              stat(column(r, &Measurement::p999Micros)).median,
@@ -824,14 +1089,15 @@ int runSuite(const Options& options) {
     // Paired ratios: payhostd against each baseline, round by round.
     json << ", \"ratios\": {";
     bool firstRatio = true;
-    for (size_t s = 1; s < servers.size(); ++s) {
+    for (size_t s : lanes) {
+      if (s == 0) continue;
       auto cpu = paired(runs[0], runs[s], &Measurement::callsPerServerCpuSecond);
       auto cpuPerCall = paired(runs[0], runs[s], &Measurement::serverCpuMicrosPerCall);
       auto p50 = paired(runs[0], runs[s], &Measurement::p50Micros);
       auto rate = paired(runs[0], runs[s], &Measurement::callsPerSecond);
       printf(
-          "  payhostd/%-5s calls per server-CPU-s %.2fx (%.2f-%.2f), server CPU per call %.2fx, "
-          "calls/s %.2fx, p50 %.2fx (%.2f-%.2f)\n",
+          "  payhostd/%-14s calls per server-CPU-s %.2fx (%.2f-%.2f), server CPU per call "
+          "%.2fx, calls/s %.2fx, p50 %.2fx (%.2f-%.2f)\n",
           servers[s].name.cStr(), cpu.median, cpu.min, cpu.max, cpuPerCall.median, rate.median,
           p50.median, p50.min, p50.max);
       json << (firstRatio ? "" : ", ") << "\"payhostd/" << servers[s].name.cStr()
@@ -839,15 +1105,60 @@ int runSuite(const Options& options) {
            << ", \"server_cpu_per_call\": " << cpuPerCall.median
            << ", \"calls_per_s\": " << rate.median << ", \"p50\": " << p50.median << "}";
       firstRatio = false;
+      pairedRuns.push_back({c.name, servers[s].name.cStr(), runs[0], runs[s]});
     }
     json << "}}";
+    if (c.callsPerConnection > 0 && c.transport == Transport::TLS && runs[1].size() > 0 &&
+        servers[1].plaintextReference) {
+      auto tlsCpu = stat(column(runs[0], &Measurement::serverCpuMicrosPerCall)).median;
+      auto plainCpu = stat(column(runs[1], &Measurement::serverCpuMicrosPerCall)).median;
+      printf(
+          "  TLS connection setup: %.0f handshakes/s, %.0f us of payhostd CPU per handshake "
+          "(%.0f us per TLS connection less %.0f us per plaintext one)\n",
+          stat(column(runs[0], &Measurement::callsPerSecond)).median, tlsCpu - plainCpu, tlsCpu,
+          plainCpu);
+    }
     printf("\n");
     fflush(stdout);
   }
+  // The targets, from the cases run.
+  printf("targets (issue 7), paired ratios from this run, median (min-max) over rounds:\n");
+  json << "\n  ],\n  \"targets\": [";
+  bool firstTarget = true;
+  for (auto& target : TARGETS) {
+    const PairedRuns* found = nullptr;
+    for (auto& p : pairedRuns) {
+      if (p.caseName == target.caseName && p.baseline == target.baseline) found = &p;
+    }
+    json << (firstTarget ? "" : ",") << "\n    {\"target\": \"" << target.what << "\"";
+    firstTarget = false;
+    if (found == nullptr) {
+      printf("  %-68s not measured (case \"%s\" or baseline %s not run)\n", target.what,
+             target.caseName, target.baseline);
+      json << ", \"measured\": false}";
+      continue;
+    }
+    bool failed = false;
+    for (auto* runs : {&found->host, &found->base}) {
+      for (auto& run : *runs) {
+        if (run.failed > 0 || run.callsPerSecond <= 0) failed = true;
+      }
+    }
+    if (failed) {
+      printf("  %-68s not measured (calls failed in case \"%s\")\n", target.what, target.caseName);
+      json << ", \"measured\": false}";
+      continue;
+    }
+    auto ratio = paired(found->host, found->base, target.field);
+    bool met = target.atLeast ? ratio.median >= target.limit : ratio.median <= target.limit;
+    printf("  %-68s %.2fx (%.2f-%.2f)  %s\n", target.what, ratio.median, ratio.min, ratio.max,
+           met ? "met" : "MISSED");
+    json << ", \"measured\": true, \"ratio\": " << ratio.median << ", \"ratio_min\": " << ratio.min
+         << ", \"ratio_max\": " << ratio.max << ", \"met\": " << (met ? "true" : "false") << "}";
+  }
+  printf("  %-68s measured by payhost-flow-bench, not here\n",
+         "payment flow: payments per CPU-s >= 5x four gRPC services");
   json << "\n  ]\n}\n";
-  printf(
-      "not measured yet: TLS (connection reuse and handshake cost) and the payment flow "
-      "(fraud screen, card processor, FX, ledger) against four gRPC services\n");
   if (!options.json.empty()) {
     std::ofstream(options.json) << json.str();
     printf("results written to %s\n", options.json.c_str());
@@ -881,6 +1192,17 @@ int main(int argc, char** argv) {
   app.add_option("--shards", options.shards, "payhostd's event loops")->capture_default_str();
   app.add_option("--connections", options.connections, "connections of the multi-connection case")
       ->capture_default_str();
+  app.add_option("--certs", options.certs,
+                 "run the TLS cases with the certificates in this folder (made by bash "
+                 "scripts/make-certs.sh DIR bench-client)");
+  app.add_option("--calls-per-connection", options.callsPerConnection,
+                 "calls per new connection in the TLS connection-setup case")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--setup-in-flight", options.setupInFlight,
+                 "connections being set up at once in the connection-setup case")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--case", options.only, "run only the cases whose name contains this (repeat)");
   app.add_flag("--check", options.check,
                "exit 1 when any server failed a call or completed none (the smoke test)");
@@ -897,7 +1219,9 @@ int main(int argc, char** argv) {
   app.add_option("--unix", unixPath, "internal: the unix socket a baseline server listens on");
   CLI11_PARSE(app, argc, argv);
   try {
-    if (serveBare) return payhost::bench::serveBare(options.plugin, service, unixPath, buffered);
+    if (serveBare) {
+      return payhost::bench::serveBare(options.plugin, service, unixPath, buffered, options.certs);
+    }
     if (serveRaw) return payhost::bench::serveRaw(unixPath);
     if (options.payhostd.empty() || options.plugin.empty()) {
       fprintf(stderr, "payhost-bench-suite: --payhostd and --plugin are required\n");
@@ -909,8 +1233,8 @@ int main(int argc, char** argv) {
     self[n] = '\0';
     options.self = self;
     // Servers run from a temporary folder: paths must not be relative.
-    for (auto* path :
-         {&options.payhostd, &options.plugin, &options.grpcServer, &options.otherPayhostd}) {
+    for (auto* path : {&options.payhostd, &options.plugin, &options.grpcServer,
+                       &options.otherPayhostd, &options.certs}) {
       if (path->empty()) continue;
       char* absolute = realpath(path->c_str(), nullptr);
       if (absolute == nullptr) {
