@@ -4,8 +4,9 @@
 // most `maxBatch` requests. With `maxBatch` 1 that is the straightforward service, one durable
 // transaction per request; above 1 it group-commits like <payhost/group-commit.h>.
 //
-// Statements are prepared anew each time, as host/pools/sql-pool.cpp does, so the gRPC services
-// do the same SQL work as the plugins in payhostd.
+// The connection is the very one payhostd's pools use (sdk/src/sql-connection.h: the same
+// settings, statements kept prepared, the same transaction), so the gRPC services do the same SQL
+// work as the plugins in payhostd.
 //
 // Thread-safe: `submit` from any thread. Results are delivered on the committer's thread.
 
@@ -23,29 +24,9 @@
 
 #include <cstddef>
 
-struct sqlite3;
+#include "sdk/src/sql-connection.h"
 
 namespace payhost::bench {
-
-// One connection; one thread at a time.
-class SqliteConnection final {
-public:
-  // Opens (creating) `path` in WAL mode with synchronous=FULL.
-  explicit SqliteConnection(kj::StringPtr path);
-  ~SqliteConnection() noexcept(false);
-  KJ_DISALLOW_COPY(SqliteConnection);
-
-  // Runs `work` in one BEGIN IMMEDIATE .. COMMIT transaction; rolls back and rethrows when it
-  // throws. Returns once the commit is durable.
-  void transaction(kj::FunctionParam<void(SqlTransaction&)> work);
-
-private:
-  class Transaction;
-  sqlite3* db = nullptr;
-  kj::String path;
-
-  SqlResult execute(kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params);
-};
 
 template <typename Item, typename Result>
 class Committer final {
@@ -58,9 +39,9 @@ public:
   // Opens `path` and runs `setup` (e.g. the plugin's createSchema) in a first transaction.
   Committer(kj::StringPtr path, BatchFunction batch, size_t maxBatch,
             kj::FunctionParam<void(SqlTransaction&)> setup)
-      : connection(path), batch(batch), maxBatch(maxBatch) {
+      : connection("bench", path), batch(batch), maxBatch(maxBatch) {
     KJ_REQUIRE(maxBatch >= 1);
-    connection.transaction(setup);
+    _::runTransaction(connection, setup);
     thread = kj::heap<kj::Thread>([this]() { loop(); });
   }
   ~Committer() noexcept(false) {
@@ -87,7 +68,7 @@ private:
     size_t commits = 0;
   };
 
-  SqliteConnection connection;
+  _::SqliteConnection connection;
   BatchFunction batch;
   size_t maxBatch;
   kj::MutexGuarded<State> state;
@@ -125,7 +106,7 @@ private:
     auto owned = items.finish();
     kj::Array<Result> results;
     auto failure = kj::runCatchingExceptions([&]() {
-      connection.transaction([&](SqlTransaction& tx) {
+      _::runTransaction(connection, [&](SqlTransaction& tx) {
         results = batch(tx, owned.asPtr().asConst());
         if (results.size() != owned.size()) {
           kj::throwFatalException(

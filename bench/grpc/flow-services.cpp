@@ -289,7 +289,7 @@ public:
   LedgerService(kj::StringPtr path, size_t maxBatch)
       : commits(path, &applyLedger, maxBatch,
                 [](SqlTransaction& tx) { ledger::createSchema(tx, SqlDialect::SQLITE); }),
-        reads(path) {}
+        reads("bench", path) {}
   ~LedgerService() noexcept override {}
 
   ::grpc::ServerUnaryReactor* TransferAll(::grpc::CallbackServerContext* context,
@@ -333,7 +333,7 @@ public:
     kj::Maybe<ledger::Balance> found;
     {
       std::lock_guard<std::mutex> lock(readMutex);
-      reads.transaction([&](SqlTransaction& tx) {
+      _::runTransaction(reads, [&](SqlTransaction& tx) {
         found = ledger::loadBalance(tx, view(request->account_id()), view(request->currency()));
       });
     }
@@ -355,7 +355,7 @@ public:
 private:
   Committer<ledger::Operation, ledger::Outcome> commits;
   std::mutex readMutex;
-  SqliteConnection reads;
+  _::SqliteConnection reads;
 
   ::grpc::ServerUnaryReactor* submit(::grpc::CallbackServerContext* context,
                                      ledger::Operation operation, pb::LedgerResult& response) {

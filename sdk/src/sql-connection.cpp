@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 
 #include <cstdlib>
+#include <string>
 
 namespace payhost::_ {
 
@@ -74,23 +75,56 @@ SqliteConnection::SqliteConnection(kj::StringPtr database, kj::StringPtr path)
 }
 
 SqliteConnection::~SqliteConnection() noexcept(false) {
+  for (auto& entry : statements)
+    sqlite3_finalize(entry.second);
   sqlite3_close_v2(db);
 }
 
 SqlResult SqliteConnection::execute(kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params) {
+  auto found = statements.find(std::string_view(sql.begin(), sql.size()));
+  if (found != statements.end()) return runCached(found->second, sql, params);
   const char* rest = sql.cStr();
   SqlResult last;
   while (*rest != '\0') {
     sqlite3_stmt* statement = nullptr;
     const char* tail = nullptr;
-    if (sqlite3_prepare_v2(db, rest, -1, &statement, &tail) != SQLITE_OK) fail(sql);
+    if (sqlite3_prepare_v3(db, rest, -1, SQLITE_PREPARE_PERSISTENT, &statement, &tail) !=
+        SQLITE_OK) {
+      fail(sql);
+    }
+    if (statement == nullptr) {  // only whitespace or a comment
+      rest = tail;
+      continue;
+    }
+    if (rest == sql.cStr() && *tail == '\0') {
+      // One statement, the common case: kept prepared for the next time (SQLite prepares it
+      // again by itself when the schema changed). Plugins run a few fixed statements; text
+      // that varies from call to call would only fill the cache, so it is emptied when full.
+      if (statements.size() >= MAX_STATEMENTS) {
+        for (auto& entry : statements)
+          sqlite3_finalize(entry.second);
+        statements.clear();
+      }
+      statements.emplace(std::string(sql.cStr(), sql.size()), statement);
+      return runCached(statement, sql, params);
+    }
     KJ_DEFER(sqlite3_finalize(statement));
     rest = tail;
-    if (statement == nullptr) continue;  // only whitespace or a comment
     bind(statement, sql, params);
     last = run(statement, sql);
   }
   return last;
+}
+
+SqlResult SqliteConnection::runCached(sqlite3_stmt* statement, kj::StringPtr sql,
+                                      kj::ArrayPtr<const SqlParam> params) {
+  // Ready for its next use whatever happens (a failed step, a missing parameter).
+  KJ_DEFER({
+    sqlite3_reset(statement);
+    sqlite3_clear_bindings(statement);
+  });
+  bind(statement, sql, params);
+  return run(statement, sql);
 }
 
 void SqliteConnection::fail(kj::StringPtr sql) {
@@ -136,10 +170,13 @@ void SqliteConnection::bind(sqlite3_stmt* statement, kj::StringPtr sql,
 }
 
 SqlResult SqliteConnection::run(sqlite3_stmt* statement, kj::StringPtr sql) {
-  int columns = sqlite3_column_count(statement);
   kj::Vector<SqlValue> cells;
+  int columns = 0;
   for (;;) {
     int status = sqlite3_step(statement);
+    // Counted after the first step: a kept statement may just have been prepared again for a
+    // changed schema (a `SELECT *` over a table that gained a column).
+    columns = sqlite3_column_count(statement);
     if (status == SQLITE_DONE) break;
     if (status != SQLITE_ROW) fail(sql);
     for (int c = 0; c < columns; ++c) {

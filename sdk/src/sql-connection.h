@@ -16,6 +16,11 @@
 #include <kj/function.h>
 #include <kj/string.h>
 
+#include <functional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
 struct sqlite3;
 struct sqlite3_stmt;
 
@@ -47,7 +52,8 @@ void runTransaction(SqlConnection& connection, kj::FunctionParam<void(SqlTransac
 // Messages (FAILED, description exactly as written): "database NAME: cannot open SQLite file
 // PATH: ...", "database NAME: SQLite file PATH refused WAL mode", "database NAME: <SQLite's
 // message> (in: SQL)", "database NAME: parameter $K has no value (N given; write them $1..$N)
-// (in: SQL)". `database` is borrowed and must outlive the connection.
+// (in: SQL)". `database` is borrowed and must outlive the connection. A single statement stays
+// prepared, by its text, for the next call that runs the same text.
 class SqliteConnection final : public SqlConnection {
 public:
   // Creates the file when it does not exist. Throws when it cannot be opened or refuses WAL.
@@ -61,12 +67,22 @@ public:
   bool broken() override { return false; }
 
 private:
+  struct StringHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view text) const { return std::hash<std::string_view>{}(text); }
+  };
+  // Prepared statements kept by their SQL text, at most this many (then all are dropped).
+  static constexpr size_t MAX_STATEMENTS = 128;
+
   kj::StringPtr database;
   sqlite3* db = nullptr;
+  std::unordered_map<std::string, sqlite3_stmt*, StringHash, std::equal_to<>> statements;
 
   [[noreturn]] void fail(kj::StringPtr sql);
   void bind(sqlite3_stmt* statement, kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params);
   SqlResult run(sqlite3_stmt* statement, kj::StringPtr sql);
+  SqlResult runCached(sqlite3_stmt* statement, kj::StringPtr sql,
+                      kj::ArrayPtr<const SqlParam> params);
 };
 
 }  // namespace payhost::_

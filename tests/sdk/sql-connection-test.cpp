@@ -159,5 +159,50 @@ TEST(SqliteConnection, RunTransactionCommitsOrRollsBackAndRethrows) {
   EXPECT_EQ(count("parent"), 2);
 }
 
+// A statement run again is the one kept prepared: its new parameters count, a failure leaves it
+// usable, a schema change is seen, and more distinct statements than it keeps still run.
+TEST(SqliteConnection, KeptStatementsRunAgainWithNewParametersAfterFailuresAndSchemaChanges) {
+  TemporaryDirectory dir;
+  SqliteConnection connection("store", dir.file("store.sqlite"));
+  connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL)", nullptr);
+  const kj::StringPtr insert = "INSERT INTO t (id, name) VALUES ($1, $2)";
+  for (int64_t id = 1; id <= 3; ++id) {
+    auto name = kj::str("n", id);
+    const SqlParam params[] = {id, name};
+    EXPECT_EQ(connection.execute(insert, params).changes(), 1u);
+  }
+  // The same text, a duplicate key: fails, and the next run of it works.
+  const SqlParam duplicate[] = {int64_t{2}, kj::StringPtr("again")};
+  EXPECT_NE(errorOf([&]() {
+              connection.execute(insert, duplicate);
+            }).find("UNIQUE constraint failed: t.id"),
+            std::string::npos);
+  const SqlParam fourth[] = {int64_t{4}, kj::StringPtr("n4")};
+  EXPECT_EQ(connection.execute(insert, fourth).changes(), 1u);
+  const kj::StringPtr select = "SELECT * FROM t WHERE id >= $1 ORDER BY id";
+  const SqlParam fromTwo[] = {int64_t{2}};
+  auto rows = connection.execute(select, fromTwo);
+  ASSERT_EQ(rows.rowCount(), 3u);
+  EXPECT_EQ(rows.text(0, 1), "n2");
+  EXPECT_EQ(connection.execute(select, {int64_t{4}}).rowCount(), 1u);
+  // A column added after the statement was kept: the next run returns it.
+  connection.execute("ALTER TABLE t ADD COLUMN note TEXT DEFAULT 'x'", nullptr);
+  auto wider = connection.execute(select, fromTwo);
+  ASSERT_EQ(wider.columnCount(), 3u);
+  EXPECT_EQ(wider.text(2, 2), "x");
+  // Many distinct texts (more than are kept), each run twice, all answer right.
+  for (int i = 0; i < 300; ++i) {
+    auto sql = kj::str("SELECT ", i, " + $1");
+    EXPECT_EQ(connection.execute(sql, {int64_t{1}}).integer(0, 0), i + 1);
+    EXPECT_EQ(connection.execute(sql, {int64_t{2}}).integer(0, 0), i + 2);
+  }
+  // Nothing kept holds the file: another connection can take an exclusive lock and checkpoint.
+  SqliteConnection other("store", dir.file("store.sqlite"));
+  auto checkpoint = other.execute("PRAGMA wal_checkpoint(TRUNCATE)", nullptr);
+  EXPECT_EQ(checkpoint.integer(0, 0), 0) << "a kept statement still reads";
+  runTransaction(other, [](SqlTransaction& tx) { tx.execute("DELETE FROM t", {}); });
+  EXPECT_EQ(connection.execute(select, fromTwo).rowCount(), 0u);
+}
+
 }  // namespace
 }  // namespace payhost::_
