@@ -60,6 +60,9 @@ SqliteConnection::SqliteConnection(kj::StringPtr database, kj::StringPtr path)
   }
   // The destructor does not run when the constructor throws.
   KJ_ON_SCOPE_FAILURE({
+    for (auto& entry : statements)
+      sqlite3_finalize(entry.second);
+    statements.clear();
     sqlite3_close_v2(db);
     db = nullptr;
   });

@@ -388,8 +388,9 @@ TEST_F(HotSwap, SwapsUnderLoadFailNoCallAndUnmapEveryOldVersion) {
   }
   // ...and at many switches calls were still in flight on the old version, and finished there.
   // (Not at every one: with 2 ms calls, a switch that takes a few ms on busy shards, as in a
-  // sanitized build, finds none left. Seen: 68 to 81 of 120 switches, 44 under ASan.)
-  EXPECT_GE(swapsWithCallsDrained, SWAPS / 10);
+  // sanitized build, finds none left. Seen: 68 to 98 of 120 switches, 44 under ASan, and 11
+  // under ASan while another build ran on the same two cores.)
+  EXPECT_GE(swapsWithCallsDrained, SWAPS / 20);
   auto hostStatusResponse = status(admin);
   auto hostStatus = hostStatusResponse.getStatus();
   EXPECT_EQ(hostStatus.getCallsFailed(), 0u);
