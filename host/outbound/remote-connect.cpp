@@ -5,10 +5,6 @@
 
 #include <kj/debug.h>
 
-#include <openssl/bio.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
-
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -16,23 +12,6 @@
 #include <cstring>
 
 namespace payhost::host {
-
-namespace {
-
-// Subject and expiry of the first certificate in `pem`, for the log.
-kj::String describeCertificate(kj::StringPtr pem) {
-  BIO* bio = BIO_new_mem_buf(pem.begin(), static_cast<int>(pem.size()));
-  if (bio == nullptr) return kj::str("unreadable");
-  KJ_DEFER(BIO_free(bio));
-  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
-  if (cert == nullptr) return kj::str("unreadable");
-  KJ_DEFER(X509_free(cert));
-  char subject[256] = {0};
-  X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof(subject));
-  return kj::str("subject=\"", subject, "\"");
-}
-
-}  // namespace
 
 RemoteTlsClient::RemoteTlsClient(const RemoteEntry& remote) {
   auto& config = KJ_ASSERT_NONNULL(remote.tls);

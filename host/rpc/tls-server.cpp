@@ -70,25 +70,6 @@ kj::String certificateIdentity(kj::TlsPeerIdentity& peer, ClientIdentity source)
                " subjectAltName ([tls] identity = \"", uri ? "san-uri" : "san-dns", "\")");
 }
 
-// Subject and expiry of the first certificate in `pem`, for the log.
-kj::String describeCertificate(kj::StringPtr pem) {
-  BIO* bio = BIO_new_mem_buf(pem.begin(), static_cast<int>(pem.size()));
-  if (bio == nullptr) return kj::str("unreadable");
-  KJ_DEFER(BIO_free(bio));
-  X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
-  if (cert == nullptr) return kj::str("unreadable");
-  KJ_DEFER(X509_free(cert));
-  char subject[256] = {0};
-  X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof(subject));
-  BIO* out = BIO_new(BIO_s_mem());
-  if (out == nullptr) return kj::str(subject);
-  KJ_DEFER(BIO_free(out));
-  ASN1_TIME_print(out, X509_get0_notAfter(cert));
-  char* text = nullptr;
-  auto length = BIO_get_mem_data(out, &text);
-  return kj::str("subject=\"", subject, "\" not_after=\"", kj::heapString(text, length), "\"");
-}
-
 }  // namespace
 
 TlsServer::TlsServer(const TlsConfig& config)

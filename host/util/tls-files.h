@@ -25,4 +25,8 @@ void checkPrivateKeyFile(kj::StringPtr path, kj::StringPtr what);
 // cannot be read. The caller wipes a private key's bytes once parsed.
 kj::String readPemFile(kj::StringPtr path, kj::StringPtr what);
 
+// `subject="..." not_after="..."` of the first certificate in `pem`, for the log ("unreadable"
+// when it cannot be parsed). No key material.
+kj::String describeCertificate(kj::StringPtr pem);
+
 }  // namespace payhost::host
