@@ -72,10 +72,7 @@ void writeSeeds(const char* dir) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  if (const char* dir = getenv("PAYHOST_FUZZ_WRITE_SEEDS")) {
-    writeSeeds(dir);
-    exit(0);
-  }
+  payhost::fuzz::writeSeedsIfAsked(writeSeeds);
   return 0;
 }
 

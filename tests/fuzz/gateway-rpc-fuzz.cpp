@@ -221,11 +221,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // One host for the whole run (as one payhostd serves many connections); one connection per
   // input.
-  static payhost::fuzz::HostHarness* host = [] {
-    auto harness = makeHost();
-    atexit([] { delete host; });
-    return harness;
-  }();
+  auto* host = &payhost::fuzz::sharedHost(makeHost);
   serveSession(*host, data, size);
   return 0;
 }

@@ -230,4 +230,15 @@ inline void writeFrames(const char* dir, kj::StringPtr name,
   KJ_ASSERT(out.good(), path);
 }
 
+// The one host a target keeps for its whole run, as one payhostd serves many connections: made by
+// `make` on the first input, so state from earlier inputs stays; deleted at exit.
+inline HostHarness& sharedHost(HostHarness* (*make)()) {
+  static HostHarness* host = [make] {
+    auto* made = make();
+    atexit([] { delete host; });
+    return made;
+  }();
+  return *host;
+}
+
 }  // namespace payhost::fuzz

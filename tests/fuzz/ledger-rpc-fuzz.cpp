@@ -112,20 +112,13 @@ void writeSeeds(const char* dir) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  if (const char* dir = getenv("PAYHOST_FUZZ_WRITE_SEEDS")) {
-    writeSeeds(dir);
-    exit(0);
-  }
+  payhost::fuzz::writeSeedsIfAsked(writeSeeds);
   return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // One host for the whole run: accounts and transfers from earlier inputs stay in the database.
-  static payhost::fuzz::HostHarness* host = [] {
-    auto harness = makeHost();
-    atexit([] { delete host; });
-    return harness;
-  }();
+  auto* host = &payhost::fuzz::sharedHost(makeHost);
   if (size < 1) return 0;
   host->callMethod("payments.ledger", capnp::typeId<Ledger>(), data[0] % 7, data + 1, size - 1,
                    /*trusted=*/true);

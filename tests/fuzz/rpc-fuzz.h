@@ -104,4 +104,13 @@ inline void writeSeed(const char* dir, int method, capnp::MessageBuilder& messag
   out.write(bytes.begin(), bytes.size());
 }
 
+// The start every target shares: with PAYHOST_FUZZ_WRITE_SEEDS=DIR set, `write` puts the target's
+// seed corpus into DIR and the process exits instead of fuzzing (scripts/fuzz.sh --seeds).
+inline void writeSeedsIfAsked(void (*write)(const char* dir)) {
+  if (const char* dir = getenv("PAYHOST_FUZZ_WRITE_SEEDS")) {
+    write(dir);
+    exit(0);
+  }
+}
+
 }  // namespace payhost::fuzz
