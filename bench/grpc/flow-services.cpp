@@ -30,6 +30,7 @@
 #include "bench/grpc/flow.grpc.pb.h"
 
 #include <payhost/money.h>
+#include <payhost/payments.capnp.h>
 
 #include <kj/debug.h>
 #include <kj/map.h>
@@ -65,13 +66,18 @@ namespace fx = payhost::plugins::fx;
 namespace ledger = payhost::plugins::ledger;
 namespace payments = payhost::plugins::payments;
 
-// schemas/payhost/payments.capnp's enumerants, which the protos mirror.
-constexpr int REJECT_INVALID_REQUEST = 1;
-constexpr int REJECT_IDEMPOTENCY_CONFLICT = 2;
-constexpr int REJECT_AMOUNT_EXCEEDS_AVAILABLE = 5;
-constexpr int REJECT_UNSUPPORTED_CURRENCY = 9;
-constexpr int DECLINE_SUSPECTED_FRAUD = 6;
-constexpr int ADVICE_DO_NOT_RETRY = 1;
+// schemas/payhost/payments.capnp's enumerants, which the protos mirror: taken from the schema so
+// the two cannot drift apart.
+constexpr int code(auto enumerant) {
+  return static_cast<int>(enumerant);
+}
+constexpr int REJECT_INVALID_REQUEST = code(payhost::schema::RejectCode::INVALID_REQUEST);
+constexpr int REJECT_IDEMPOTENCY_CONFLICT = code(payhost::schema::RejectCode::IDEMPOTENCY_CONFLICT);
+constexpr int REJECT_AMOUNT_EXCEEDS_AVAILABLE =
+    code(payhost::schema::RejectCode::AMOUNT_EXCEEDS_AVAILABLE);
+constexpr int REJECT_UNSUPPORTED_CURRENCY = code(payhost::schema::RejectCode::UNSUPPORTED_CURRENCY);
+constexpr int DECLINE_SUSPECTED_FRAUD = code(payhost::schema::DeclineCode::SUSPECTED_FRAUD);
+constexpr int ADVICE_DO_NOT_RETRY = code(payhost::schema::Advice::DO_NOT_RETRY);
 
 kj::StringPtr view(const std::string& text) {
   // std::string keeps a terminator after its characters.
