@@ -1,7 +1,8 @@
 // The card-processor plugin: serves `payhost::schema::CardProcessor` as "payments.card" from a
-// simulated issuer (issuer.h). This file is only the Cap'n Proto glue: it reads the config,
-// converts requests and results, applies the configured latency and the slow card's delay on
-// the shard's timer, and writes one log record per operation.
+// simulated issuer (issuer.h) that all the instances (shards) share (shared-issuer.h). This file
+// is only the Cap'n Proto glue: it reads the config, converts requests and results, applies the
+// configured latency and the slow card's delay on the shard's timer, and writes one log record
+// per operation.
 
 #include <payhost/context.h>
 #include <payhost/log.h>
@@ -16,6 +17,7 @@
 #include <limits>
 
 #include "issuer.h"
+#include "shared-issuer.h"
 
 namespace payhost::plugins::card {
 namespace {
@@ -177,13 +179,14 @@ void logOutcome(Logger& log, kj::StringPtr event, kj::ArrayPtr<const LogField> r
 // ---------------------------------------------------------------------------------------------
 // The instance and its servers
 
-// What one plugin instance shares with the servers it hands out. The host promises that the
-// context outlives the instance, not the servers (they may be released after it), so the
-// instance detaches on destruction and later calls fail DISCONNECTED. Shard-local.
+// What one plugin instance shares with the servers it hands out: the issuer all shards share,
+// and this shard's context. The host promises that the context outlives the instance, not the
+// servers (they may be released after it), so the instance detaches on destruction and later
+// calls fail DISCONNECTED. Shard-local (the issuer it points to is thread-safe).
 class Shard final : public kj::Refcounted {
 public:
-  Shard(Context& context, Issuer::Options options, kj::Duration latency)
-      : issuer(options), latency(latency), context_(context) {}
+  Shard(Context& context, const Issuer::Options& options, kj::Duration latency)
+      : issuer(SharedIssuer::join(options)), latency(latency), context_(context) {}
 
   Context& context() {
     KJ_IF_MAYBE (borrowed, context_) {
@@ -195,7 +198,7 @@ public:
 
   void detach() { context_ = nullptr; }
 
-  Issuer issuer;
+  const kj::Own<const SharedIssuer> issuer;
   const kj::Duration latency;
 
 private:
@@ -247,8 +250,9 @@ kj::Promise<void> authorizeNow(Shard& shard, Call call, bool purchase) {
       .idempotencyKey = request.getIdempotencyKey(),
       .metadata = metadata,
   };
-  auto now = context.clock().now();
-  auto outcome = purchase ? shard.issuer.purchase(plain, now) : shard.issuer.authorize(plain, now);
+  auto outcome = shard.issuer->run(context.clock().now(), [&](Issuer& issuer, kj::Date now) {
+    return purchase ? issuer.purchase(plain, now) : issuer.authorize(plain, now);
+  });
 
   auto amountText = kj::str(plain.amount);
   const LogField fields[] = {
@@ -271,7 +275,9 @@ kj::Promise<void> captureNow(Shard& shard, CaptureCall call) {
       .currency = amount.getCurrency(),
       .idempotencyKey = request.getIdempotencyKey(),
   };
-  auto outcome = shard.issuer.capture(plain, context.clock().now());
+  auto outcome = shard.issuer->run(context.clock().now(), [&](Issuer& issuer, kj::Date now) {
+    return issuer.capture(plain, now);
+  });
 
   auto amountText = kj::str(plain.amount);
   const LogField fields[] = {
@@ -289,7 +295,9 @@ kj::Promise<void> voidNow(Shard& shard, VoidCall call) {
       .transactionId = request.getTransactionId(),
       .idempotencyKey = request.getIdempotencyKey(),
   };
-  auto outcome = shard.issuer.voidAuthorization(plain, context.clock().now());
+  auto outcome = shard.issuer->run(context.clock().now(), [&](Issuer& issuer, kj::Date now) {
+    return issuer.voidAuthorization(plain, now);
+  });
   logOutcome(context.log(), "card.void", nullptr, outcome);
   return deliver(shard, call, kj::mv(outcome));
 }
@@ -304,7 +312,9 @@ kj::Promise<void> refundNow(Shard& shard, RefundCall call) {
       .currency = amount.getCurrency(),
       .idempotencyKey = request.getIdempotencyKey(),
   };
-  auto outcome = shard.issuer.refund(plain, context.clock().now());
+  auto outcome = shard.issuer->run(context.clock().now(), [&](Issuer& issuer, kj::Date now) {
+    return issuer.refund(plain, now);
+  });
 
   auto amountText = kj::str(plain.amount);
   const LogField fields[] = {
@@ -317,7 +327,10 @@ kj::Promise<void> refundNow(Shard& shard, RefundCall call) {
 
 kj::Promise<void> syncNow(Shard& shard, SyncCall call) {
   auto& context = shard.context();
-  auto outcome = shard.issuer.sync(call.getParams().getTransactionId(), context.clock().now());
+  auto transactionId = call.getParams().getTransactionId();
+  auto outcome = shard.issuer->run(context.clock().now(), [&](Issuer& issuer, kj::Date now) {
+    return issuer.sync(transactionId, now);
+  });
   logOutcome(context.log(), "card.sync", nullptr, outcome);
   return deliver(shard, call, kj::mv(outcome));
 }
@@ -374,7 +387,6 @@ int64_t configInteger(const Config& config, kj::StringPtr key, int64_t defaultVa
 Issuer::Options readOptions(Context& context) {
   auto& config = context.config();
   Issuer::Options options;
-  options.shardIndex = context.shardIndex();
   options.maxAmountMinor = configInteger(config, "max_amount_minor", options.maxAmountMinor, 1,
                                          std::numeric_limits<int64_t>::max());
   options.authWindow =

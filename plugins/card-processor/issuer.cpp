@@ -273,7 +273,8 @@ Result clone(const Result& result) {
   KJ_UNREACHABLE;
 }
 
-Issuer::Issuer(Options options) : options_(options) {
+Issuer::Issuer(Options options, uint64_t idEpoch)
+    : options_(options), idEpoch_(idEpoch), idPrefix(kj::str("txn_", kj::hex(idEpoch), "_")) {
   KJ_REQUIRE(options.maxAmountMinor > 0, "maxAmountMinor must be positive");
   KJ_REQUIRE(options.retention > 0 * kj::SECONDS, "retention must be positive");
   KJ_REQUIRE(options.maxTransactions > 0, "maxTransactions must be positive");
@@ -358,10 +359,9 @@ void Issuer::forget(kj::Date now) {
 }
 
 Outcome Issuer::notFound(kj::StringPtr transactionId) const {
-  // Ids are txn_<shard>_<n>, n counting from 1: one of ours up to the count was forgotten.
-  auto prefix = kj::str("txn_", options_.shardIndex, "_");
-  if (transactionId.startsWith(prefix)) {
-    auto number = transactionId.slice(prefix.size());
+  // Ids are txn_<epoch>_<n>, n counting from 1: one of ours up to the count was forgotten.
+  if (transactionId.startsWith(idPrefix)) {
+    auto number = transactionId.slice(idPrefix.size());
     bool digits = number.size() > 0 && number.size() <= 19;
     for (char c : number) {
       digits = digits && c >= '0' && c <= '9';
@@ -487,7 +487,7 @@ Outcome Issuer::sync(kj::StringPtr transactionId, kj::Date now) {
 
 Outcome Issuer::decideAuthorization(const AuthorizeRequest& request, kj::Date now,
                                     bool captureAll) {
-  auto id = kj::str("txn_", options_.shardIndex, "_", ++transactionCount);
+  auto id = kj::str(idPrefix, ++transactionCount);
   auto token = request.cardToken;
 
   Transaction transaction{kj::heapString(id),

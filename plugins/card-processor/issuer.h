@@ -2,15 +2,15 @@
 // plain C++/KJ types so they can be tested without Cap'n Proto (card-processor.cpp is the glue).
 //
 // Test card tokens and amounts decide each outcome deterministically; README.md beside this file
-// has the table. An `Issuer` keeps the transactions and idempotency records of one plugin
-// instance (one shard) in memory, bounded: a transaction is forgotten `retention` after its last
-// operation or, while it can still be captured or voided, after its authorization window closes;
-// an idempotency record `retention` after it was made; beyond `maxTransactions` the ones due
-// soonest go first whatever their state. Every outcome
+// has the table. An `Issuer` keeps transactions and idempotency records in memory, bounded: a
+// transaction is forgotten `retention` after its last operation or, while it can still be captured
+// or voided, after its authorization window closes; an idempotency record `retention` after it was
+// made; beyond `maxTransactions` the ones due soonest go first whatever their state. Every outcome
 // is a value: nothing here throws for a decline or a bad request. Requests are views that must
 // outlive the call only; results own their strings.
 //
-// Shard-local.
+// Not thread-safe: one thread at a time. The plugin shares one `Issuer` between all its shards
+// behind a lock (shared-issuer.h).
 
 #ifndef PAYHOST_PLUGINS_CARD_PROCESSOR_ISSUER_H_
 #define PAYHOST_PLUGINS_CARD_PROCESSOR_ISSUER_H_
@@ -201,9 +201,8 @@ kj::String authCodeFor(kj::StringPtr idempotencyKey);
 
 class Issuer final {
 public:
+  // The rules. Instances of the plugin whose Options are equal share one issuer.
   struct Options {
-    // Part of every transaction id, so ids issued by different shards never collide.
-    uint32_t shardIndex = 0;
     // Authorizations above this many minor units are declined AMOUNT_LIMIT_EXCEEDED.
     int64_t maxAmountMinor = 100'000'000;
     // How long an authorization may be captured or voided.
@@ -217,9 +216,15 @@ public:
     // At most this many transactions, and this many idempotency records per operation, are
     // kept; beyond it the oldest are forgotten even if still open.
     size_t maxTransactions = 100'000;
+
+    bool operator==(const Options& other) const = default;
   };
 
-  explicit Issuer(Options options);
+  // Transaction ids are `txn_<idEpoch in hexadecimal>_<n>`, n counting from 1: an epoch drawn at
+  // random for each new issuer keeps its ids apart from those of earlier issuers (another
+  // process, an earlier plugin version), and tells an id it has forgotten from one it never
+  // issued.
+  explicit Issuer(Options options, uint64_t idEpoch = 0);
   KJ_DISALLOW_COPY(Issuer);
 
   // `now` is the wall-clock time of the call: authorizations expire `authWindow` after theirs.
@@ -236,6 +241,7 @@ public:
   [[nodiscard]] Outcome sync(kj::StringPtr transactionId, kj::Date now);
 
   const Options& options() const { return options_; }
+  uint64_t idEpoch() const { return idEpoch_; }
 
   // How many transactions and idempotency records are held now, for tests of the bounds.
   size_t transactionsHeldForTest() const { return transactions.size(); }
@@ -309,6 +315,9 @@ private:
   bool windowClosed(const Transaction& transaction, kj::Date now) const;
 
   Options options_;
+  uint64_t idEpoch_;
+  // What ids start with: "txn_<idEpoch>_".
+  kj::String idPrefix;
   uint64_t transactionCount = 0;
   kj::HashMap<kj::String, Transaction> transactions;
   kj::HashMap<kj::String, Remembered> remembered[OPERATION_COUNT];

@@ -11,11 +11,20 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
+#include <barrier>
 #include <cstdint>
 #include <limits>
+#include <mutex>
+#include <set>
+#include <string>
 #include <string_view>
+#include <thread>
+#include <vector>
 
 #include "print.h"
+#include "shared-issuer.h"
 
 namespace payhost::plugins::card {
 namespace {
@@ -29,6 +38,37 @@ constexpr int64_t INT64_MAX_ = std::numeric_limits<int64_t>::max();
 
 bool contains(kj::StringPtr haystack, kj::StringPtr needle) {
   return std::string_view(haystack.cStr()).find(needle.cStr()) != std::string_view::npos;
+}
+
+// What transaction ids start with: "txn_", the issuer's epoch (twelve hexadecimal digits) and
+// "_"; null when `id` is not of that form.
+kj::Maybe<kj::String> idPrefixOf(kj::StringPtr id) {
+  constexpr size_t PREFIX = 4 + 12 + 1;
+  if (id.size() <= PREFIX || !id.startsWith("txn_") || id[PREFIX - 1] != '_') return nullptr;
+  for (char c : id.slice(4, PREFIX - 1)) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return nullptr;
+  }
+  return kj::heapString(id.slice(0, PREFIX));
+}
+
+kj::String idPrefix(kj::StringPtr id) {
+  KJ_IF_MAYBE (prefix, idPrefixOf(id)) {
+    return kj::mv(*prefix);
+  }
+  KJ_FAIL_ASSERT("not a transaction id of the form txn_<epoch>_<n>", id);
+}
+
+// The id of the `n`-th transaction of the issuer that issued `id`.
+kj::String nthId(kj::StringPtr id, uint64_t n) {
+  return kj::str(idPrefix(id), n);
+}
+
+::testing::AssertionResult isNthId(kj::StringPtr id, uint64_t n) {
+  KJ_IF_MAYBE (prefix, idPrefixOf(id)) {
+    if (id == kj::str(*prefix, n)) return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure()
+         << "expected transaction " << n << " (txn_<epoch>_" << n << "), got " << id.cStr();
 }
 
 // One plugin instance on the test host, and a client of its card service.
@@ -184,7 +224,7 @@ TEST(CardProcessor, ApprovesWithTransactionIdAndAuthCode) {
   auto result = response.getResult();
   ASSERT_TRUE(isApproved(result, TransactionState::AUTHORIZED));
   auto approval = result.getApproved();
-  EXPECT_EQ(approval.getTransactionId(), "txn_0_1");
+  EXPECT_TRUE(isNthId(approval.getTransactionId(), 1));
   EXPECT_EQ(approval.getAuthCode().size(), 6u);
   EXPECT_EQ(approval.getAuthCode(), authCodeFor("order-1"));
   EXPECT_EQ(approval.getAmount().getMinorUnits(), 1250);
@@ -205,11 +245,11 @@ TEST(CardProcessor, DeclinesTestCardsAndTestAmounts) {
                          schema::DeclineCode::AMOUNT_LIMIT_EXCEEDED, schema::Advice::DO_NOT_RETRY));
   auto response = card.authorize("tok_stolen", 100, "k6");
   auto decline = response.getResult().getDeclined();
-  EXPECT_EQ(decline.getTransactionId(), "txn_0_6");
+  EXPECT_TRUE(isNthId(decline.getTransactionId(), 6));
   EXPECT_GT(decline.getReason().size(), 0u);
   // A declined authorization is a transaction too: sync repeats the decline.
-  EXPECT_TRUE(isDeclined(card.sync("txn_0_6").getResult(), schema::DeclineCode::STOLEN_CARD,
-                         schema::Advice::DO_NOT_RETRY));
+  EXPECT_TRUE(isDeclined(card.sync(decline.getTransactionId()).getResult(),
+                         schema::DeclineCode::STOLEN_CARD, schema::Advice::DO_NOT_RETRY));
 }
 
 TEST(CardProcessor, RejectsInvalidRequests) {
@@ -285,12 +325,13 @@ TEST(CardProcessor, LogsOneRecordPerOperation) {
     EXPECT_EQ(logs[i].level, LogLevel::INFO);
     EXPECT_EQ(logs[i].event, events[i]);
   }
+  EXPECT_TRUE(isNthId(id, 1));
   EXPECT_EQ(logs[0].line,
-            "card.authorize merchant=m_1 amount=1000 currency=EUR token=tok_visa_approve "
-            "transaction=txn_0_1 outcome=approved state=authorized");
-  EXPECT_EQ(logs[1].line,
-            "card.capture amount=1000 currency=EUR transaction=txn_0_1 outcome=approved "
-            "state=captured");
+            kj::str("card.authorize merchant=m_1 amount=1000 currency=EUR token=tok_visa_approve "
+                    "transaction=",
+                    id, " outcome=approved state=authorized"));
+  EXPECT_EQ(logs[1].line, kj::str("card.capture amount=1000 currency=EUR transaction=", id,
+                                  " outcome=approved state=captured"));
   EXPECT_TRUE(contains(logs[6].line, "outcome=declined code=insufficientFunds advice=retryLater"))
       << logs[6].line.cStr();
   EXPECT_TRUE(contains(logs[7].line, "replayed=true")) << logs[7].line.cStr();
@@ -321,7 +362,7 @@ TEST(CardProcessor, TimeoutIsUnknownUntilSynced) {
   auto result = response.getResult();
   ASSERT_TRUE(result.isUnknown()) << result.toString().flatten().cStr();
   auto id = kj::heapString(result.getUnknown());
-  EXPECT_EQ(id, "txn_0_1");
+  EXPECT_TRUE(isNthId(id, 1));
   EXPECT_TRUE(isApproved(card.sync(id).getResult(), TransactionState::AUTHORIZED));
   EXPECT_TRUE(isApproved(card.capture(id, 1000, "c1").getResult(), TransactionState::CAPTURED));
 }
@@ -361,7 +402,7 @@ TEST(CardProcessor, ASlowAnswerGivenUpOnIsFoundByRetrying) {
   ASSERT_TRUE(promise.poll(card.host.waitScope()));
   auto response = promise.wait(card.host.waitScope());
   ASSERT_TRUE(isApproved(response.getResult(), TransactionState::AUTHORIZED));
-  EXPECT_EQ(response.getResult().getApproved().getTransactionId(), "txn_0_1");
+  EXPECT_TRUE(isNthId(response.getResult().getApproved().getTransactionId(), 1));
 }
 
 TEST(CardProcessor, LatencyDelaysEveryCall) {
@@ -398,7 +439,7 @@ TEST(CardProcessor, ACallCancelledDuringLatencyHasNoEffect) {
   ASSERT_TRUE(promise.poll(card.host.waitScope()));
   auto response = promise.wait(card.host.waitScope());
   ASSERT_TRUE(isApproved(response.getResult(), TransactionState::AUTHORIZED));
-  EXPECT_EQ(response.getResult().getApproved().getTransactionId(), "txn_0_1");
+  EXPECT_TRUE(isNthId(response.getResult().getApproved().getTransactionId(), 1));
 }
 
 TEST(CardProcessor, ReplaysAndRefusesReusedIdempotencyKeys) {
@@ -441,9 +482,11 @@ TEST(CardProcessor, RejectsOtherCurrenciesAndUnknownTransactions) {
   auto id = card.authorized(1000, "a1");
   EXPECT_TRUE(
       isRejected(card.capture(id, 100, "c1", "USD").getResult(), RejectCode::CURRENCY_MISMATCH));
+  auto never = nthId(id, 99);
   EXPECT_TRUE(
-      isRejected(card.capture("txn_0_99", 100, "c2").getResult(), RejectCode::UNKNOWN_TRANSACTION));
-  EXPECT_TRUE(isRejected(card.sync("txn_0_99").getResult(), RejectCode::UNKNOWN_TRANSACTION));
+      isRejected(card.capture(never, 100, "c2").getResult(), RejectCode::UNKNOWN_TRANSACTION));
+  EXPECT_TRUE(isRejected(card.sync(never).getResult(), RejectCode::UNKNOWN_TRANSACTION));
+  EXPECT_TRUE(isRejected(card.sync("txn_0_1").getResult(), RejectCode::UNKNOWN_TRANSACTION));
 }
 
 TEST(CardProcessor, RejectsVoidAfterCapture) {
@@ -527,6 +570,164 @@ TEST(CardProcessor, PurchaseAuthorizesAndCapturesInOneCall) {
     if (record.event == "card.purchase") logged = true;
   }
   EXPECT_TRUE(logged);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shards: each test host is one instance (one shard) on its own thread, as in payhostd.
+
+// Runs `body` on a new thread (which can have a test host of its own) and waits for it; what it
+// throws fails the test.
+template <typename Body>
+void onAnotherThread(Body&& body) {
+  kj::Maybe<kj::Exception> failure;
+  std::thread thread([&]() { failure = kj::runCatchingExceptions(kj::fwd<Body>(body)); });
+  thread.join();
+  KJ_IF_MAYBE (exception, failure) {
+    ADD_FAILURE() << "on the other thread: " << exception->getDescription().cStr();
+  }
+}
+
+TEST(CardProcessor, ShardsShareOneIssuer) {
+  Harness first;
+  auto id = first.authorized(1000, "a1");
+
+  kj::String second;
+  onAnotherThread([&]() {
+    Harness other;
+    // The authorization the first shard made is here: capture part of it, and sync.
+    EXPECT_TRUE(
+        isApproved(other.capture(id, 400, "c1").getResult(), TransactionState::PARTIALLY_CAPTURED));
+    EXPECT_EQ(other.stateOf(id), TransactionState::PARTIALLY_CAPTURED);
+    // The first shard's idempotency keys are known here too.
+    auto replay = other.authorize("tok_visa_approve", 1000, "a1");
+    EXPECT_EQ(replay.getResult().getApproved().getTransactionId(), id);
+    EXPECT_TRUE(isRejected(other.authorize("tok_visa_approve", 999, "a1").getResult(),
+                           RejectCode::IDEMPOTENCY_CONFLICT));
+    // One counter for both: the next id is the issuer's second.
+    second = other.authorized(500, "b1");
+    // Each shard logs its own operations.
+    EXPECT_EQ(other.host.logs().size(), 5u);
+  });
+
+  EXPECT_TRUE(isNthId(second, 2));
+  EXPECT_EQ(idPrefix(second), idPrefix(id));
+  EXPECT_EQ(SharedIssuer::liveForTest(), 1u);
+  EXPECT_EQ(first.stateOf(id), TransactionState::PARTIALLY_CAPTURED);
+  EXPECT_TRUE(isApproved(first.capture(id, 600, "c2").getResult(), TransactionState::CAPTURED));
+  EXPECT_TRUE(
+      isApproved(first.voidAuthorization(second, "v1").getResult(), TransactionState::VOIDED));
+  EXPECT_EQ(first.host.logs().size(), 4u);
+}
+
+TEST(CardProcessor, AShardWithOtherSettingsHasItsOwnIssuer) {
+  Harness first;
+  auto id = first.authorized(1000, "a1");
+  onAnotherThread([&]() {
+    Harness other("max_amount_minor = 5000");
+    auto response = other.sync(id);
+    ASSERT_TRUE(isRejected(response.getResult(), RejectCode::UNKNOWN_TRANSACTION));
+    EXPECT_EQ(response.getResult().getRejected().getMessage(), "no such transaction");
+    EXPECT_EQ(SharedIssuer::liveForTest(), 2u);
+  });
+  // Latency is the shard's own: a shard with another latency shares the issuer.
+  onAnotherThread([&]() {
+    Harness other("latency_ms = 0\nslow_ms = 2000");
+    EXPECT_EQ(other.stateOf(id), TransactionState::AUTHORIZED);
+  });
+}
+
+TEST(CardProcessor, ANewInstanceAfterTheLastOneStartsEmpty) {
+  kj::String id;
+  {
+    Harness first;
+    id = first.authorized(1000, "a1");
+  }
+  EXPECT_EQ(SharedIssuer::liveForTest(), 0u);
+  Harness later;
+  auto response = later.sync(id);
+  ASSERT_TRUE(isRejected(response.getResult(), RejectCode::UNKNOWN_TRANSACTION));
+  EXPECT_EQ(response.getResult().getRejected().getMessage(), "no such transaction");
+  auto fresh = later.authorized(1000, "a1");
+  EXPECT_TRUE(isNthId(fresh, 1));
+  EXPECT_NE(fresh, id);
+}
+
+// Shards authorizing and capturing at once through the plugin's services: unique ids, one
+// effect per idempotency key, and captures that never add up to more than was authorized.
+TEST(CardProcessor, ConcurrentShardsKeepIdsUniqueAndTotalsConsistent) {
+  constexpr int SHARDS = 4;
+  constexpr int PER_SHARD = 60;
+  constexpr int64_t AMOUNT = 1000;
+  constexpr int64_t CAPTURE = 300;  // Four exceed AMOUNT: exactly three fit.
+  // Keeps the issuer alive between the phases (each phase's test hosts come and go).
+  Harness anchor;
+
+  std::mutex mutex;
+  std::vector<std::string> ids;
+  std::vector<std::string> sharedKeyIds;
+  std::vector<std::thread> threads;
+  std::atomic<int> wrong{0};
+  std::barrier ready(SHARDS);
+  for (int t = 0; t < SHARDS; ++t) {
+    threads.emplace_back([&, t]() {
+      Harness shard;
+      ready.arrive_and_wait();
+      std::vector<std::string> mine;
+      for (int i = 0; i < PER_SHARD; ++i) {
+        mine.push_back(shard.authorized(AMOUNT, kj::str("a-", t, "-", i)).cStr());
+        // The same key from every shard at once: one transaction.
+        auto response = shard.authorize("tok_visa_approve", AMOUNT, kj::str("same-", i));
+        if (!response.getResult().isApproved()) {
+          wrong.fetch_add(1);
+          continue;
+        }
+        std::lock_guard<std::mutex> lock(mutex);
+        sharedKeyIds.push_back(response.getResult().getApproved().getTransactionId().cStr());
+      }
+      std::lock_guard<std::mutex> lock(mutex);
+      ids.insert(ids.end(), mine.begin(), mine.end());
+    });
+  }
+  for (auto& thread : threads)
+    thread.join();
+  threads.clear();
+  ASSERT_EQ(wrong.load(), 0);
+  ASSERT_EQ(ids.size(), size_t{SHARDS * PER_SHARD});
+  EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), ids.size());
+  std::set<std::string> sameKey(sharedKeyIds.begin(), sharedKeyIds.end());
+  EXPECT_EQ(sameKey.size(), size_t{PER_SHARD});
+  for (auto& id : sameKey)
+    EXPECT_EQ(std::count(ids.begin(), ids.end(), id), 0) << id;
+  // The issuer made exactly one transaction per distinct key, numbered without gaps.
+  EXPECT_TRUE(isNthId(anchor.authorized(AMOUNT, "last"), SHARDS * PER_SHARD + PER_SHARD + 1));
+
+  std::vector<std::atomic<int>> approved(ids.size());
+  for (int t = 0; t < SHARDS; ++t) {
+    threads.emplace_back([&, t]() {
+      Harness shard;
+      ready.arrive_and_wait();
+      for (size_t n = 0; n < ids.size(); ++n) {
+        size_t i = (n * 7 + static_cast<size_t>(t) * 131) % ids.size();
+        auto response = shard.capture(ids[i].c_str(), CAPTURE, kj::str("c-", t, "-", i));
+        auto result = response.getResult();
+        if (result.isApproved()) {
+          approved[i].fetch_add(1);
+        } else if (!result.isRejected() ||
+                   result.getRejected().getCode() != RejectCode::AMOUNT_EXCEEDS_AVAILABLE) {
+          wrong.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& thread : threads)
+    thread.join();
+  EXPECT_EQ(wrong.load(), 0);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ASSERT_EQ(approved[i].load(), 3) << ids[i];
+    EXPECT_EQ(anchor.stateOf(ids[i].c_str()), TransactionState::PARTIALLY_CAPTURED);
+  }
+  EXPECT_TRUE(isApproved(anchor.capture(ids[0].c_str(), AMOUNT - 3 * CAPTURE, "rest").getResult(),
+                         TransactionState::CAPTURED));
 }
 
 }  // namespace

@@ -126,6 +126,13 @@ TransactionState stateOf(Issuer& issuer, kj::StringPtr id, kj::Date now = start(
   KJ_FAIL_ASSERT("sync found no transaction", describe(outcome.result));
 }
 
+Issuer::Options bounded(kj::Duration retention, size_t maxTransactions = 100'000) {
+  Issuer::Options options;
+  options.retention = retention;
+  options.maxTransactions = maxTransactions;
+  return options;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Test cards and amounts
 
@@ -250,12 +257,29 @@ TEST(Issuer, AuthCodeIsSixCharactersDerivedFromTheIdempotencyKey) {
             approvalOf(b.authorize(auth("tok_visa_approve", 900, "order-42"), start())).authCode);
 }
 
-TEST(Issuer, TransactionIdsNameTheShardAndNeverRepeat) {
-  Issuer issuer({.shardIndex = 3});
-  EXPECT_EQ(authorized(issuer, 100, "k1"), "txn_3_1");
+TEST(Issuer, TransactionIdsCarryTheEpochAndNeverRepeat) {
+  Issuer issuer({}, 0x8bad5eed0042);
+  EXPECT_EQ(issuer.idEpoch(), 0x8bad5eed0042u);
+  EXPECT_EQ(authorized(issuer, 100, "k1"), "txn_8bad5eed0042_1");
   auto declined = issuer.authorize(auth("tok_stolen", 100, "k2"), start());
-  EXPECT_EQ(declined.result.get<Decline>().transactionId, "txn_3_2");
-  EXPECT_EQ(authorized(issuer, 100, "k3"), "txn_3_3");
+  EXPECT_EQ(declined.result.get<Decline>().transactionId, "txn_8bad5eed0042_2");
+  EXPECT_EQ(authorized(issuer, 100, "k3"), "txn_8bad5eed0042_3");
+}
+
+TEST(Issuer, IdsOfAnotherEpochWereNeverIssued) {
+  Issuer issuer(bounded(1 * kj::HOURS), 0xa1);
+  auto id = authorized(issuer, 100, "k1");
+  ASSERT_EQ(id, "txn_a1_1");
+  // Another issuer's transaction 1 (another process, an earlier plugin version) is not ours.
+  for (kj::StringPtr other : {"txn_a2_1", "txn_0_1", "txn_A1_1", "txn_a10_1"}) {
+    auto unknown = issuer.sync(other, start());
+    ASSERT_TRUE(isRejected(unknown, RejectCode::UNKNOWN_TRANSACTION)) << other.cStr();
+    EXPECT_EQ(rejectionOf(unknown).message, "no such transaction") << other.cStr();
+  }
+  // Our own, once forgotten (an hour after its seven-day window), says so.
+  auto forgotten = issuer.sync(id, start() + 8 * kj::DAYS);
+  ASSERT_TRUE(isRejected(forgotten, RejectCode::UNKNOWN_TRANSACTION));
+  EXPECT_TRUE(contains(rejectionOf(forgotten).message, "forgotten"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -832,13 +856,6 @@ TEST(Issuer, PurchaseKeysAreSeparateFromAuthorizeKeysAndReplay) {
 
 // ---------------------------------------------------------------------------------------------
 // Bounds: what the issuer forgets, and how it says so
-
-Issuer::Options bounded(kj::Duration retention, size_t maxTransactions = 100'000) {
-  Issuer::Options options;
-  options.retention = retention;
-  options.maxTransactions = maxTransactions;
-  return options;
-}
 
 TEST(Issuer, ForgetsASettledTransactionAfterTheRetentionAndSaysSo) {
   Issuer issuer(bounded(1 * kj::HOURS));
