@@ -43,7 +43,7 @@ public:
   static size_t liveForTest();
 
   SharedIssuer(Token, const Issuer::Options& options, uint64_t idEpoch);
-  ~SharedIssuer() noexcept(false);
+  ~SharedIssuer() noexcept(false) override;
   KJ_DISALLOW_COPY(SharedIssuer);
 
   // Runs `operation(Issuer&, kj::Date)` under the issuer's lock and returns what it returns.

@@ -668,6 +668,7 @@ TEST(CardProcessor, ConcurrentShardsKeepIdsUniqueAndTotalsConsistent) {
   std::vector<std::thread> threads;
   std::atomic<int> wrong{0};
   std::barrier ready(SHARDS);
+  threads.reserve(SHARDS);
   for (int t = 0; t < SHARDS; ++t) {
     threads.emplace_back([&, t]() {
       Harness shard;
@@ -692,16 +693,18 @@ TEST(CardProcessor, ConcurrentShardsKeepIdsUniqueAndTotalsConsistent) {
     thread.join();
   threads.clear();
   ASSERT_EQ(wrong.load(), 0);
-  ASSERT_EQ(ids.size(), size_t{SHARDS * PER_SHARD});
+  ASSERT_EQ(ids.size(), size_t{SHARDS} * PER_SHARD);
   EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), ids.size());
   std::set<std::string> sameKey(sharedKeyIds.begin(), sharedKeyIds.end());
   EXPECT_EQ(sameKey.size(), size_t{PER_SHARD});
   for (auto& id : sameKey)
     EXPECT_EQ(std::count(ids.begin(), ids.end(), id), 0) << id;
   // The issuer made exactly one transaction per distinct key, numbered without gaps.
-  EXPECT_TRUE(isNthId(anchor.authorized(AMOUNT, "last"), SHARDS * PER_SHARD + PER_SHARD + 1));
+  EXPECT_TRUE(
+      isNthId(anchor.authorized(AMOUNT, "last"), uint64_t{SHARDS} * PER_SHARD + PER_SHARD + 1));
 
   std::vector<std::atomic<int>> approved(ids.size());
+  threads.reserve(SHARDS);
   for (int t = 0; t < SHARDS; ++t) {
     threads.emplace_back([&, t]() {
       Harness shard;

@@ -154,6 +154,7 @@ TEST(SharedIssuer, JoinAndReleaseFromManyThreads) {
   constexpr int ROUNDS = 2000;
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
+  threads.reserve(THREADS);
   for (int t = 0; t < THREADS; ++t) {
     threads.emplace_back([&failures, t]() {
       for (int i = 0; i < ROUNDS; ++i) {
@@ -184,6 +185,7 @@ TEST(SharedIssuer, ConcurrentOperationsKeepIdsUniqueAndTotalsConsistent) {
 
   std::vector<std::vector<std::string>> ids(THREADS);
   std::vector<std::thread> threads;
+  threads.reserve(THREADS);
   for (int t = 0; t < THREADS; ++t) {
     threads.emplace_back([&, t]() {
       for (int i = 0; i < PER_THREAD; ++i) {
@@ -199,11 +201,12 @@ TEST(SharedIssuer, ConcurrentOperationsKeepIdsUniqueAndTotalsConsistent) {
   for (auto& list : ids)
     all.insert(all.end(), list.begin(), list.end());
   EXPECT_EQ(std::set<std::string>(all.begin(), all.end()).size(), all.size());
-  EXPECT_EQ(all.size(), size_t{THREADS * PER_THREAD});
+  EXPECT_EQ(all.size(), size_t{THREADS} * PER_THREAD);
 
   // Every thread captures CAPTURE on every transaction, each with its own key, in its own order.
   std::vector<std::atomic<int>> approved(all.size());
   std::atomic<int> wrong{0};
+  threads.reserve(THREADS);
   for (int t = 0; t < THREADS; ++t) {
     threads.emplace_back([&, t]() {
       for (size_t n = 0; n < all.size(); ++n) {
