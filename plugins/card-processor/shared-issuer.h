@@ -52,6 +52,9 @@ public:
   // read a little apart, or between test hosts whose clocks were advanced differently.
   // `operation` must be quick: no waiting, no calls out of the issuer, nothing of a shard's
   // (its Context, clock or log) touched inside.
+  // TODO(perf): validation and the canonical parameters of a request could be computed before
+  // the lock; at two shards the suite's authorize costs about 3% more than with an issuer per
+  // shard (within its noise on a shared machine).
   template <typename Operation>
   auto run(kj::Date now, Operation&& operation) const {
     auto locked = state.lockExclusive();
