@@ -282,8 +282,15 @@ protected:
   kj::Promise<void> sync(SyncContext call) override {
     shard->check();
     auto id = kj::str(call.getParams().getPaymentId());
-    return shard->database
+    Shard& s = *shard;
+    return s.database
         .transaction([id = kj::mv(id)](SqlTransaction& tx) { return loadPayment(tx, id); })
+        .then([&s](kj::Maybe<PaymentRow> found) -> kj::Promise<kj::Maybe<PaymentRow>> {
+          KJ_IF_MAYBE (p, found) {
+            if (p->state == TransactionState::UNKNOWN) return settle(s, kj::mv(*p));
+          }
+          return kj::mv(found);
+        })
         .then([call](kj::Maybe<PaymentRow> found) mutable {
           auto out = call.getResults().initPayment();
           KJ_IF_MAYBE (p, found) {
@@ -331,6 +338,11 @@ private:
             kj::Maybe<PaymentRow> existing) mutable -> kj::Promise<Done> {
           KJ_IF_MAYBE (p, existing) {
             // A payment id from a retried claim: it was already recorded.
+            if (p->state == TransactionState::UNKNOWN) {
+              auto m = newResult();
+              m->initRoot<schema::PaymentResult>().setUnknown(p->id);
+              return Done{kj::mv(m), p->clone()};
+            }
             return Done{approved(p->id, "", p->authorized, p->currency, p->state), p->clone()};
           }
           if (!validText(merchant, 200) || merchant.findFirst(' ') != nullptr) {
@@ -408,6 +420,16 @@ private:
                     result.getDeclined().setTransactionId(row.id);
                     return Done{kj::mv(m), kj::mv(row)};
                   }
+                  if (result.isUnknown()) {
+                    // The card's answer was lost: recorded as `unknown` with the card's
+                    // transaction id, for `sync` to settle; the merchant syncs on the payment id.
+                    row.cardTxn = kj::str(result.getUnknown());
+                    row.authorized = amount;
+                    row.expiresAtMs = s.nowMs() + s.windowMs;
+                    row.state = TransactionState::UNKNOWN;
+                    result.setUnknown(row.id);
+                    return Done{kj::mv(m), kj::mv(row)};
+                  }
                   if (!result.isApproved()) return Done{kj::mv(m), nullptr};
                   auto approval = result.getApproved();
                   row.cardTxn = kj::str(approval.getTransactionId());
@@ -418,6 +440,95 @@ private:
                 });
               });
         });
+  }
+
+  // Settles a payment whose card outcome was unknown: asks the card processor's `sync`, records
+  // what it says in the ledger (the same transfer ids as an answered authorization or purchase,
+  // so a concurrent or repeated settlement replays), stores the new row if the stored one is
+  // still `unknown`, and returns the stored row. Still unknown, or an answer that cannot be
+  // recorded: the row as it is (logged).
+  static kj::Promise<kj::Maybe<PaymentRow>> settle(Shard& s, PaymentRow row) {
+    auto request = s.card.syncRequest();
+    request.setTransactionId(row.cardTxn);
+    return request.send().then(
+        [&s,
+         row = kj::mv(row)](capnp::Response<schema::CardProcessor::SyncResults>&& response) mutable
+        -> kj::Promise<kj::Maybe<PaymentRow>> {
+          auto result = response.getResult();
+          if (result.isApproved()) {
+            auto approval = result.getApproved();
+            auto state = approval.getState();
+            if (state == TransactionState::AUTHORIZED || state == TransactionState::CAPTURED) {
+              if (approval.getAmount().getMinorUnits() != row.authorized ||
+                  approval.getAmount().getCurrency() != row.currency) {
+                return keepUnknown(s, kj::mv(row), "the card's amount differs from the payment's");
+              }
+              bool purchase = state == TransactionState::CAPTURED;
+              auto authCode = kj::str(approval.getAuthCode());
+              auto id = kj::str(row.id);
+              return flowLedgerStart(s, kj::mv(row), purchase, kj::mv(authCode))
+                  .then([&s, id = kj::mv(id)](Done done) mutable {
+                    KJ_IF_MAYBE (settled, done.payment) {
+                      return store(s, kj::mv(*settled));
+                    }
+                    auto reason = kj::str(done.result->getRoot<schema::PaymentResult>());
+                    return s.database
+                        .transaction(
+                            [id = kj::mv(id)](SqlTransaction& tx) { return loadPayment(tx, id); })
+                        .then([&s, reason = kj::mv(reason)](kj::Maybe<PaymentRow> found) mutable
+                              -> kj::Promise<kj::Maybe<PaymentRow>> {
+                          KJ_IF_MAYBE (p, found) {
+                            return keepUnknown(s, kj::mv(*p), reason);
+                          }
+                          return kj::mv(found);
+                        });
+                  });
+            }
+            if (state == TransactionState::EXPIRED) {
+              // Authorized, never captured, and its window has closed: nothing to hold.
+              row.state = TransactionState::EXPIRED;
+              row.released = true;
+              return store(s, kj::mv(row));
+            }
+            return keepUnknown(s, kj::mv(row), "the card reports an unexpected state");
+          }
+          bool neverIssued =
+              result.isRejected() &&
+              result.getRejected().getCode() == schema::RejectCode::UNKNOWN_TRANSACTION &&
+              !result.getRejected().getMessage().startsWith("transaction forgotten");
+          if (result.isDeclined() || neverIssued) {
+            // Declined, or never authorized (the card has no such transaction; one it has
+            // forgotten stays unknown): nothing to record in the ledger.
+            row.state = TransactionState::FAILED;
+            row.authorized = 0;
+            return store(s, kj::mv(row));
+          }
+          if (result.isUnknown() || result.isPending() || result.isNotAttempted()) {
+            return kj::Maybe<PaymentRow>(kj::mv(row));
+          }
+          return keepUnknown(s, kj::mv(row), kj::str(result));
+        });
+  }
+
+  static kj::Promise<kj::Maybe<PaymentRow>> store(Shard& s, PaymentRow row) {
+    DbOp op;
+    op.type = DbOp::Type::SETTLE;
+    op.paymentId = kj::str(row.id);
+    op.payment = kj::mv(row);
+    return s.commits.submit(kj::mv(op)).then([&s](DbResult stored) mutable {
+      KJ_IF_MAYBE (p, stored.payment) {
+        auto state = stateName(p->state);
+        LogField fields[] = {{"payment", p->id}, {"state", state}};
+        s.context.log().write(LogLevel::INFO, "payments.settled", fields);
+      }
+      return kj::mv(stored.payment);
+    });
+  }
+
+  static kj::Maybe<PaymentRow> keepUnknown(Shard& s, PaymentRow row, kj::StringPtr reason) {
+    LogField fields[] = {{"payment", row.id}, {"reason", reason}};
+    s.context.log().write(LogLevel::WARNING, "payments.unsettled", fields);
+    return kj::mv(row);
   }
 
   static kj::Promise<Done> flowLedgerStart(Shard& s, PaymentRow row, bool purchase,
@@ -587,6 +698,8 @@ private:
         return "expired";
       case TransactionState::FAILED:
         return "failed";
+      case TransactionState::UNKNOWN:
+        return "unknown (settle it with sync first)";
       case TransactionState::UNSPECIFIED:
         break;
     }

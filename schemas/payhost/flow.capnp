@@ -8,6 +8,8 @@
 #   (new)              -> authorized            authorize approved
 #   (new)              -> captured              purchase approved
 #   (new)              -> failed                authorize or purchase declined
+#   (new)              -> unknown               the card processor's answer was `unknown`
+#   unknown            -> authorized | captured | expired | failed   sync, as the card says
 #   authorized         -> partiallyCaptured     capture of less than the rest
 #   authorized | partiallyCaptured -> captured  capture of the whole rest
 #   authorized         -> voided                void (nothing captured yet)
@@ -67,5 +69,7 @@ interface Payments {
   refund @3 (request :PaymentOperation) -> (result :PaymentResult);
   purchase @4 (request :PaymentRequest) -> (result :PaymentResult);
   sync @5 (paymentId :Text) -> (payment :Payment);
-  # The payment as recorded (not a mutation: no idempotency key).
+  # The payment as recorded (no idempotency key). A payment in state `unknown` is settled first:
+  # the card processor's `sync` says what happened, the ledger records it, the new state is
+  # stored durably, and only then is it answered. Still unknown at the card: answered `unknown`.
 }

@@ -98,6 +98,19 @@ protected:
     return reader;
   }
 
+  // The payment as `Payments.sync` answers it (settling an unknown one first).
+  schema::Payment::Reader sync(schema::Payments::Client& client, kj::StringPtr id,
+                               kj::Vector<kj::Own<capnp::MessageBuilder>>& keep) {
+    auto request = client.syncRequest();
+    request.setPaymentId(id);
+    auto response = await(request.send());
+    auto copy = kj::heap<capnp::MallocMessageBuilder>();
+    copy->setRoot(response.getPayment());
+    auto reader = copy->getRoot<schema::Payment>().asReader();
+    keep.add(kj::mv(copy));
+    return reader;
+  }
+
   schema::AuditReport::Reader audit(schema::Ledger::Client& client, kj::StringPtr currency,
                                     kj::Vector<kj::Own<capnp::MessageBuilder>>& keep) {
     auto request = client.auditRequest();
@@ -224,6 +237,117 @@ TEST_P(PaymentsFlowOn, ApprovedDeclinedCapturedRefundedVoidedAndFx) {
   expectClean(book, "USD");
 }
 
+// The card's answer is lost (`tok_timeout`: the issuer approved, the answer said `unknown`): the
+// payment is recorded `unknown`, nothing reaches the ledger, nothing can be captured, and a retry
+// returns the same `unknown`; `sync` settles it as the card processor's `sync` says, once, even
+// when several syncs race.
+TEST_P(PaymentsFlowOn, UnknownCardOutcomeIsSettledOnlyBySync) {
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+  kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+
+  // An authorization.
+  auto auth = client.authorizeRequest();
+  fill(auth.initRequest(), "k-lost-auth", 4000, "tok_timeout");
+  auto lost = await(auth.send());
+  ASSERT_TRUE(lost.getResult().isUnknown()) << kj::str(lost.getResult()).cStr();
+  auto id = kj::str(lost.getResult().getUnknown());
+  ASSERT_TRUE(id.startsWith("pay_")) << id.cStr();  // the payment's id, not the card's
+  auto retry = client.authorizeRequest();
+  fill(retry.initRequest(), "k-lost-auth", 4000, "tok_timeout");
+  auto again = await(retry.send());
+  EXPECT_EQ(kj::str(again.getResult()), kj::str(lost.getResult()));
+  auto early = op(client.captureRequest(), id, 4000, "k-lost-early", keep);
+  ASSERT_TRUE(early.isRejected()) << kj::str(early).cStr();
+  EXPECT_EQ(early.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  auto earlyVoid = op(client.voidPaymentRequest(), id, 0, "k-lost-early-void", keep);
+  ASSERT_TRUE(earlyVoid.isRejected()) << kj::str(earlyVoid).cStr();
+  EXPECT_EQ(earlyVoid.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 0);
+
+  auto settled = sync(client, id, keep);
+  ASSERT_TRUE(settled.getExists());
+  EXPECT_EQ(settled.getState(), TransactionState::AUTHORIZED);
+  EXPECT_EQ(settled.getAuthorized().getMinorUnits(), 4000);
+  EXPECT_EQ(settled.getCaptured().getMinorUnits(), 0);
+  // Settled means the hold is in the ledger: capture posts it.
+  auto captured = op(client.captureRequest(), id, 4000, "k-lost-capture", keep);
+  ASSERT_TRUE(captured.isApproved()) << kj::str(captured).cStr();
+  EXPECT_EQ(captured.getApproved().getState(), TransactionState::CAPTURED);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 4000);
+  // A later sync reads the row; it does not settle again.
+  EXPECT_EQ(sync(client, id, keep).getState(), TransactionState::CAPTURED);
+
+  // A purchase settled in another currency, synced by eight calls at once: one effect.
+  auto buy = await(purchase(client, "k-lost-buy", 2500, "tok_timeout", "EUR", "USD"));
+  ASSERT_TRUE(buy.getResult().isUnknown()) << kj::str(buy.getResult()).cStr();
+  auto buyId = kj::str(buy.getResult().getUnknown());
+  EXPECT_EQ(credits(book, "merchant:m1", "USD"), 0);
+  kj::Vector<kj::Promise<capnp::Response<schema::Payments::SyncResults>>> syncs;
+  for (int i = 0; i < 8; ++i) {
+    auto request = client.syncRequest();
+    request.setPaymentId(buyId);
+    syncs.add(request.send().then(
+        [](capnp::Response<schema::Payments::SyncResults>&& r) { return kj::mv(r); }));
+  }
+  auto answers = await(kj::joinPromises(syncs.releaseAsArray()));
+  int64_t settledUsd = -1;
+  for (auto& answer : answers) {
+    auto payment = answer.getPayment();
+    EXPECT_EQ(payment.getState(), TransactionState::CAPTURED);
+    EXPECT_EQ(payment.getCaptured().getMinorUnits(), 2500);
+    if (settledUsd < 0) settledUsd = payment.getSettled().getMinorUnits();
+    EXPECT_EQ(payment.getSettled().getMinorUnits(), settledUsd);
+  }
+  EXPECT_EQ(settledUsd, 2710);  // 2500 * 1.0842 = 2710.5, half-even
+  EXPECT_EQ(credits(book, "merchant:m1", "USD"), settledUsd);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 4000);
+  auto refund = op(client.refundRequest(), buyId, 500, "k-lost-refund", keep);
+  ASSERT_TRUE(refund.isApproved()) << kj::str(refund).cStr();
+  EXPECT_EQ(refund.getApproved().getState(), TransactionState::PARTIALLY_REFUNDED);
+  // The first answer stays the answer to the key (never resubmitted).
+  auto buyAgain = await(purchase(client, "k-lost-buy", 2500, "tok_timeout", "EUR", "USD"));
+  EXPECT_EQ(kj::str(buyAgain.getResult()), kj::str(buy.getResult()));
+  expectClean(book, "EUR");
+  expectClean(book, "USD");
+}
+
+// The card processor has no record of the lost transaction (its state is in memory, so a
+// restart of payhostd forgets it): `sync` settles the payment as failed, with nothing in the
+// ledger and nothing capturable.
+TEST_F(PaymentsFlow, UnknownOutcomeTheCardHasNoRecordOfFailsAtSync) {
+  kj::String id;
+  {
+    auto daemon = start();
+    Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+    auto client = payments(connection);
+    auto lost = await(purchase(client, "k-lost-restart", 1200, "tok_timeout"));
+    ASSERT_TRUE(lost.getResult().isUnknown()) << kj::str(lost.getResult()).cStr();
+    id = kj::str(lost.getResult().getUnknown());
+    daemon->signal(SIGKILL);
+    EXPECT_EQ(daemon->waitForExit(10 * kj::SECONDS), 128 + SIGKILL);
+  }
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+  kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+  auto payment = sync(client, id, keep);
+  ASSERT_TRUE(payment.getExists());
+  EXPECT_EQ(payment.getState(), TransactionState::FAILED);
+  EXPECT_EQ(payment.getCaptured().getMinorUnits(), 0);
+  auto refund = op(client.refundRequest(), id, 100, "k-lost-restart-refund", keep);
+  ASSERT_TRUE(refund.isRejected()) << kj::str(refund).cStr();
+  EXPECT_EQ(refund.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 0);
+  // The key's first answer is still `unknown`: it is never resubmitted.
+  auto again = await(purchase(client, "k-lost-restart", 1200, "tok_timeout"));
+  ASSERT_TRUE(again.getResult().isUnknown());
+  EXPECT_EQ(kj::str(again.getResult().getUnknown()), id);
+}
+
 // Random operations from `seed`: captured never above authorized, refunded never above captured,
 // nothing capturable after a void, replays answer alike, and the ledger balances.
 void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
@@ -241,6 +365,7 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
   });
   kj::Vector<kj::String> ids;
   std::map<std::string, bool> wasVoided;
+  std::map<std::string, int64_t> unsettledPurchases;  // id -> amount: unknown, not synced yet
   int64_t expectedMerchant = 0;
   for (uint64_t step = 0; step < steps; ++step) {
     SCOPED_TRACE(testing::Message() << "step " << step);
@@ -253,7 +378,7 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
     if (getenv("PAYMENTS_TRACE") != nullptr) {
       std::printf("step %llu\n", static_cast<unsigned long long>(step));
     }
-    int choice = static_cast<int>(random() % 6);
+    int choice = static_cast<int>(random() % 7);
     int64_t amount = 1 + static_cast<int64_t>(random() % 3000);
     if (getenv("PAYMENTS_TRACE") != nullptr) {
       std::printf("choice %d amount %lld ids %zu\n", choice, static_cast<long long>(amount),
@@ -270,6 +395,22 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
       auto response = await(purchase(client, key, amount));
       ASSERT_TRUE(response.getResult().isApproved());
       expectedMerchant += amount;
+    } else if (choice == 6) {
+      // The card's answer is lost; a later sync of the payment settles it (below).
+      kj::String lost;
+      if (random() % 2 == 0) {
+        auto response = await(purchase(client, key, amount, "tok_timeout"));
+        ASSERT_TRUE(response.getResult().isUnknown()) << kj::str(response.getResult()).cStr();
+        lost = kj::str(response.getResult().getUnknown());
+        unsettledPurchases[lost.cStr()] = amount;
+      } else {
+        auto r = client.authorizeRequest();
+        fill(r.initRequest(), key, amount, "tok_timeout");
+        auto response = await(r.send());
+        ASSERT_TRUE(response.getResult().isUnknown()) << kj::str(response.getResult()).cStr();
+        lost = kj::str(response.getResult().getUnknown());
+      }
+      ids.add(kj::mv(lost));
     } else {
       auto& id = ids[random() % ids.size()];
       schema::PaymentResult::Reader result;
@@ -305,12 +446,25 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
       EXPECT_LE(captured, authorized);
       EXPECT_LE(refunded, captured);
       EXPECT_GE(refunded, 0);
+      EXPECT_NE(payment.getState(), TransactionState::UNKNOWN) << "sync did not settle";
+      auto unsettled = unsettledPurchases.find(id.cStr());
+      if (unsettled != unsettledPurchases.end()) {
+        // Settled by this sync: the issuer approved and captured it.
+        EXPECT_EQ(payment.getState(), TransactionState::CAPTURED);
+        expectedMerchant += unsettled->second;
+        unsettledPurchases.erase(unsettled);
+      }
       if (wasVoided[id.cStr()]) {
         EXPECT_EQ(payment.getState(), TransactionState::VOIDED);
         EXPECT_EQ(captured, 0);
       }
     }
     if (HasFailure()) return;
+  }
+  for (auto& [id, amount] : unsettledPurchases) {
+    kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+    EXPECT_EQ(sync(client, id.c_str(), keep).getState(), TransactionState::CAPTURED);
+    expectedMerchant += amount;
   }
   EXPECT_EQ(credits(book, "merchant:m1", "EUR"), expectedMerchant);
   expectClean(book, "EUR");
