@@ -291,13 +291,16 @@ protected:
           }
           return kj::mv(found);
         })
-        .then([call](kj::Maybe<PaymentRow> found) mutable {
+        .then([&s, call](kj::Maybe<PaymentRow> found) mutable {
           auto out = call.getResults().initPayment();
           KJ_IF_MAYBE (p, found) {
             out.setExists(true);
             out.setPaymentId(p->id);
             out.setMerchantId(p->merchant);
-            out.setState(p->state);
+            // An authorization whose window has closed is expired, whether or not a capture or
+            // void has found that out yet (the ledger's hold times out with it).
+            bool lapsed = p->state == TransactionState::AUTHORIZED && s.nowMs() >= p->expiresAtMs;
+            out.setState(lapsed ? TransactionState::EXPIRED : p->state);
             auto money = [](schema::Money::Builder m, int64_t v, kj::StringPtr c) {
               m.setMinorUnits(v);
               m.setCurrency(c);
@@ -613,20 +616,24 @@ private:
           auto state = p->state;
           bool open = state == TransactionState::AUTHORIZED ||
                       state == TransactionState::PARTIALLY_CAPTURED;
-          if (op != Op::REFUND && open && s.nowMs() >= p->expiresAtMs && !p->released) {
-            // The authorization window passed: expired, the hold is released.
-            p->state = TransactionState::EXPIRED;
+          if (op != Op::REFUND && open && s.nowMs() >= p->expiresAtMs) {
+            // The authorization window has closed: nothing more can be captured or voided. An
+            // untouched authorization is expired; a partly captured one keeps its state, and its
+            // captured part stays refundable. The first such call releases the hold.
+            auto closed = rejected(schema::RejectCode::INVALID_STATE,
+                                   p->captured == 0 ? "the authorization expired"
+                                                    : "the authorization window has closed");
+            if (p->released) return Done{kj::mv(closed), nullptr};
+            if (p->captured == 0) p->state = TransactionState::EXPIRED;
             p->released = true;
             auto row = p->clone();
             return s
                 .post(kj::arr(LedgerStep{kj::str(row.id, "/release"), kj::str(), kj::str(), 0,
                                          kj::str(row.currency), schema::TransferKind::VOID_PENDING,
                                          kj::str(row.id, "/hold/", row.captures)}))
-                .then([row = kj::mv(row)](kj::Maybe<kj::String>) mutable {
+                .then([row = kj::mv(row), closed = kj::mv(closed)](kj::Maybe<kj::String>) mutable {
                   // The ledger may have expired the hold itself already: either way it is gone.
-                  return Done{
-                      rejected(schema::RejectCode::INVALID_STATE, "the authorization expired"),
-                      kj::mv(row)};
+                  return Done{kj::mv(closed), kj::mv(row)};
                 });
           }
           if (op != Op::VOID && currency != p->currency) {

@@ -13,7 +13,9 @@
 #   authorized         -> partiallyCaptured     capture of less than the rest
 #   authorized | partiallyCaptured -> captured  capture of the whole rest
 #   authorized         -> voided                void (nothing captured yet)
-#   authorized | partiallyCaptured -> expired   capture or void after the authorization window
+#   authorized         -> expired               the authorization window closes
+# After the window closes nothing more can be captured or voided; a partially captured payment
+# keeps its state and its captured part stays refundable.
 #   captured | partiallyCaptured | partiallyRefunded -> partiallyRefunded | refunded   refund
 # After the first refund the uncaptured rest of a partially captured payment is released.
 #

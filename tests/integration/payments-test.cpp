@@ -30,6 +30,8 @@ class PaymentsFlow : public EndToEnd {
 protected:
   // Where the ledger and payments databases live; empty: SQLite files in the data directory.
   kj::String conninfo = kj::str();
+  // More of the payments plugin's [plugin.config].
+  kj::String paymentsConfig = kj::str();
 
   kj::Own<DaemonProcess> start() {
     DaemonOptions options;
@@ -47,7 +49,8 @@ protected:
         pluginTable(FX_PLUGIN, "",
                     "[plugin.config.rates]\nEUR_USD = \"1.0842\"\nUSD_EUR = \"0.9223\""),
         pluginTable(LEDGER_PLUGIN, "\"ledger\""),
-        pluginTable(PAYMENTS_PLUGIN, "\"payments\"", "claim_timeout_ms = 1000"));
+        pluginTable(PAYMENTS_PLUGIN, "\"payments\"",
+                    kj::str("claim_timeout_ms = 1000\n", paymentsConfig)));
     return kj::heap<DaemonProcess>(kj::mv(options));
   }
 
@@ -312,6 +315,65 @@ TEST_P(PaymentsFlowOn, UnknownCardOutcomeIsSettledOnlyBySync) {
   EXPECT_EQ(kj::str(buyAgain.getResult()), kj::str(buy.getResult()));
   expectClean(book, "EUR");
   expectClean(book, "USD");
+}
+
+// The authorization window closes (1 s here): an untouched authorization is expired, capture and
+// void are refused and its hold is released; a partly captured one keeps its state, the rest can
+// no longer be captured, and what was captured stays refundable.
+TEST_P(PaymentsFlowOn, AuthorizationWindowClosesCaptureButNotRefund) {
+  paymentsConfig = kj::str("auth_window_s = 1");
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+  kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+  auto authorize = [&](kj::StringPtr key, int64_t amount) {
+    auto request = client.authorizeRequest();
+    fill(request.initRequest(), key, amount);
+    auto response = await(request.send());
+    KJ_ASSERT(response.getResult().isApproved(), kj::str(response.getResult()));
+    return kj::str(response.getResult().getApproved().getTransactionId());
+  };
+  auto pending = [&]() {
+    auto request = book.balanceRequest();
+    request.setAccountId("merchant:m1");
+    request.setCurrency("EUR");
+    return await(request.send()).getBalance().getCreditsPending().getMinorUnits();
+  };
+  auto untouched = authorize("k-win-a", 1000);
+  auto partly = authorize("k-win-b", 2000);
+  auto first = op(client.captureRequest(), partly, 500, "k-win-b-c1", keep);
+  ASSERT_TRUE(first.isApproved()) << kj::str(first).cStr();
+  EXPECT_EQ(pending(), 1000 + 1500);
+  EXPECT_EQ(sync(client, untouched, keep).getState(), TransactionState::AUTHORIZED);
+
+  io.provider->getTimer().afterDelay(1100 * kj::MILLISECONDS).wait(io.waitScope);
+  EXPECT_EQ(sync(client, untouched, keep).getState(), TransactionState::EXPIRED);
+  auto late = op(client.captureRequest(), untouched, 1000, "k-win-a-c", keep);
+  ASSERT_TRUE(late.isRejected()) << kj::str(late).cStr();
+  EXPECT_EQ(late.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  auto lateVoid = op(client.voidPaymentRequest(), untouched, 0, "k-win-a-v", keep);
+  ASSERT_TRUE(lateVoid.isRejected()) << kj::str(lateVoid).cStr();
+  EXPECT_EQ(lateVoid.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  EXPECT_EQ(sync(client, untouched, keep).getState(), TransactionState::EXPIRED);
+
+  auto rest = op(client.captureRequest(), partly, 1500, "k-win-b-c2", keep);
+  ASSERT_TRUE(rest.isRejected()) << kj::str(rest).cStr();
+  EXPECT_EQ(rest.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  auto again = op(client.captureRequest(), partly, 100, "k-win-b-c3", keep);
+  ASSERT_TRUE(again.isRejected()) << kj::str(again).cStr();
+  EXPECT_EQ(again.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  auto partlyNow = sync(client, partly, keep);
+  EXPECT_EQ(partlyNow.getState(), TransactionState::PARTIALLY_CAPTURED);
+  EXPECT_EQ(partlyNow.getCaptured().getMinorUnits(), 500);
+  EXPECT_EQ(pending(), 0);  // both holds released
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 500);
+  auto refund = op(client.refundRequest(), partly, 500, "k-win-b-r", keep);
+  ASSERT_TRUE(refund.isApproved()) << kj::str(refund).cStr();
+  EXPECT_EQ(refund.getApproved().getState(), TransactionState::REFUNDED);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 0);
+  EXPECT_EQ(pending(), 0);
+  expectClean(book, "EUR");
 }
 
 // The card processor has no record of the lost transaction (its state is in memory, so a
