@@ -85,6 +85,12 @@ struct Done {
   kj::Maybe<PaymentRow> payment;
 };
 
+// What Fx quoted, or why it would not.
+struct Quoted {
+  int64_t amount = 0;
+  kj::Maybe<kj::String> refusal;
+};
+
 struct LedgerStep {
   kj::String id;
   kj::String debit;
@@ -209,18 +215,29 @@ public:
     });
   }
 
-  // `amount` of `from` in `to`, through Fx (same currency: as is).
-  kj::Promise<int64_t> convert(int64_t amount, kj::StringPtr from, kj::StringPtr to) {
-    if (from == to) return amount;
+  // `amount` of `from` in `to` as Fx quotes it, or Fx's refusal.
+  kj::Promise<Quoted> quote(int64_t amount, kj::StringPtr from, kj::StringPtr to) {
     auto request = fx.quoteRequest();
     request.initSource().setMinorUnits(amount);
     request.getSource().setCurrency(from);
     request.setTargetCurrency(to);
     return request.send().then([](capnp::Response<schema::Fx::QuoteResults>&& response) {
       auto result = response.getResult();
-      KJ_REQUIRE(result.isQuote(), "fx refused a quote",
-                 result.isRejected() ? result.getRejected().getMessage() : "");
-      return result.getQuote().getTarget().getMinorUnits();
+      if (result.isQuote()) return Quoted{result.getQuote().getTarget().getMinorUnits(), nullptr};
+      return Quoted{0,
+                    kj::str(result.isRejected() ? result.getRejected().getMessage() : "no quote")};
+    });
+  }
+
+  // `amount` of `from` in `to`, through Fx (same currency: as is); a refusal throws. For amounts
+  // within one whose quote already succeeded.
+  kj::Promise<int64_t> convert(int64_t amount, kj::StringPtr from, kj::StringPtr to) {
+    if (from == to) return amount;
+    return quote(amount, from, to).then([](Quoted quoted) {
+      KJ_IF_MAYBE (refusal, quoted.refusal) {
+        KJ_FAIL_REQUIRE("fx refused a quote", *refusal);
+      }
+      return quoted.amount;
     });
   }
 
@@ -356,93 +373,157 @@ private:
                                  "amount must be positive, currencies three letters"),
                         nullptr};
           }
-          auto screen = s.fraud.screenRequest();
-          auto sr = screen.initRequest();
-          sr.setMerchantId(merchant);
-          sr.initAmount().setMinorUnits(amount);
-          sr.getAmount().setCurrency(currency);
-          sr.setCardToken(token);
-          sr.setCardCountry(cardCountry);
-          sr.setIpCountry(ipCountry);
-          return screen.send().then(
-              [&s, purchase, merchant = kj::mv(merchant), currency = kj::mv(currency), amount,
-               settlement = kj::mv(settlement), token = kj::mv(token),
-               paymentId = kj::mv(paymentId)](
-                  capnp::Response<schema::FraudScreen::ScreenResults>&& verdict) mutable
-              -> kj::Promise<Done> {
-                auto decision = verdict.getVerdict().getDecision();
-                PaymentRow row;
-                row.id = kj::str(paymentId);
-                row.merchant = kj::str(merchant);
-                row.currency = kj::str(currency);
-                row.settlement = kj::str(settlement);
-                row.cardTxn = kj::str();
-                if (decision == schema::FraudDecision::REJECTED) {
-                  return Done{rejected(schema::RejectCode::INVALID_REQUEST,
-                                       verdict.getVerdict().getRejection().getMessage()),
-                              nullptr};
-                }
-                if (decision == schema::FraudDecision::DENY) {
-                  auto m = newResult();
-                  auto d = m->initRoot<schema::PaymentResult>().initDeclined();
-                  d.setCode(schema::DeclineCode::SUSPECTED_FRAUD);
-                  d.setReason("declined by the fraud screen");
-                  d.setAdvice(schema::Advice::DO_NOT_RETRY);
-                  d.setTransactionId(paymentId);
-                  row.state = TransactionState::FAILED;
-                  return Done{kj::mv(m), kj::mv(row)};
-                }
-                auto fillAuth = [&](schema::AuthorizeRequest::Builder ar) {
-                  ar.setMerchantId(merchant);
-                  ar.initAmount().setMinorUnits(amount);
-                  ar.getAmount().setCurrency(currency);
-                  ar.setCardToken(token);
-                  ar.setIdempotencyKey(paymentId);
-                };
-                kj::Promise<Message> sent = nullptr;
-                if (purchase) {
-                  auto auth = s.card.purchaseRequest();
-                  fillAuth(auth.initRequest());
-                  sent = auth.send().then(
-                      [](capnp::Response<schema::CardProcessor::PurchaseResults>&& response) {
-                        return copyOf(response.getResult());
-                      });
-                } else {
-                  auto auth = s.card.authorizeRequest();
-                  fillAuth(auth.initRequest());
-                  sent = auth.send().then(
-                      [](capnp::Response<schema::CardProcessor::AuthorizeResults>&& response) {
-                        return copyOf(response.getResult());
-                      });
-                }
-                return sent.then([&s, purchase, amount,
-                                  row = kj::mv(row)](Message m) mutable -> kj::Promise<Done> {
-                  auto result = m->getRoot<schema::PaymentResult>();
-                  if (result.isDeclined()) {
+          // The amount must be payable in the settlement currency before the card is asked.
+          auto quoted = currency == settlement ? kj::Promise<Quoted>(Quoted{amount, nullptr})
+                                               : s.quote(amount, currency, settlement);
+          return quoted.then([&s, purchase, merchant = kj::mv(merchant),
+                              currency = kj::mv(currency), amount, settlement = kj::mv(settlement),
+                              token = kj::mv(token), paymentId = kj::mv(paymentId),
+                              cardCountry = kj::mv(cardCountry), ipCountry = kj::mv(ipCountry)](
+                                 Quoted quote) mutable -> kj::Promise<Done> {
+            KJ_IF_MAYBE (refusal, quote.refusal) {
+              return Done{rejected(schema::RejectCode::INVALID_REQUEST,
+                                   kj::str("cannot settle in ", settlement, ": ", *refusal)),
+                          nullptr};
+            }
+            int64_t settled = quote.amount;
+            auto screen = s.fraud.screenRequest();
+            auto sr = screen.initRequest();
+            sr.setMerchantId(merchant);
+            sr.initAmount().setMinorUnits(amount);
+            sr.getAmount().setCurrency(currency);
+            sr.setCardToken(token);
+            sr.setCardCountry(cardCountry);
+            sr.setIpCountry(ipCountry);
+            return screen.send().then(
+                [&s, purchase, merchant = kj::mv(merchant), currency = kj::mv(currency), amount,
+                 settlement = kj::mv(settlement), token = kj::mv(token),
+                 paymentId = kj::mv(paymentId),
+                 settled](capnp::Response<schema::FraudScreen::ScreenResults>&& verdict) mutable
+                -> kj::Promise<Done> {
+                  auto decision = verdict.getVerdict().getDecision();
+                  PaymentRow row;
+                  row.id = kj::str(paymentId);
+                  row.merchant = kj::str(merchant);
+                  row.currency = kj::str(currency);
+                  row.settlement = kj::str(settlement);
+                  row.cardTxn = kj::str();
+                  if (decision == schema::FraudDecision::REJECTED) {
+                    return Done{rejected(schema::RejectCode::INVALID_REQUEST,
+                                         verdict.getVerdict().getRejection().getMessage()),
+                                nullptr};
+                  }
+                  if (decision == schema::FraudDecision::DENY) {
+                    auto m = newResult();
+                    auto d = m->initRoot<schema::PaymentResult>().initDeclined();
+                    d.setCode(schema::DeclineCode::SUSPECTED_FRAUD);
+                    d.setReason("declined by the fraud screen");
+                    d.setAdvice(schema::Advice::DO_NOT_RETRY);
+                    d.setTransactionId(paymentId);
                     row.state = TransactionState::FAILED;
-                    result.getDeclined().setTransactionId(row.id);
                     return Done{kj::mv(m), kj::mv(row)};
                   }
-                  if (result.isUnknown()) {
-                    // The card's answer was lost: recorded as `unknown` with the card's
-                    // transaction id, for `sync` to settle; the merchant syncs on the payment id.
-                    row.cardTxn = kj::str(result.getUnknown());
+                  auto fillAuth = [&](schema::AuthorizeRequest::Builder ar) {
+                    ar.setMerchantId(merchant);
+                    ar.initAmount().setMinorUnits(amount);
+                    ar.getAmount().setCurrency(currency);
+                    ar.setCardToken(token);
+                    ar.setIdempotencyKey(paymentId);
+                  };
+                  kj::Promise<Message> sent = nullptr;
+                  if (purchase) {
+                    auto auth = s.card.purchaseRequest();
+                    fillAuth(auth.initRequest());
+                    sent = auth.send().then(
+                        [](capnp::Response<schema::CardProcessor::PurchaseResults>&& response) {
+                          return copyOf(response.getResult());
+                        });
+                  } else {
+                    auto auth = s.card.authorizeRequest();
+                    fillAuth(auth.initRequest());
+                    sent = auth.send().then(
+                        [](capnp::Response<schema::CardProcessor::AuthorizeResults>&& response) {
+                          return copyOf(response.getResult());
+                        });
+                  }
+                  return sent.then([&s, purchase, amount, settled,
+                                    row = kj::mv(row)](Message m) mutable -> kj::Promise<Done> {
+                    auto result = m->getRoot<schema::PaymentResult>();
+                    if (result.isDeclined()) {
+                      row.state = TransactionState::FAILED;
+                      result.getDeclined().setTransactionId(row.id);
+                      return Done{kj::mv(m), kj::mv(row)};
+                    }
+                    if (result.isUnknown()) {
+                      // The card's answer was lost: recorded as `unknown` with the card's
+                      // transaction id, for `sync` to settle; the merchant syncs on the payment id.
+                      row.cardTxn = kj::str(result.getUnknown());
+                      row.authorized = amount;
+                      row.expiresAtMs = s.nowMs() + s.windowMs;
+                      row.state = TransactionState::UNKNOWN;
+                      result.setUnknown(row.id);
+                      return Done{kj::mv(m), kj::mv(row)};
+                    }
+                    if (!result.isApproved()) return Done{kj::mv(m), nullptr};
+                    auto approval = result.getApproved();
+                    row.cardTxn = kj::str(approval.getTransactionId());
                     row.authorized = amount;
                     row.expiresAtMs = s.nowMs() + s.windowMs;
-                    row.state = TransactionState::UNKNOWN;
-                    result.setUnknown(row.id);
-                    return Done{kj::mv(m), kj::mv(row)};
-                  }
-                  if (!result.isApproved()) return Done{kj::mv(m), nullptr};
-                  auto approval = result.getApproved();
-                  row.cardTxn = kj::str(approval.getTransactionId());
-                  row.authorized = amount;
-                  row.expiresAtMs = s.nowMs() + s.windowMs;
-                  auto authCode = kj::str(approval.getAuthCode());
-                  return flowLedgerStart(s, kj::mv(row), purchase, kj::mv(authCode));
+                    auto authCode = kj::str(approval.getAuthCode());
+                    auto cardTxn = kj::str(row.cardTxn);
+                    return flowLedgerStart(s, kj::mv(row), purchase, kj::mv(authCode), settled)
+                        .then([&s, purchase, amount,
+                               cardTxn = kj::mv(cardTxn)](Done done) mutable -> kj::Promise<Done> {
+                          if (done.payment != nullptr) return kj::mv(done);
+                          // The ledger refused what the card approved: give the card its charge
+                          // or hold back, so nothing is taken without a record.
+                          return compensate(s, purchase, kj::mv(cardTxn), amount,
+                                            done.result->getRoot<schema::PaymentResult>())
+                              .then([done = kj::mv(done)]() mutable { return kj::mv(done); });
+                        });
+                  });
                 });
-              });
+          });
         });
+  }
+
+  // Refunds (purchase) or voids (authorization) card transaction `cardTxn` after the ledger
+  // refused to record it; logged as `payments.compensated` with the card's answer.
+  static kj::Promise<void> compensate(Shard& s, bool purchase, kj::String cardTxn, int64_t amount,
+                                      schema::PaymentResult::Reader refusal) {
+    auto why = kj::str(refusal.isRejected() ? refusal.getRejected().getMessage() : "");
+    auto key = kj::str(cardTxn, "/compensate");
+    kj::Promise<Message> sent = nullptr;
+    if (purchase) {
+      auto r = s.card.refundRequest();
+      r.initRequest().setTransactionId(cardTxn);
+      r.getRequest().initAmount().setMinorUnits(amount);
+      r.getRequest().setIdempotencyKey(key);
+      sent = r.send().then([](capnp::Response<schema::CardProcessor::RefundResults>&& response) {
+        return copyOf(response.getResult());
+      });
+    } else {
+      auto r = s.card.voidAuthorizationRequest();
+      r.initRequest().setTransactionId(cardTxn);
+      r.getRequest().setIdempotencyKey(key);
+      sent = r.send().then(
+          [](capnp::Response<schema::CardProcessor::VoidAuthorizationResults>&& response) {
+            return copyOf(response.getResult());
+          });
+    }
+    return sent.then([&s, cardTxn = kj::mv(cardTxn), why = kj::mv(why), purchase](Message m) {
+      auto result = m->getRoot<schema::PaymentResult>();
+      auto outcome =
+          kj::str(result.which() == schema::PaymentResult::APPROVED ? "approved" : "refused");
+      auto detail = kj::str(result);
+      LogField fields[] = {{"card_txn", cardTxn},
+                           {"operation", purchase ? "refund" : "void"},
+                           {"outcome", outcome},
+                           {"card", detail},
+                           {"ledger", why}};
+      s.context.log().write(result.isApproved() ? LogLevel::WARNING : LogLevel::ERROR,
+                            "payments.compensated", fields);
+    });
   }
 
   // Settles a payment whose card outcome was unknown: asks the card processor's `sync`, records
@@ -534,8 +615,11 @@ private:
     return kj::mv(row);
   }
 
+  // The ledger's part of an approved authorization or purchase. `settled`: the purchase's amount
+  // in the settlement currency, if already `quoted`.
   static kj::Promise<Done> flowLedgerStart(Shard& s, PaymentRow row, bool purchase,
-                                           kj::String authCode) {
+                                           kj::String authCode,
+                                           kj::Maybe<int64_t> quoted = nullptr) {
     auto credit = creditFor(row);
     auto accounts = kj::joinPromises(
         kj::arr(s.ensureAccount("cards", row.currency, false),
@@ -543,9 +627,15 @@ private:
                 s.ensureAccount(merchantAccount(row.merchant), row.settlement, true),
                 s.ensureAccount("fx", row.settlement, false)));
     return accounts.then([&s, row = kj::mv(row), purchase, authCode = kj::mv(authCode),
-                          credit = kj::mv(credit)]() mutable {
-      auto settle = purchase ? s.convert(row.authorized, row.currency, row.settlement)
-                             : kj::Promise<int64_t>(int64_t{0});
+                          credit = kj::mv(credit), quoted]() mutable {
+      kj::Promise<int64_t> settle = int64_t{0};
+      if (purchase) {
+        KJ_IF_MAYBE (amount, quoted) {
+          settle = *amount;
+        } else {
+          settle = s.convert(row.authorized, row.currency, row.settlement);
+        }
+      }
       return settle.then([&s, row = kj::mv(row), purchase, authCode = kj::mv(authCode),
                           credit = kj::mv(credit)](int64_t settled) mutable {
         kj::Vector<LedgerStep> steps;

@@ -11,9 +11,11 @@
 #include <signal.h>
 
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
+#include <string_view>
 
 #include "daemon-process.h"
 #include "tests/support/postgres-server.h"
@@ -26,12 +28,18 @@ using Result = capnp::Response<schema::Payments::PurchaseResults>;
 
 enum class Backend { SQLITE, POSTGRESQL };
 
+bool has(kj::StringPtr text, const char* part) {
+  return std::string_view(text.cStr()).find(part) != std::string_view::npos;
+}
+
 class PaymentsFlow : public EndToEnd {
 protected:
   // Where the ledger and payments databases live; empty: SQLite files in the data directory.
   kj::String conninfo = kj::str();
   // More of the payments plugin's [plugin.config].
   kj::String paymentsConfig = kj::str();
+  // The card processor's [plugin.config].
+  kj::String cardConfig = kj::str();
 
   kj::Own<DaemonProcess> start() {
     DaemonOptions options;
@@ -43,7 +51,7 @@ protected:
         kj::str("[workers]\nmin_threads = 2\nmax_threads = 4\n",
                 databaseTable("ledger", 2, conninfo), databaseTable("payments", 2, conninfo));
     options.plugins = kj::str(
-        pluginTable(CARD_PLUGIN),
+        pluginTable(CARD_PLUGIN, "", cardConfig),
         pluginTable(FRAUD_PLUGIN, "",
                     "[plugin.config.velocity]\ncard_limit = 1000000\nmerchant_limit = 1000000"),
         pluginTable(FX_PLUGIN, "",
@@ -374,6 +382,66 @@ TEST_P(PaymentsFlowOn, AuthorizationWindowClosesCaptureButNotRefund) {
   EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 0);
   EXPECT_EQ(pending(), 0);
   expectClean(book, "EUR");
+}
+
+// Amounts at and near 2^63 - 1: what cannot be represented is refused as an outcome (never an
+// exception, never a wrap) and leaves nothing behind, in the ledger or at the card.
+TEST_P(PaymentsFlowOn, AmountsNearTheLimitAreRefusedAndNeverWrap) {
+  constexpr int64_t MAX = std::numeric_limits<int64_t>::max();
+  cardConfig = kj::str("max_amount_minor = ", MAX);
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+
+  // Not positive: refused before anything is asked.
+  for (int64_t bad : {int64_t{0}, int64_t{-1}, std::numeric_limits<int64_t>::min()}) {
+    auto refused = await(purchase(client, kj::str("k-lim-bad", bad), bad));
+    ASSERT_TRUE(refused.getResult().isRejected()) << kj::str(refused.getResult()).cStr();
+    EXPECT_EQ(refused.getResult().getRejected().getCode(), schema::RejectCode::INVALID_REQUEST);
+  }
+  // Settled in USD, MAX EUR is more than 2^63 - 1 US cents: refused before the card is asked.
+  auto fx = await(purchase(client, "k-lim-fx", MAX, "tok_visa_approve", "EUR", "USD"));
+  ASSERT_TRUE(fx.getResult().isRejected()) << kj::str(fx.getResult()).cStr();
+  EXPECT_EQ(fx.getResult().getRejected().getCode(), schema::RejectCode::INVALID_REQUEST);
+  daemon->readAvailableLog();
+  EXPECT_FALSE(has(daemon->logText(), "event=card.purchase")) << "the card was asked";
+
+  // The merchant's credits cannot pass 2^63 - 1: the second purchase is refused by the ledger,
+  // and the card's charge is refunded.
+  auto first = await(purchase(client, "k-lim-p1", MAX - 10));
+  ASSERT_TRUE(first.getResult().isApproved()) << kj::str(first.getResult()).cStr();
+  auto second = await(purchase(client, "k-lim-p2", 20));
+  ASSERT_TRUE(second.getResult().isRejected()) << kj::str(second.getResult()).cStr();
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), MAX - 10);
+  daemon->readAvailableLog();
+  EXPECT_TRUE(has(daemon->logText(), "event=card.refund")) << "the card kept the charge";
+  EXPECT_TRUE(has(daemon->logText(), "event=payments.compensated"));
+  auto replay = await(purchase(client, "k-lim-p2", 20));
+  EXPECT_EQ(kj::str(replay.getResult()), kj::str(second.getResult()));
+
+  // MAX GBP fits: held, captured and refunded in full; a penny more is refused.
+  auto big = client.authorizeRequest();
+  fill(big.initRequest(), "k-lim-big", MAX, "tok_visa_approve", "GBP");
+  auto held = await(big.send());
+  ASSERT_TRUE(held.getResult().isApproved()) << kj::str(held.getResult()).cStr();
+  auto id = kj::str(held.getResult().getApproved().getTransactionId());
+  auto gbp = [&](auto request, int64_t amount, kj::StringPtr key) {
+    auto r = request.initRequest();
+    r.setPaymentId(id);
+    r.initAmount().setMinorUnits(amount);
+    r.getAmount().setCurrency("GBP");
+    r.setIdempotencyKey(key);
+    auto response = await(request.send());
+    return kj::str(response.getResult());
+  };
+  EXPECT_TRUE(gbp(client.captureRequest(), MAX, "k-lim-c1").startsWith("(approved"));
+  EXPECT_EQ(credits(book, "merchant:m1", "GBP"), MAX);
+  EXPECT_TRUE(gbp(client.refundRequest(), MAX, "k-lim-r1").startsWith("(approved"));
+  EXPECT_TRUE(has(gbp(client.refundRequest(), 1, "k-lim-r2"), "invalidState"));  // refunded
+  EXPECT_EQ(credits(book, "merchant:m1", "GBP"), 0);
+  expectClean(book, "EUR");
+  expectClean(book, "GBP");
 }
 
 // The card processor has no record of the lost transaction (its state is in memory, so a
