@@ -83,6 +83,8 @@ const char* stateName(payhost::schema::TransactionState state) {
       return "expired";
     case S::FAILED:
       return "failed";
+    case S::UNKNOWN:
+      return "unknown";
     default:
       return "unspecified";
   }
@@ -291,6 +293,16 @@ struct Flow {
     printResult(label, response.getResult());
   }
 
+  // `Payments.sync` of one payment, printed: settles a payment whose card answer was lost.
+  void sync(kj::StringPtr label, const std::string& id) {
+    auto request = payments.syncRequest();
+    request.setPaymentId(id);
+    auto response = request.send().wait(ws);
+    auto p = response.getPayment();
+    printf("%-22s %-10s state=%s authorized=%s captured=%s\n", label.cStr(), "synced",
+           stateName(p.getState()), money(p.getAuthorized()).cStr(), money(p.getCaptured()).cStr());
+  }
+
   // The payments as recorded; returns what each currency's merchant account should hold (the
   // sum of `settled`).
   std::map<std::string, int64_t> printPayments() {
@@ -373,6 +385,9 @@ bool runFlow(Flow& flow) {
   flow.operate("  void", flow.payments.voidPaymentRequest(), held, 0, "EUR");
   flow.operate("  capture after void", flow.payments.captureRequest(), held, 700, "EUR");
   flow.pay("FX purchase 100.00 EUR", true, 10000, "EUR", "tok_visa_approve", "USD");
+  // The issuer approves but its answer is lost: only sync may settle it, never a resubmit.
+  auto lost = flow.pay("purchase, answer lost", true, 1500, "EUR", "tok_timeout");
+  flow.sync("  sync", lost);
 
   auto settled = flow.printPayments();
   bool ok = true;

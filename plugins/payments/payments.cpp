@@ -85,6 +85,12 @@ struct Done {
   kj::Maybe<PaymentRow> payment;
 };
 
+// What Fx quoted, or why it would not.
+struct Quoted {
+  int64_t amount = 0;
+  kj::Maybe<kj::String> refusal;
+};
+
 struct LedgerStep {
   kj::String id;
   kj::String debit;
@@ -209,18 +215,29 @@ public:
     });
   }
 
-  // `amount` of `from` in `to`, through Fx (same currency: as is).
-  kj::Promise<int64_t> convert(int64_t amount, kj::StringPtr from, kj::StringPtr to) {
-    if (from == to) return amount;
+  // `amount` of `from` in `to` as Fx quotes it, or Fx's refusal.
+  kj::Promise<Quoted> quote(int64_t amount, kj::StringPtr from, kj::StringPtr to) {
     auto request = fx.quoteRequest();
     request.initSource().setMinorUnits(amount);
     request.getSource().setCurrency(from);
     request.setTargetCurrency(to);
     return request.send().then([](capnp::Response<schema::Fx::QuoteResults>&& response) {
       auto result = response.getResult();
-      KJ_REQUIRE(result.isQuote(), "fx refused a quote",
-                 result.isRejected() ? result.getRejected().getMessage() : "");
-      return result.getQuote().getTarget().getMinorUnits();
+      if (result.isQuote()) return Quoted{result.getQuote().getTarget().getMinorUnits(), nullptr};
+      return Quoted{0,
+                    kj::str(result.isRejected() ? result.getRejected().getMessage() : "no quote")};
+    });
+  }
+
+  // `amount` of `from` in `to`, through Fx (same currency: as is); a refusal throws. For amounts
+  // within one whose quote already succeeded.
+  kj::Promise<int64_t> convert(int64_t amount, kj::StringPtr from, kj::StringPtr to) {
+    if (from == to) return amount;
+    return quote(amount, from, to).then([](Quoted quoted) {
+      KJ_IF_MAYBE (refusal, quoted.refusal) {
+        KJ_FAIL_REQUIRE("fx refused a quote", *refusal);
+      }
+      return quoted.amount;
     });
   }
 
@@ -282,15 +299,25 @@ protected:
   kj::Promise<void> sync(SyncContext call) override {
     shard->check();
     auto id = kj::str(call.getParams().getPaymentId());
-    return shard->database
+    Shard& s = *shard;
+    return s.database
         .transaction([id = kj::mv(id)](SqlTransaction& tx) { return loadPayment(tx, id); })
-        .then([call](kj::Maybe<PaymentRow> found) mutable {
+        .then([&s](kj::Maybe<PaymentRow> found) -> kj::Promise<kj::Maybe<PaymentRow>> {
+          KJ_IF_MAYBE (p, found) {
+            if (p->state == TransactionState::UNKNOWN) return settle(s, kj::mv(*p));
+          }
+          return kj::mv(found);
+        })
+        .then([&s, call](kj::Maybe<PaymentRow> found) mutable {
           auto out = call.getResults().initPayment();
           KJ_IF_MAYBE (p, found) {
             out.setExists(true);
             out.setPaymentId(p->id);
             out.setMerchantId(p->merchant);
-            out.setState(p->state);
+            // An authorization whose window has closed is expired, whether or not a capture or
+            // void has found that out yet (the ledger's hold times out with it).
+            bool lapsed = p->state == TransactionState::AUTHORIZED && s.nowMs() >= p->expiresAtMs;
+            out.setState(lapsed ? TransactionState::EXPIRED : p->state);
             auto money = [](schema::Money::Builder m, int64_t v, kj::StringPtr c) {
               m.setMinorUnits(v);
               m.setCurrency(c);
@@ -331,6 +358,11 @@ private:
             kj::Maybe<PaymentRow> existing) mutable -> kj::Promise<Done> {
           KJ_IF_MAYBE (p, existing) {
             // A payment id from a retried claim: it was already recorded.
+            if (p->state == TransactionState::UNKNOWN) {
+              auto m = newResult();
+              m->initRoot<schema::PaymentResult>().setUnknown(p->id);
+              return Done{kj::mv(m), p->clone()};
+            }
             return Done{approved(p->id, "", p->authorized, p->currency, p->state), p->clone()};
           }
           if (!validText(merchant, 200) || merchant.findFirst(' ') != nullptr) {
@@ -341,87 +373,253 @@ private:
                                  "amount must be positive, currencies three letters"),
                         nullptr};
           }
-          auto screen = s.fraud.screenRequest();
-          auto sr = screen.initRequest();
-          sr.setMerchantId(merchant);
-          sr.initAmount().setMinorUnits(amount);
-          sr.getAmount().setCurrency(currency);
-          sr.setCardToken(token);
-          sr.setCardCountry(cardCountry);
-          sr.setIpCountry(ipCountry);
-          return screen.send().then(
-              [&s, purchase, merchant = kj::mv(merchant), currency = kj::mv(currency), amount,
-               settlement = kj::mv(settlement), token = kj::mv(token),
-               paymentId = kj::mv(paymentId)](
-                  capnp::Response<schema::FraudScreen::ScreenResults>&& verdict) mutable
-              -> kj::Promise<Done> {
-                auto decision = verdict.getVerdict().getDecision();
-                PaymentRow row;
-                row.id = kj::str(paymentId);
-                row.merchant = kj::str(merchant);
-                row.currency = kj::str(currency);
-                row.settlement = kj::str(settlement);
-                row.cardTxn = kj::str();
-                if (decision == schema::FraudDecision::REJECTED) {
-                  return Done{rejected(schema::RejectCode::INVALID_REQUEST,
-                                       verdict.getVerdict().getRejection().getMessage()),
-                              nullptr};
-                }
-                if (decision == schema::FraudDecision::DENY) {
-                  auto m = newResult();
-                  auto d = m->initRoot<schema::PaymentResult>().initDeclined();
-                  d.setCode(schema::DeclineCode::SUSPECTED_FRAUD);
-                  d.setReason("declined by the fraud screen");
-                  d.setAdvice(schema::Advice::DO_NOT_RETRY);
-                  d.setTransactionId(paymentId);
-                  row.state = TransactionState::FAILED;
-                  return Done{kj::mv(m), kj::mv(row)};
-                }
-                auto fillAuth = [&](schema::AuthorizeRequest::Builder ar) {
-                  ar.setMerchantId(merchant);
-                  ar.initAmount().setMinorUnits(amount);
-                  ar.getAmount().setCurrency(currency);
-                  ar.setCardToken(token);
-                  ar.setIdempotencyKey(paymentId);
-                };
-                kj::Promise<Message> sent = nullptr;
-                if (purchase) {
-                  auto auth = s.card.purchaseRequest();
-                  fillAuth(auth.initRequest());
-                  sent = auth.send().then(
-                      [](capnp::Response<schema::CardProcessor::PurchaseResults>&& response) {
-                        return copyOf(response.getResult());
-                      });
-                } else {
-                  auto auth = s.card.authorizeRequest();
-                  fillAuth(auth.initRequest());
-                  sent = auth.send().then(
-                      [](capnp::Response<schema::CardProcessor::AuthorizeResults>&& response) {
-                        return copyOf(response.getResult());
-                      });
-                }
-                return sent.then([&s, purchase, amount,
-                                  row = kj::mv(row)](Message m) mutable -> kj::Promise<Done> {
-                  auto result = m->getRoot<schema::PaymentResult>();
-                  if (result.isDeclined()) {
+          // The amount must be payable in the settlement currency before the card is asked.
+          auto quoted = currency == settlement ? kj::Promise<Quoted>(Quoted{amount, nullptr})
+                                               : s.quote(amount, currency, settlement);
+          return quoted.then([&s, purchase, merchant = kj::mv(merchant),
+                              currency = kj::mv(currency), amount, settlement = kj::mv(settlement),
+                              token = kj::mv(token), paymentId = kj::mv(paymentId),
+                              cardCountry = kj::mv(cardCountry), ipCountry = kj::mv(ipCountry)](
+                                 Quoted quote) mutable -> kj::Promise<Done> {
+            KJ_IF_MAYBE (refusal, quote.refusal) {
+              return Done{rejected(schema::RejectCode::INVALID_REQUEST,
+                                   kj::str("cannot settle in ", settlement, ": ", *refusal)),
+                          nullptr};
+            }
+            int64_t settled = quote.amount;
+            auto screen = s.fraud.screenRequest();
+            auto sr = screen.initRequest();
+            sr.setMerchantId(merchant);
+            sr.initAmount().setMinorUnits(amount);
+            sr.getAmount().setCurrency(currency);
+            sr.setCardToken(token);
+            sr.setCardCountry(cardCountry);
+            sr.setIpCountry(ipCountry);
+            return screen.send().then(
+                [&s, purchase, merchant = kj::mv(merchant), currency = kj::mv(currency), amount,
+                 settlement = kj::mv(settlement), token = kj::mv(token),
+                 paymentId = kj::mv(paymentId),
+                 settled](capnp::Response<schema::FraudScreen::ScreenResults>&& verdict) mutable
+                -> kj::Promise<Done> {
+                  auto decision = verdict.getVerdict().getDecision();
+                  PaymentRow row;
+                  row.id = kj::str(paymentId);
+                  row.merchant = kj::str(merchant);
+                  row.currency = kj::str(currency);
+                  row.settlement = kj::str(settlement);
+                  row.cardTxn = kj::str();
+                  if (decision == schema::FraudDecision::REJECTED) {
+                    return Done{rejected(schema::RejectCode::INVALID_REQUEST,
+                                         verdict.getVerdict().getRejection().getMessage()),
+                                nullptr};
+                  }
+                  if (decision == schema::FraudDecision::DENY) {
+                    auto m = newResult();
+                    auto d = m->initRoot<schema::PaymentResult>().initDeclined();
+                    d.setCode(schema::DeclineCode::SUSPECTED_FRAUD);
+                    d.setReason("declined by the fraud screen");
+                    d.setAdvice(schema::Advice::DO_NOT_RETRY);
+                    d.setTransactionId(paymentId);
                     row.state = TransactionState::FAILED;
-                    result.getDeclined().setTransactionId(row.id);
                     return Done{kj::mv(m), kj::mv(row)};
                   }
-                  if (!result.isApproved()) return Done{kj::mv(m), nullptr};
-                  auto approval = result.getApproved();
-                  row.cardTxn = kj::str(approval.getTransactionId());
-                  row.authorized = amount;
-                  row.expiresAtMs = s.nowMs() + s.windowMs;
-                  auto authCode = kj::str(approval.getAuthCode());
-                  return flowLedgerStart(s, kj::mv(row), purchase, kj::mv(authCode));
+                  auto fillAuth = [&](schema::AuthorizeRequest::Builder ar) {
+                    ar.setMerchantId(merchant);
+                    ar.initAmount().setMinorUnits(amount);
+                    ar.getAmount().setCurrency(currency);
+                    ar.setCardToken(token);
+                    ar.setIdempotencyKey(paymentId);
+                  };
+                  kj::Promise<Message> sent = nullptr;
+                  if (purchase) {
+                    auto auth = s.card.purchaseRequest();
+                    fillAuth(auth.initRequest());
+                    sent = auth.send().then(
+                        [](capnp::Response<schema::CardProcessor::PurchaseResults>&& response) {
+                          return copyOf(response.getResult());
+                        });
+                  } else {
+                    auto auth = s.card.authorizeRequest();
+                    fillAuth(auth.initRequest());
+                    sent = auth.send().then(
+                        [](capnp::Response<schema::CardProcessor::AuthorizeResults>&& response) {
+                          return copyOf(response.getResult());
+                        });
+                  }
+                  return sent.then([&s, purchase, amount, settled,
+                                    row = kj::mv(row)](Message m) mutable -> kj::Promise<Done> {
+                    auto result = m->getRoot<schema::PaymentResult>();
+                    if (result.isDeclined()) {
+                      row.state = TransactionState::FAILED;
+                      result.getDeclined().setTransactionId(row.id);
+                      return Done{kj::mv(m), kj::mv(row)};
+                    }
+                    if (result.isUnknown()) {
+                      // The card's answer was lost: recorded as `unknown` with the card's
+                      // transaction id, for `sync` to settle; the merchant syncs on the payment id.
+                      row.cardTxn = kj::str(result.getUnknown());
+                      row.authorized = amount;
+                      row.expiresAtMs = s.nowMs() + s.windowMs;
+                      row.state = TransactionState::UNKNOWN;
+                      result.setUnknown(row.id);
+                      return Done{kj::mv(m), kj::mv(row)};
+                    }
+                    if (!result.isApproved()) return Done{kj::mv(m), nullptr};
+                    auto approval = result.getApproved();
+                    row.cardTxn = kj::str(approval.getTransactionId());
+                    row.authorized = amount;
+                    row.expiresAtMs = s.nowMs() + s.windowMs;
+                    auto authCode = kj::str(approval.getAuthCode());
+                    auto cardTxn = kj::str(row.cardTxn);
+                    return flowLedgerStart(s, kj::mv(row), purchase, kj::mv(authCode), settled)
+                        .then([&s, purchase, amount,
+                               cardTxn = kj::mv(cardTxn)](Done done) mutable -> kj::Promise<Done> {
+                          if (done.payment != nullptr) return kj::mv(done);
+                          // The ledger refused what the card approved: give the card its charge
+                          // or hold back, so nothing is taken without a record.
+                          return compensate(s, purchase, kj::mv(cardTxn), amount,
+                                            done.result->getRoot<schema::PaymentResult>())
+                              .then([done = kj::mv(done)]() mutable { return kj::mv(done); });
+                        });
+                  });
                 });
-              });
+          });
         });
   }
 
+  // Refunds (purchase) or voids (authorization) card transaction `cardTxn` after the ledger
+  // refused to record it; logged as `payments.compensated` with the card's answer.
+  static kj::Promise<void> compensate(Shard& s, bool purchase, kj::String cardTxn, int64_t amount,
+                                      schema::PaymentResult::Reader refusal) {
+    auto why = kj::str(refusal.isRejected() ? refusal.getRejected().getMessage() : "");
+    auto key = kj::str(cardTxn, "/compensate");
+    kj::Promise<Message> sent = nullptr;
+    if (purchase) {
+      auto r = s.card.refundRequest();
+      r.initRequest().setTransactionId(cardTxn);
+      r.getRequest().initAmount().setMinorUnits(amount);
+      r.getRequest().setIdempotencyKey(key);
+      sent = r.send().then([](capnp::Response<schema::CardProcessor::RefundResults>&& response) {
+        return copyOf(response.getResult());
+      });
+    } else {
+      auto r = s.card.voidAuthorizationRequest();
+      r.initRequest().setTransactionId(cardTxn);
+      r.getRequest().setIdempotencyKey(key);
+      sent = r.send().then(
+          [](capnp::Response<schema::CardProcessor::VoidAuthorizationResults>&& response) {
+            return copyOf(response.getResult());
+          });
+    }
+    return sent.then([&s, cardTxn = kj::mv(cardTxn), why = kj::mv(why), purchase](Message m) {
+      auto result = m->getRoot<schema::PaymentResult>();
+      auto outcome =
+          kj::str(result.which() == schema::PaymentResult::APPROVED ? "approved" : "refused");
+      auto detail = kj::str(result);
+      LogField fields[] = {{"card_txn", cardTxn},
+                           {"operation", purchase ? "refund" : "void"},
+                           {"outcome", outcome},
+                           {"card", detail},
+                           {"ledger", why}};
+      s.context.log().write(result.isApproved() ? LogLevel::WARNING : LogLevel::ERROR,
+                            "payments.compensated", fields);
+    });
+  }
+
+  // Settles a payment whose card outcome was unknown: asks the card processor's `sync`, records
+  // what it says in the ledger (the same transfer ids as an answered authorization or purchase,
+  // so a concurrent or repeated settlement replays), stores the new row if the stored one is
+  // still `unknown`, and returns the stored row. Still unknown, or an answer that cannot be
+  // recorded: the row as it is (logged).
+  static kj::Promise<kj::Maybe<PaymentRow>> settle(Shard& s, PaymentRow row) {
+    auto request = s.card.syncRequest();
+    request.setTransactionId(row.cardTxn);
+    return request.send().then(
+        [&s,
+         row = kj::mv(row)](capnp::Response<schema::CardProcessor::SyncResults>&& response) mutable
+        -> kj::Promise<kj::Maybe<PaymentRow>> {
+          auto result = response.getResult();
+          if (result.isApproved()) {
+            auto approval = result.getApproved();
+            auto state = approval.getState();
+            if (state == TransactionState::AUTHORIZED || state == TransactionState::CAPTURED) {
+              if (approval.getAmount().getMinorUnits() != row.authorized ||
+                  approval.getAmount().getCurrency() != row.currency) {
+                return keepUnknown(s, kj::mv(row), "the card's amount differs from the payment's");
+              }
+              bool purchase = state == TransactionState::CAPTURED;
+              auto authCode = kj::str(approval.getAuthCode());
+              auto id = kj::str(row.id);
+              return flowLedgerStart(s, kj::mv(row), purchase, kj::mv(authCode))
+                  .then([&s, id = kj::mv(id)](Done done) mutable {
+                    KJ_IF_MAYBE (settled, done.payment) {
+                      return store(s, kj::mv(*settled));
+                    }
+                    auto reason = kj::str(done.result->getRoot<schema::PaymentResult>());
+                    return s.database
+                        .transaction(
+                            [id = kj::mv(id)](SqlTransaction& tx) { return loadPayment(tx, id); })
+                        .then([&s, reason = kj::mv(reason)](kj::Maybe<PaymentRow> found) mutable
+                              -> kj::Promise<kj::Maybe<PaymentRow>> {
+                          KJ_IF_MAYBE (p, found) {
+                            return keepUnknown(s, kj::mv(*p), reason);
+                          }
+                          return kj::mv(found);
+                        });
+                  });
+            }
+            if (state == TransactionState::EXPIRED) {
+              // Authorized, never captured, and its window has closed: nothing to hold.
+              row.state = TransactionState::EXPIRED;
+              row.released = true;
+              return store(s, kj::mv(row));
+            }
+            return keepUnknown(s, kj::mv(row), "the card reports an unexpected state");
+          }
+          bool neverIssued =
+              result.isRejected() &&
+              result.getRejected().getCode() == schema::RejectCode::UNKNOWN_TRANSACTION &&
+              !result.getRejected().getMessage().startsWith("transaction forgotten");
+          if (result.isDeclined() || neverIssued) {
+            // Declined, or never authorized (the card has no such transaction; one it has
+            // forgotten stays unknown): nothing to record in the ledger.
+            row.state = TransactionState::FAILED;
+            row.authorized = 0;
+            return store(s, kj::mv(row));
+          }
+          if (result.isUnknown() || result.isPending() || result.isNotAttempted()) {
+            return kj::Maybe<PaymentRow>(kj::mv(row));
+          }
+          return keepUnknown(s, kj::mv(row), kj::str(result));
+        });
+  }
+
+  static kj::Promise<kj::Maybe<PaymentRow>> store(Shard& s, PaymentRow row) {
+    DbOp op;
+    op.type = DbOp::Type::SETTLE;
+    op.paymentId = kj::str(row.id);
+    op.payment = kj::mv(row);
+    return s.commits.submit(kj::mv(op)).then([&s](DbResult stored) mutable {
+      KJ_IF_MAYBE (p, stored.payment) {
+        auto state = stateName(p->state);
+        LogField fields[] = {{"payment", p->id}, {"state", state}};
+        s.context.log().write(LogLevel::INFO, "payments.settled", fields);
+      }
+      return kj::mv(stored.payment);
+    });
+  }
+
+  static kj::Maybe<PaymentRow> keepUnknown(Shard& s, PaymentRow row, kj::StringPtr reason) {
+    LogField fields[] = {{"payment", row.id}, {"reason", reason}};
+    s.context.log().write(LogLevel::WARNING, "payments.unsettled", fields);
+    return kj::mv(row);
+  }
+
+  // The ledger's part of an approved authorization or purchase. `settled`: the purchase's amount
+  // in the settlement currency, if already `quoted`.
   static kj::Promise<Done> flowLedgerStart(Shard& s, PaymentRow row, bool purchase,
-                                           kj::String authCode) {
+                                           kj::String authCode,
+                                           kj::Maybe<int64_t> quoted = nullptr) {
     auto credit = creditFor(row);
     auto accounts = kj::joinPromises(
         kj::arr(s.ensureAccount("cards", row.currency, false),
@@ -429,9 +627,15 @@ private:
                 s.ensureAccount(merchantAccount(row.merchant), row.settlement, true),
                 s.ensureAccount("fx", row.settlement, false)));
     return accounts.then([&s, row = kj::mv(row), purchase, authCode = kj::mv(authCode),
-                          credit = kj::mv(credit)]() mutable {
-      auto settle = purchase ? s.convert(row.authorized, row.currency, row.settlement)
-                             : kj::Promise<int64_t>(int64_t{0});
+                          credit = kj::mv(credit), quoted]() mutable {
+      kj::Promise<int64_t> settle = int64_t{0};
+      if (purchase) {
+        KJ_IF_MAYBE (amount, quoted) {
+          settle = *amount;
+        } else {
+          settle = s.convert(row.authorized, row.currency, row.settlement);
+        }
+      }
       return settle.then([&s, row = kj::mv(row), purchase, authCode = kj::mv(authCode),
                           credit = kj::mv(credit)](int64_t settled) mutable {
         kj::Vector<LedgerStep> steps;
@@ -502,20 +706,24 @@ private:
           auto state = p->state;
           bool open = state == TransactionState::AUTHORIZED ||
                       state == TransactionState::PARTIALLY_CAPTURED;
-          if (op != Op::REFUND && open && s.nowMs() >= p->expiresAtMs && !p->released) {
-            // The authorization window passed: expired, the hold is released.
-            p->state = TransactionState::EXPIRED;
+          if (op != Op::REFUND && open && s.nowMs() >= p->expiresAtMs) {
+            // The authorization window has closed: nothing more can be captured or voided. An
+            // untouched authorization is expired; a partly captured one keeps its state, and its
+            // captured part stays refundable. The first such call releases the hold.
+            auto closed = rejected(schema::RejectCode::INVALID_STATE,
+                                   p->captured == 0 ? "the authorization expired"
+                                                    : "the authorization window has closed");
+            if (p->released) return Done{kj::mv(closed), nullptr};
+            if (p->captured == 0) p->state = TransactionState::EXPIRED;
             p->released = true;
             auto row = p->clone();
             return s
                 .post(kj::arr(LedgerStep{kj::str(row.id, "/release"), kj::str(), kj::str(), 0,
                                          kj::str(row.currency), schema::TransferKind::VOID_PENDING,
                                          kj::str(row.id, "/hold/", row.captures)}))
-                .then([row = kj::mv(row)](kj::Maybe<kj::String>) mutable {
+                .then([row = kj::mv(row), closed = kj::mv(closed)](kj::Maybe<kj::String>) mutable {
                   // The ledger may have expired the hold itself already: either way it is gone.
-                  return Done{
-                      rejected(schema::RejectCode::INVALID_STATE, "the authorization expired"),
-                      kj::mv(row)};
+                  return Done{kj::mv(closed), kj::mv(row)};
                 });
           }
           if (op != Op::VOID && currency != p->currency) {
@@ -587,6 +795,8 @@ private:
         return "expired";
       case TransactionState::FAILED:
         return "failed";
+      case TransactionState::UNKNOWN:
+        return "unknown (settle it with sync first)";
       case TransactionState::UNSPECIFIED:
         break;
     }

@@ -65,6 +65,18 @@ kj::Array<DbResult> applyDb(SqlTransaction& tx, kj::ArrayPtr<const DbOp> ops) {
       if (out.kind == DbResult::Kind::PROCEED && op.paymentId.size() > 0) {
         out.payment = loadPayment(tx, op.paymentId);
       }
+    } else if (op.type == DbOp::Type::SETTLE) {
+      KJ_IF_MAYBE (p, op.payment) {
+        tx.execute(
+            "UPDATE payments SET card_txn = $2, authorized = $3, captured = $4, refunded = $5, "
+            "settled = $6, state = $7, expires_at_ms = $8, captures = $9, refunds = $10, "
+            "released = $11 WHERE id = $1 AND state = $12",
+            {p->id, p->cardTxn, p->authorized, p->captured, p->refunded, p->settled,
+             static_cast<int64_t>(p->state), p->expiresAtMs, p->captures, p->refunds,
+             int64_t{p->released ? 1 : 0}, static_cast<int64_t>(TransactionState::UNKNOWN)});
+      }
+      out.payment = loadPayment(tx, op.paymentId);
+      out.kind = DbResult::Kind::DONE;
     } else {
       tx.execute("UPDATE payments_keys SET result = $2 WHERE key = $1", {op.key, op.result});
       KJ_IF_MAYBE (p, op.payment) {

@@ -51,9 +51,9 @@ struct PaymentRow {
 };
 
 // One unit of work for the payments database: claim an idempotency key (and load the payment it
-// names), or store a result and the payment row.
+// names), store a result and the payment row, or settle a payment whose card outcome was unknown.
 struct DbOp {
-  enum class Type : uint8_t { CLAIM, FINISH };
+  enum class Type : uint8_t { CLAIM, FINISH, SETTLE };
   Type type = Type::CLAIM;
   // CLAIM: a claim older than this is taken over: its process died before finishing (the retry
   // reruns the flow with the same ids, so nothing is applied twice).
@@ -61,7 +61,10 @@ struct DbOp {
   kj::String key;
   kj::String request;
   int64_t nowMs = 0;
-  // CLAIM: the payment to load. FINISH: the payment to store (if any).
+  // CLAIM and SETTLE: the payment to load. FINISH: the payment to store (if any). SETTLE: the
+  // payment's new row, stored only while the stored one is still in state `unknown` (a second
+  // settlement, or one racing a capture of the first, changes nothing); the stored row is loaded
+  // after it.
   kj::String paymentId;
   kj::Maybe<PaymentRow> payment;
   kj::Array<kj::byte> result;
@@ -69,7 +72,7 @@ struct DbOp {
 
 // PROCEED: the key is now claimed by this call (`payment` is the stored row, if any); STORED: the
 // key has a result (`stored`); CONFLICT: the key was used with another request; BUSY: another
-// call holds the claim; DONE: a FINISH was written.
+// call holds the claim; DONE: a FINISH or SETTLE was written (SETTLE: `payment` is the stored row).
 struct DbResult {
   enum class Kind : uint8_t { PROCEED, STORED, CONFLICT, BUSY, DONE };
   Kind kind = Kind::DONE;

@@ -8,10 +8,14 @@
 #   (new)              -> authorized            authorize approved
 #   (new)              -> captured              purchase approved
 #   (new)              -> failed                authorize or purchase declined
+#   (new)              -> unknown               the card processor's answer was `unknown`
+#   unknown            -> authorized | captured | expired | failed   sync, as the card says
 #   authorized         -> partiallyCaptured     capture of less than the rest
 #   authorized | partiallyCaptured -> captured  capture of the whole rest
 #   authorized         -> voided                void (nothing captured yet)
-#   authorized | partiallyCaptured -> expired   capture or void after the authorization window
+#   authorized         -> expired               the authorization window closes
+# After the window closes nothing more can be captured or voided; a partially captured payment
+# keeps its state and its captured part stays refundable.
 #   captured | partiallyCaptured | partiallyRefunded -> partiallyRefunded | refunded   refund
 # After the first refund the uncaptured rest of a partially captured payment is released.
 #
@@ -67,5 +71,7 @@ interface Payments {
   refund @3 (request :PaymentOperation) -> (result :PaymentResult);
   purchase @4 (request :PaymentRequest) -> (result :PaymentResult);
   sync @5 (paymentId :Text) -> (payment :Payment);
-  # The payment as recorded (not a mutation: no idempotency key).
+  # The payment as recorded (no idempotency key). A payment in state `unknown` is settled first:
+  # the card processor's `sync` says what happened, the ledger records it, the new state is
+  # stored durably, and only then is it answered. Still unknown at the card: answered `unknown`.
 }

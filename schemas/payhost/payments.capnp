@@ -47,6 +47,10 @@ enum TransactionState {
   refunded @6;
   expired @7;
   failed @8;
+  unknown @9;
+  # Payments only: the card processor's answer to an authorization or purchase was lost (its
+  # outcome was `unknown`). Only `Payments.sync` settles it: to authorized, captured, expired or
+  # failed, as the card processor's `sync` says. Nothing else is allowed from it.
 }
 
 enum DeclineCode {

@@ -11,9 +11,11 @@
 #include <signal.h>
 
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
+#include <string_view>
 
 #include "daemon-process.h"
 #include "tests/support/postgres-server.h"
@@ -26,10 +28,18 @@ using Result = capnp::Response<schema::Payments::PurchaseResults>;
 
 enum class Backend { SQLITE, POSTGRESQL };
 
+bool has(kj::StringPtr text, const char* part) {
+  return std::string_view(text.cStr()).find(part) != std::string_view::npos;
+}
+
 class PaymentsFlow : public EndToEnd {
 protected:
   // Where the ledger and payments databases live; empty: SQLite files in the data directory.
   kj::String conninfo = kj::str();
+  // More of the payments plugin's [plugin.config].
+  kj::String paymentsConfig = kj::str();
+  // The card processor's [plugin.config].
+  kj::String cardConfig = kj::str();
 
   kj::Own<DaemonProcess> start() {
     DaemonOptions options;
@@ -41,13 +51,14 @@ protected:
         kj::str("[workers]\nmin_threads = 2\nmax_threads = 4\n",
                 databaseTable("ledger", 2, conninfo), databaseTable("payments", 2, conninfo));
     options.plugins = kj::str(
-        pluginTable(CARD_PLUGIN),
+        pluginTable(CARD_PLUGIN, "", cardConfig),
         pluginTable(FRAUD_PLUGIN, "",
                     "[plugin.config.velocity]\ncard_limit = 1000000\nmerchant_limit = 1000000"),
         pluginTable(FX_PLUGIN, "",
                     "[plugin.config.rates]\nEUR_USD = \"1.0842\"\nUSD_EUR = \"0.9223\""),
         pluginTable(LEDGER_PLUGIN, "\"ledger\""),
-        pluginTable(PAYMENTS_PLUGIN, "\"payments\"", "claim_timeout_ms = 1000"));
+        pluginTable(PAYMENTS_PLUGIN, "\"payments\"",
+                    kj::str("claim_timeout_ms = 1000\n", paymentsConfig)));
     return kj::heap<DaemonProcess>(kj::mv(options));
   }
 
@@ -94,6 +105,19 @@ protected:
     auto copy = kj::heap<capnp::MallocMessageBuilder>();
     copy->setRoot(response.getResult());
     auto reader = copy->getRoot<schema::PaymentResult>().asReader();
+    keep.add(kj::mv(copy));
+    return reader;
+  }
+
+  // The payment as `Payments.sync` answers it (settling an unknown one first).
+  schema::Payment::Reader sync(schema::Payments::Client& client, kj::StringPtr id,
+                               kj::Vector<kj::Own<capnp::MessageBuilder>>& keep) {
+    auto request = client.syncRequest();
+    request.setPaymentId(id);
+    auto response = await(request.send());
+    auto copy = kj::heap<capnp::MallocMessageBuilder>();
+    copy->setRoot(response.getPayment());
+    auto reader = copy->getRoot<schema::Payment>().asReader();
     keep.add(kj::mv(copy));
     return reader;
   }
@@ -224,6 +248,236 @@ TEST_P(PaymentsFlowOn, ApprovedDeclinedCapturedRefundedVoidedAndFx) {
   expectClean(book, "USD");
 }
 
+// The card's answer is lost (`tok_timeout`: the issuer approved, the answer said `unknown`): the
+// payment is recorded `unknown`, nothing reaches the ledger, nothing can be captured, and a retry
+// returns the same `unknown`; `sync` settles it as the card processor's `sync` says, once, even
+// when several syncs race.
+TEST_P(PaymentsFlowOn, UnknownCardOutcomeIsSettledOnlyBySync) {
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+  kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+
+  // An authorization.
+  auto auth = client.authorizeRequest();
+  fill(auth.initRequest(), "k-lost-auth", 4000, "tok_timeout");
+  auto lost = await(auth.send());
+  ASSERT_TRUE(lost.getResult().isUnknown()) << kj::str(lost.getResult()).cStr();
+  auto id = kj::str(lost.getResult().getUnknown());
+  ASSERT_TRUE(id.startsWith("pay_")) << id.cStr();  // the payment's id, not the card's
+  auto retry = client.authorizeRequest();
+  fill(retry.initRequest(), "k-lost-auth", 4000, "tok_timeout");
+  auto again = await(retry.send());
+  EXPECT_EQ(kj::str(again.getResult()), kj::str(lost.getResult()));
+  auto early = op(client.captureRequest(), id, 4000, "k-lost-early", keep);
+  ASSERT_TRUE(early.isRejected()) << kj::str(early).cStr();
+  EXPECT_EQ(early.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  auto earlyVoid = op(client.voidPaymentRequest(), id, 0, "k-lost-early-void", keep);
+  ASSERT_TRUE(earlyVoid.isRejected()) << kj::str(earlyVoid).cStr();
+  EXPECT_EQ(earlyVoid.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 0);
+
+  auto settled = sync(client, id, keep);
+  ASSERT_TRUE(settled.getExists());
+  EXPECT_EQ(settled.getState(), TransactionState::AUTHORIZED);
+  EXPECT_EQ(settled.getAuthorized().getMinorUnits(), 4000);
+  EXPECT_EQ(settled.getCaptured().getMinorUnits(), 0);
+  // Settled means the hold is in the ledger: capture posts it.
+  auto captured = op(client.captureRequest(), id, 4000, "k-lost-capture", keep);
+  ASSERT_TRUE(captured.isApproved()) << kj::str(captured).cStr();
+  EXPECT_EQ(captured.getApproved().getState(), TransactionState::CAPTURED);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 4000);
+  // A later sync reads the row; it does not settle again.
+  EXPECT_EQ(sync(client, id, keep).getState(), TransactionState::CAPTURED);
+
+  // A purchase settled in another currency, synced by eight calls at once: one effect.
+  auto buy = await(purchase(client, "k-lost-buy", 2500, "tok_timeout", "EUR", "USD"));
+  ASSERT_TRUE(buy.getResult().isUnknown()) << kj::str(buy.getResult()).cStr();
+  auto buyId = kj::str(buy.getResult().getUnknown());
+  EXPECT_EQ(credits(book, "merchant:m1", "USD"), 0);
+  kj::Vector<kj::Promise<capnp::Response<schema::Payments::SyncResults>>> syncs;
+  for (int i = 0; i < 8; ++i) {
+    auto request = client.syncRequest();
+    request.setPaymentId(buyId);
+    syncs.add(request.send().then(
+        [](capnp::Response<schema::Payments::SyncResults>&& r) { return kj::mv(r); }));
+  }
+  auto answers = await(kj::joinPromises(syncs.releaseAsArray()));
+  int64_t settledUsd = -1;
+  for (auto& answer : answers) {
+    auto payment = answer.getPayment();
+    EXPECT_EQ(payment.getState(), TransactionState::CAPTURED);
+    EXPECT_EQ(payment.getCaptured().getMinorUnits(), 2500);
+    if (settledUsd < 0) settledUsd = payment.getSettled().getMinorUnits();
+    EXPECT_EQ(payment.getSettled().getMinorUnits(), settledUsd);
+  }
+  EXPECT_EQ(settledUsd, 2710);  // 2500 * 1.0842 = 2710.5, half-even
+  EXPECT_EQ(credits(book, "merchant:m1", "USD"), settledUsd);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 4000);
+  auto refund = op(client.refundRequest(), buyId, 500, "k-lost-refund", keep);
+  ASSERT_TRUE(refund.isApproved()) << kj::str(refund).cStr();
+  EXPECT_EQ(refund.getApproved().getState(), TransactionState::PARTIALLY_REFUNDED);
+  // The first answer stays the answer to the key (never resubmitted).
+  auto buyAgain = await(purchase(client, "k-lost-buy", 2500, "tok_timeout", "EUR", "USD"));
+  EXPECT_EQ(kj::str(buyAgain.getResult()), kj::str(buy.getResult()));
+  expectClean(book, "EUR");
+  expectClean(book, "USD");
+}
+
+// The authorization window closes (1 s here): an untouched authorization is expired, capture and
+// void are refused and its hold is released; a partly captured one keeps its state, the rest can
+// no longer be captured, and what was captured stays refundable.
+TEST_P(PaymentsFlowOn, AuthorizationWindowClosesCaptureButNotRefund) {
+  paymentsConfig = kj::str("auth_window_s = 1");
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+  kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+  auto authorize = [&](kj::StringPtr key, int64_t amount) {
+    auto request = client.authorizeRequest();
+    fill(request.initRequest(), key, amount);
+    auto response = await(request.send());
+    KJ_ASSERT(response.getResult().isApproved(), kj::str(response.getResult()));
+    return kj::str(response.getResult().getApproved().getTransactionId());
+  };
+  auto pending = [&]() {
+    auto request = book.balanceRequest();
+    request.setAccountId("merchant:m1");
+    request.setCurrency("EUR");
+    return await(request.send()).getBalance().getCreditsPending().getMinorUnits();
+  };
+  auto untouched = authorize("k-win-a", 1000);
+  auto partly = authorize("k-win-b", 2000);
+  auto first = op(client.captureRequest(), partly, 500, "k-win-b-c1", keep);
+  ASSERT_TRUE(first.isApproved()) << kj::str(first).cStr();
+  EXPECT_EQ(pending(), 1000 + 1500);
+  EXPECT_EQ(sync(client, untouched, keep).getState(), TransactionState::AUTHORIZED);
+
+  io.provider->getTimer().afterDelay(1100 * kj::MILLISECONDS).wait(io.waitScope);
+  EXPECT_EQ(sync(client, untouched, keep).getState(), TransactionState::EXPIRED);
+  auto late = op(client.captureRequest(), untouched, 1000, "k-win-a-c", keep);
+  ASSERT_TRUE(late.isRejected()) << kj::str(late).cStr();
+  EXPECT_EQ(late.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  auto lateVoid = op(client.voidPaymentRequest(), untouched, 0, "k-win-a-v", keep);
+  ASSERT_TRUE(lateVoid.isRejected()) << kj::str(lateVoid).cStr();
+  EXPECT_EQ(lateVoid.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  EXPECT_EQ(sync(client, untouched, keep).getState(), TransactionState::EXPIRED);
+
+  auto rest = op(client.captureRequest(), partly, 1500, "k-win-b-c2", keep);
+  ASSERT_TRUE(rest.isRejected()) << kj::str(rest).cStr();
+  EXPECT_EQ(rest.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  auto again = op(client.captureRequest(), partly, 100, "k-win-b-c3", keep);
+  ASSERT_TRUE(again.isRejected()) << kj::str(again).cStr();
+  EXPECT_EQ(again.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  auto partlyNow = sync(client, partly, keep);
+  EXPECT_EQ(partlyNow.getState(), TransactionState::PARTIALLY_CAPTURED);
+  EXPECT_EQ(partlyNow.getCaptured().getMinorUnits(), 500);
+  EXPECT_EQ(pending(), 0);  // both holds released
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 500);
+  auto refund = op(client.refundRequest(), partly, 500, "k-win-b-r", keep);
+  ASSERT_TRUE(refund.isApproved()) << kj::str(refund).cStr();
+  EXPECT_EQ(refund.getApproved().getState(), TransactionState::REFUNDED);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 0);
+  EXPECT_EQ(pending(), 0);
+  expectClean(book, "EUR");
+}
+
+// Amounts at and near 2^63 - 1: what cannot be represented is refused as an outcome (never an
+// exception, never a wrap) and leaves nothing behind, in the ledger or at the card.
+TEST_P(PaymentsFlowOn, AmountsNearTheLimitAreRefusedAndNeverWrap) {
+  constexpr int64_t MAX = std::numeric_limits<int64_t>::max();
+  cardConfig = kj::str("max_amount_minor = ", MAX);
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+
+  // Not positive: refused before anything is asked.
+  for (int64_t bad : {int64_t{0}, int64_t{-1}, std::numeric_limits<int64_t>::min()}) {
+    auto refused = await(purchase(client, kj::str("k-lim-bad", bad), bad));
+    ASSERT_TRUE(refused.getResult().isRejected()) << kj::str(refused.getResult()).cStr();
+    EXPECT_EQ(refused.getResult().getRejected().getCode(), schema::RejectCode::INVALID_REQUEST);
+  }
+  // Settled in USD, MAX EUR is more than 2^63 - 1 US cents: refused before the card is asked.
+  auto fx = await(purchase(client, "k-lim-fx", MAX, "tok_visa_approve", "EUR", "USD"));
+  ASSERT_TRUE(fx.getResult().isRejected()) << kj::str(fx.getResult()).cStr();
+  EXPECT_EQ(fx.getResult().getRejected().getCode(), schema::RejectCode::INVALID_REQUEST);
+  daemon->readAvailableLog();
+  EXPECT_FALSE(has(daemon->logText(), "event=card.purchase")) << "the card was asked";
+
+  // The merchant's credits cannot pass 2^63 - 1: the second purchase is refused by the ledger,
+  // and the card's charge is refunded.
+  auto first = await(purchase(client, "k-lim-p1", MAX - 10));
+  ASSERT_TRUE(first.getResult().isApproved()) << kj::str(first.getResult()).cStr();
+  auto second = await(purchase(client, "k-lim-p2", 20));
+  ASSERT_TRUE(second.getResult().isRejected()) << kj::str(second.getResult()).cStr();
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), MAX - 10);
+  daemon->readAvailableLog();
+  EXPECT_TRUE(has(daemon->logText(), "event=card.refund")) << "the card kept the charge";
+  EXPECT_TRUE(has(daemon->logText(), "event=payments.compensated"));
+  auto replay = await(purchase(client, "k-lim-p2", 20));
+  EXPECT_EQ(kj::str(replay.getResult()), kj::str(second.getResult()));
+
+  // MAX GBP fits: held, captured and refunded in full; a penny more is refused.
+  auto big = client.authorizeRequest();
+  fill(big.initRequest(), "k-lim-big", MAX, "tok_visa_approve", "GBP");
+  auto held = await(big.send());
+  ASSERT_TRUE(held.getResult().isApproved()) << kj::str(held.getResult()).cStr();
+  auto id = kj::str(held.getResult().getApproved().getTransactionId());
+  auto gbp = [&](auto request, int64_t amount, kj::StringPtr key) {
+    auto r = request.initRequest();
+    r.setPaymentId(id);
+    r.initAmount().setMinorUnits(amount);
+    r.getAmount().setCurrency("GBP");
+    r.setIdempotencyKey(key);
+    auto response = await(request.send());
+    return kj::str(response.getResult());
+  };
+  EXPECT_TRUE(gbp(client.captureRequest(), MAX, "k-lim-c1").startsWith("(approved"));
+  EXPECT_EQ(credits(book, "merchant:m1", "GBP"), MAX);
+  EXPECT_TRUE(gbp(client.refundRequest(), MAX, "k-lim-r1").startsWith("(approved"));
+  EXPECT_TRUE(has(gbp(client.refundRequest(), 1, "k-lim-r2"), "invalidState"));  // refunded
+  EXPECT_EQ(credits(book, "merchant:m1", "GBP"), 0);
+  expectClean(book, "EUR");
+  expectClean(book, "GBP");
+}
+
+// The card processor has no record of the lost transaction (its state is in memory, so a
+// restart of payhostd forgets it): `sync` settles the payment as failed, with nothing in the
+// ledger and nothing capturable.
+TEST_F(PaymentsFlow, UnknownOutcomeTheCardHasNoRecordOfFailsAtSync) {
+  kj::String id;
+  {
+    auto daemon = start();
+    Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+    auto client = payments(connection);
+    auto lost = await(purchase(client, "k-lost-restart", 1200, "tok_timeout"));
+    ASSERT_TRUE(lost.getResult().isUnknown()) << kj::str(lost.getResult()).cStr();
+    id = kj::str(lost.getResult().getUnknown());
+    daemon->signal(SIGKILL);
+    EXPECT_EQ(daemon->waitForExit(10 * kj::SECONDS), 128 + SIGKILL);
+  }
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+  kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+  auto payment = sync(client, id, keep);
+  ASSERT_TRUE(payment.getExists());
+  EXPECT_EQ(payment.getState(), TransactionState::FAILED);
+  EXPECT_EQ(payment.getCaptured().getMinorUnits(), 0);
+  auto refund = op(client.refundRequest(), id, 100, "k-lost-restart-refund", keep);
+  ASSERT_TRUE(refund.isRejected()) << kj::str(refund).cStr();
+  EXPECT_EQ(refund.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 0);
+  // The key's first answer is still `unknown`: it is never resubmitted.
+  auto again = await(purchase(client, "k-lost-restart", 1200, "tok_timeout"));
+  ASSERT_TRUE(again.getResult().isUnknown());
+  EXPECT_EQ(kj::str(again.getResult().getUnknown()), id);
+}
+
 // Random operations from `seed`: captured never above authorized, refunded never above captured,
 // nothing capturable after a void, replays answer alike, and the ledger balances.
 void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
@@ -241,6 +495,7 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
   });
   kj::Vector<kj::String> ids;
   std::map<std::string, bool> wasVoided;
+  std::map<std::string, int64_t> unsettledPurchases;  // id -> amount: unknown, not synced yet
   int64_t expectedMerchant = 0;
   for (uint64_t step = 0; step < steps; ++step) {
     SCOPED_TRACE(testing::Message() << "step " << step);
@@ -253,7 +508,7 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
     if (getenv("PAYMENTS_TRACE") != nullptr) {
       std::printf("step %llu\n", static_cast<unsigned long long>(step));
     }
-    int choice = static_cast<int>(random() % 6);
+    int choice = static_cast<int>(random() % 7);
     int64_t amount = 1 + static_cast<int64_t>(random() % 3000);
     if (getenv("PAYMENTS_TRACE") != nullptr) {
       std::printf("choice %d amount %lld ids %zu\n", choice, static_cast<long long>(amount),
@@ -270,6 +525,22 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
       auto response = await(purchase(client, key, amount));
       ASSERT_TRUE(response.getResult().isApproved());
       expectedMerchant += amount;
+    } else if (choice == 6) {
+      // The card's answer is lost; a later sync of the payment settles it (below).
+      kj::String lost;
+      if (random() % 2 == 0) {
+        auto response = await(purchase(client, key, amount, "tok_timeout"));
+        ASSERT_TRUE(response.getResult().isUnknown()) << kj::str(response.getResult()).cStr();
+        lost = kj::str(response.getResult().getUnknown());
+        unsettledPurchases[lost.cStr()] = amount;
+      } else {
+        auto r = client.authorizeRequest();
+        fill(r.initRequest(), key, amount, "tok_timeout");
+        auto response = await(r.send());
+        ASSERT_TRUE(response.getResult().isUnknown()) << kj::str(response.getResult()).cStr();
+        lost = kj::str(response.getResult().getUnknown());
+      }
+      ids.add(kj::mv(lost));
     } else {
       auto& id = ids[random() % ids.size()];
       schema::PaymentResult::Reader result;
@@ -305,12 +576,25 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
       EXPECT_LE(captured, authorized);
       EXPECT_LE(refunded, captured);
       EXPECT_GE(refunded, 0);
+      EXPECT_NE(payment.getState(), TransactionState::UNKNOWN) << "sync did not settle";
+      auto unsettled = unsettledPurchases.find(id.cStr());
+      if (unsettled != unsettledPurchases.end()) {
+        // Settled by this sync: the issuer approved and captured it.
+        EXPECT_EQ(payment.getState(), TransactionState::CAPTURED);
+        expectedMerchant += unsettled->second;
+        unsettledPurchases.erase(unsettled);
+      }
       if (wasVoided[id.cStr()]) {
         EXPECT_EQ(payment.getState(), TransactionState::VOIDED);
         EXPECT_EQ(captured, 0);
       }
     }
     if (HasFailure()) return;
+  }
+  for (auto& [id, amount] : unsettledPurchases) {
+    kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+    EXPECT_EQ(sync(client, id.c_str(), keep).getState(), TransactionState::CAPTURED);
+    expectedMerchant += amount;
   }
   EXPECT_EQ(credits(book, "merchant:m1", "EUR"), expectedMerchant);
   expectClean(book, "EUR");
