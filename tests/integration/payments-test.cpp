@@ -15,7 +15,6 @@
 #include <map>
 #include <random>
 #include <string>
-#include <string_view>
 
 #include "daemon-process.h"
 #include "tests/support/postgres-server.h"
@@ -28,10 +27,6 @@ using Result = capnp::Response<schema::Payments::PurchaseResults>;
 
 enum class Backend { SQLITE, POSTGRESQL };
 
-bool has(kj::StringPtr text, const char* part) {
-  return std::string_view(text.cStr()).find(part) != std::string_view::npos;
-}
-
 class PaymentsFlow : public EndToEnd {
 protected:
   // Where the ledger and payments databases live; empty: SQLite files in the data directory.
@@ -43,9 +38,9 @@ protected:
 
   kj::Own<DaemonProcess> start() {
     DaemonOptions options;
-    // The simulated issuer keeps its transactions per shard: one shard, so a capture finds
-    // its authorization.
-    options.shards = 1;
+    // Two shards: a client's calls stay on its connection's shard, and the card processor's
+    // simulated issuer is shared by both.
+    options.shards = 2;
     options.dataDir = kj::heapString(data.path());
     options.extra =
         kj::str("[workers]\nmin_threads = 2\nmax_threads = 4\n",
@@ -405,7 +400,7 @@ TEST_P(PaymentsFlowOn, AmountsNearTheLimitAreRefusedAndNeverWrap) {
   ASSERT_TRUE(fx.getResult().isRejected()) << kj::str(fx.getResult()).cStr();
   EXPECT_EQ(fx.getResult().getRejected().getCode(), schema::RejectCode::INVALID_REQUEST);
   daemon->readAvailableLog();
-  EXPECT_FALSE(has(daemon->logText(), "event=card.purchase")) << "the card was asked";
+  EXPECT_FALSE(contains(daemon->logText(), "event=card.purchase")) << "the card was asked";
 
   // The merchant's credits cannot pass 2^63 - 1: the second purchase is refused by the ledger,
   // and the card's charge is refunded.
@@ -415,8 +410,8 @@ TEST_P(PaymentsFlowOn, AmountsNearTheLimitAreRefusedAndNeverWrap) {
   ASSERT_TRUE(second.getResult().isRejected()) << kj::str(second.getResult()).cStr();
   EXPECT_EQ(credits(book, "merchant:m1", "EUR"), MAX - 10);
   daemon->readAvailableLog();
-  EXPECT_TRUE(has(daemon->logText(), "event=card.refund")) << "the card kept the charge";
-  EXPECT_TRUE(has(daemon->logText(), "event=payments.compensated"));
+  EXPECT_TRUE(contains(daemon->logText(), "event=card.refund")) << "the card kept the charge";
+  EXPECT_TRUE(contains(daemon->logText(), "event=payments.compensated"));
   auto replay = await(purchase(client, "k-lim-p2", 20));
   EXPECT_EQ(kj::str(replay.getResult()), kj::str(second.getResult()));
 
@@ -438,10 +433,58 @@ TEST_P(PaymentsFlowOn, AmountsNearTheLimitAreRefusedAndNeverWrap) {
   EXPECT_TRUE(gbp(client.captureRequest(), MAX, "k-lim-c1").startsWith("(approved"));
   EXPECT_EQ(credits(book, "merchant:m1", "GBP"), MAX);
   EXPECT_TRUE(gbp(client.refundRequest(), MAX, "k-lim-r1").startsWith("(approved"));
-  EXPECT_TRUE(has(gbp(client.refundRequest(), 1, "k-lim-r2"), "invalidState"));  // refunded
+  EXPECT_TRUE(contains(gbp(client.refundRequest(), 1, "k-lim-r2"), "invalidState"));  // refunded
   EXPECT_EQ(credits(book, "merchant:m1", "GBP"), 0);
   expectClean(book, "EUR");
   expectClean(book, "GBP");
+}
+
+// Payments made through one connection are captured, refunded and synced through another that
+// payhostd gave to the other shard (read from the card processor's log): the payment, its ledger
+// transfers and its card transaction are the process's, not a shard's.
+TEST_F(PaymentsFlow, APaymentAuthorizedOnOneShardIsCapturedOnAnother) {
+  auto daemon = start();
+  Connection<schema::Gateway> first(io, daemon->tcpAddress());
+  auto client = payments(first);
+  auto book = ledger(first);
+  kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+  auto shardOf = [&](kj::StringPtr event, size_t nth) {
+    auto lines = daemon->waitForLogCount(kj::str("event=", event, " "), nth);
+    return KJ_ASSERT_NONNULL(logField(lines[nth - 1], "shard"), lines[nth - 1]);
+  };
+  auto auth = client.authorizeRequest();
+  fill(auth.initRequest(), "k-shard-auth", 3000);
+  auto authorized = await(auth.send());
+  ASSERT_TRUE(authorized.getResult().isApproved()) << kj::str(authorized.getResult()).cStr();
+  auto id = kj::str(authorized.getResult().getApproved().getTransactionId());
+  auto authorizedOn = shardOf("card.authorize", 1);
+
+  // New connections until one lands on the other shard (payhostd hands them out in turn); each
+  // captures 500.
+  kj::Vector<kj::Own<Connection<schema::Gateway>>> others;
+  kj::Maybe<schema::Payments::Client> other;
+  for (size_t i = 1; i <= 4 && other == nullptr; ++i) {
+    others.add(kj::heap<Connection<schema::Gateway>>(io, daemon->tcpAddress()));
+    auto candidate = payments(*others.back());
+    auto captured = op(candidate.captureRequest(), id, 500, kj::str("k-shard-c", i), keep);
+    ASSERT_TRUE(captured.isApproved()) << kj::str(captured).cStr();
+    if (shardOf("card.capture", i) != authorizedOn) other = kj::mv(candidate);
+  }
+  ASSERT_TRUE(other != nullptr) << "no connection landed on the other shard";
+  auto& there = KJ_ASSERT_NONNULL(other);
+  auto captures = others.size();
+  auto rest = op(there.captureRequest(), id, 3000 - 500 * static_cast<int64_t>(captures),
+                 "k-shard-rest", keep);
+  ASSERT_TRUE(rest.isApproved()) << kj::str(rest).cStr();
+  EXPECT_EQ(rest.getApproved().getState(), TransactionState::CAPTURED);
+  auto refunded = op(client.refundRequest(), id, 1000, "k-shard-refund", keep);
+  ASSERT_TRUE(refunded.isApproved()) << kj::str(refunded).cStr();
+  EXPECT_EQ(shardOf("card.refund", 1), authorizedOn);
+  auto seen = sync(there, id, keep);
+  EXPECT_EQ(seen.getState(), TransactionState::PARTIALLY_REFUNDED);
+  EXPECT_EQ(seen.getRefunded().getMinorUnits(), 1000);
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 2000);
+  expectClean(book, "EUR");
 }
 
 // The card processor has no record of the lost transaction (its state is in memory, so a
