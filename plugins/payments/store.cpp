@@ -42,25 +42,32 @@ kj::Array<DbResult> applyDb(SqlTransaction& tx, kj::ArrayPtr<const DbOp> ops) {
   for (auto& op : ops) {
     DbResult out;
     if (op.type == DbOp::Type::CLAIM) {
-      auto found = tx.execute(
-          "SELECT request, result, claimed_at_ms FROM payments_keys WHERE key = $1", {op.key});
-      if (found.rowCount() == 0) {
-        tx.execute(
-            "INSERT INTO payments_keys (key, request, result, claimed_at_ms) "
-            "VALUES ($1, $2, NULL, $3)",
-            {op.key, op.request, op.nowMs});
-        out.kind = DbResult::Kind::PROCEED;
-      } else if (found.text(0, 0) != op.request) {
-        out.kind = DbResult::Kind::CONFLICT;
-      } else if (!found.isNull(0, 1)) {
-        out.kind = DbResult::Kind::STORED;
-        out.stored = kj::heapArray(found.blob(0, 1));
-      } else if (op.nowMs - found.integer(0, 2) >= op.staleMs) {
-        tx.execute("UPDATE payments_keys SET claimed_at_ms = $2 WHERE key = $1",
-                   {op.key, op.nowMs});
+      // Insert-or-nothing, then read: on PostgreSQL another shard's transaction may be claiming
+      // the same key right now; the insert waits for it and does nothing, and the read (a new
+      // snapshot per statement at READ COMMITTED) sees its claim. A read first and an insert
+      // after would fail on the unique key instead.
+      auto claimed = tx.execute(
+          "INSERT INTO payments_keys (key, request, result, claimed_at_ms) "
+          "VALUES ($1, $2, NULL, $3) ON CONFLICT (key) DO NOTHING RETURNING key",
+          {op.key, op.request, op.nowMs});
+      if (claimed.rowCount() == 1) {
         out.kind = DbResult::Kind::PROCEED;
       } else {
-        out.kind = DbResult::Kind::BUSY;
+        auto found = tx.execute(
+            "SELECT request, result, claimed_at_ms FROM payments_keys WHERE key = $1", {op.key});
+        KJ_ASSERT(found.rowCount() == 1, "a conflicting idempotency key is not there", op.key);
+        if (found.text(0, 0) != op.request) {
+          out.kind = DbResult::Kind::CONFLICT;
+        } else if (!found.isNull(0, 1)) {
+          out.kind = DbResult::Kind::STORED;
+          out.stored = kj::heapArray(found.blob(0, 1));
+        } else if (op.nowMs - found.integer(0, 2) >= op.staleMs) {
+          tx.execute("UPDATE payments_keys SET claimed_at_ms = $2 WHERE key = $1",
+                     {op.key, op.nowMs});
+          out.kind = DbResult::Kind::PROCEED;
+        } else {
+          out.kind = DbResult::Kind::BUSY;
+        }
       }
       if (out.kind == DbResult::Kind::PROCEED && op.paymentId.size() > 0) {
         out.payment = loadPayment(tx, op.paymentId);
