@@ -284,7 +284,9 @@ public:
     for (auto& e : expected) {
       sqlite3_bind_text(query, 1, e.currency, -1, SQLITE_STATIC);
       sqlite3_bind_text(query, 2, e.id, -1, SQLITE_STATIC);
-      KJ_REQUIRE(sqlite3_step(query) == SQLITE_ROW, "no account", e.id, e.currency);
+      if (sqlite3_step(query) != SQLITE_ROW) {
+        kj::throwFatalException(KJ_EXCEPTION(FAILED, "no account", e.id, e.currency));
+      }
       int64_t v[6];
       for (int c = 0; c < 6; ++c)
         v[c] = sqlite3_column_int64(query, c);
@@ -367,7 +369,7 @@ private:
   // ISO 4217 table, the conversion in exact decimal arithmetic rounded half-even.
   int64_t convert(int64_t amount) {
     KJ_IF_MAYBE (problem, checkCharge(amount, CURRENCY)) {
-      KJ_FAIL_REQUIRE("fx: bad amount", *problem);
+      kj::throwFatalException(KJ_EXCEPTION(FAILED, "fx: bad amount", *problem));
     }
     auto& source = KJ_REQUIRE_NONNULL(findCurrency(CURRENCY));
     auto& target = KJ_REQUIRE_NONNULL(findCurrency(FX_SETTLEMENT));
@@ -384,7 +386,9 @@ private:
   void transfer(const std::string& id, const char* currency, const char* debit, const char* credit,
                 int64_t amount, int64_t nowMs) {
     text(findTransfer, 1, id);
-    if (sqlite3_step(findTransfer) == SQLITE_ROW) KJ_FAIL_REQUIRE("transfer exists", id);
+    if (sqlite3_step(findTransfer) == SQLITE_ROW) {
+      kj::throwFatalException(KJ_EXCEPTION(FAILED, "transfer exists", id));
+    }
     sqlite3_reset(findTransfer);
     int64_t balances[2][4] = {};
     bool limited[2] = {};
@@ -392,7 +396,9 @@ private:
     for (int a = 0; a < 2; ++a) {
       sqlite3_bind_text(readAccount, 1, currency, -1, SQLITE_STATIC);
       sqlite3_bind_text(readAccount, 2, accounts[a], -1, SQLITE_STATIC);
-      if (sqlite3_step(readAccount) != SQLITE_ROW) KJ_FAIL_REQUIRE("no account", accounts[a]);
+      if (sqlite3_step(readAccount) != SQLITE_ROW) {
+        kj::throwFatalException(KJ_EXCEPTION(FAILED, "no account", accounts[a]));
+      }
       limited[a] = (sqlite3_column_int64(readAccount, 0) & 1) != 0;
       for (int c = 0; c < 4; ++c)
         balances[a][c] = sqlite3_column_int64(readAccount, c + 1);
@@ -549,7 +555,8 @@ Figures measureFlow(kj::AsyncIoContext& io, pid_t pid, Flow& flow, uint32_t inFl
                       auto answer = out.getResult();
                       if (!answer.isApproved() ||
                           answer.getApproved().getState() != schema::TransactionState::CAPTURED) {
-                        KJ_FAIL_REQUIRE("purchase not captured", kj::str(answer));
+                        kj::throwFatalException(
+                            KJ_EXCEPTION(FAILED, "purchase not captured", kj::str(answer)));
                       }
                       ++flow.acknowledged;
                       if (fx) ++flow.acknowledgedFx;
