@@ -4,27 +4,36 @@
 //
 //   payhost-flow-bench --payhostd build/host/payhostd --plugins build/plugins
 //       [--dir /var/tmp/payhost-flow-bench] [--rounds 3] [--seconds 3] [--in-flight 64]
-//       [--json FILE] [--versus naive|grpc] [--grpc-flow build/bench/grpc/payhost-bench-grpc-flow
-//       --grpc-card build/bench/grpc/payhost-bench-grpc-server] [--plot-data DIR]
+//       [--json FILE] [--fx-share 20] [--versus naive|grpc]
+//       [--grpc-flow build/bench/grpc/payhost-bench-grpc-flow
+//        --grpc-card build/bench/grpc/payhost-bench-grpc-server] [--plot-data DIR]
 //
 // flow      payhostd (a separate process, one shard) with the card-processor (latency_ms = 0),
 //           fraud-screen, fx, ledger and payments plugins over SQLite files in `--dir` (WAL,
 //           synchronous=FULL: the host's SqlPool). The bench keeps `--in-flight` purchases in
 //           flight on one TCP connection (closed loop), each with a new idempotency key; a
 //           purchase counts when it is answered approved and captured. The payments plugin
-//           answers only after its result is durable (claim, ledger transfer and result are
+//           answers only after its result is durable (claim, ledger transfers and result are
 //           group-committed, <payhost/group-commit.h>).
 //
-// --versus naive (the default): purchases in EUR settled in EUR (fx is loaded, not called), beside
+// --versus naive (the default): purchases of 1000 EUR minor units; `--fx-share` percent of them
+// (default 20, evenly spread: every fifth) settled in USD, the others in EUR. An FX purchase asks
+// payments.fx for a quote and posts two transfers, `cards -> fx` in EUR and `fx -> merchant` in
+// USD, each its own ledger call; a same-currency one posts `cards -> merchant` in EUR. Beside
 // naive     the writes one purchase makes (payments: key lookup, key claim, payment lookup;
-//           ledger: both accounts read, transfer id lookup, transfer row, both balances; payments:
-//           result and payment row) into SQLite directly in the same directory, one durable
+//           ledger, per transfer: the id looked up, both accounts read, the row, both balances;
+//           payments: result and payment row), and for an FX one the conversion with the fx
+//           plugin's own code (plugins/fx/rate.cpp) and the SDK's currency table, into SQLite
+//           directly in the same directory, the same purchases in the same mix, one durable
 //           transaction (BEGIN IMMEDIATE .. COMMIT, WAL, synchronous=FULL) per payment, prepared
 //           statements, one at a time: the rate without group commit.
-// naive-3   the same writes as three durable transactions per payment in two files (payments and
-//           ledger), as the flow splits them, one at a time.
+// naive-3   the same writes split as the flow splits them, in two files (payments and ledger):
+//           three durable transactions per payment (claim, transfer, result), four for an FX one
+//           (the settlement transfer is its own), one at a time.
 // The ratio is flow over naive (the one-transaction baseline, the stricter one), per round, then
-// the median.
+// the median. At the end both sides' ledgers must balance in both currencies (payhostd's through
+// Ledger.audit, the naive files by the same sums in SQL) and every account must hold what the
+// acknowledged purchases put there.
 //
 // --versus grpc: purchases in USD settled in EUR, so the flow calls every service (fraud screen,
 // card purchase, FX quote, the charge and the settlement transfers), beside
@@ -36,10 +45,10 @@
 // grpc-batch  the same with ledger and payments group-committing what arrives during a commit.
 // The headline is payments per server-CPU-second: the CPU of every server process (payhostd; the
 // five gRPC processes), all threads, from /proc, over the run with its warm-up, per acknowledged
-// purchase. Ratios are paired round by round, then the median.
+// purchase. Ratios are paired round by round, then the median. At the end each side's merchant
+// balance must equal what the acknowledged purchases settled.
 //
-// The cases run in turns within each round so drift on a shared machine hits all of them. At
-// the end each merchant's ledger balance must equal what the acknowledged purchases settled.
+// The cases run in turns within each round so drift on a shared machine hits all of them.
 #include "bench/histogram.h"
 #include "bench/loadgen.h"
 #include "bench/server-process.h"
@@ -50,6 +59,7 @@
 
 #include <payhost/flow.capnp.h>
 #include <payhost/host.capnp.h>
+#include <payhost/money.h>
 #include <payhost/payments.capnp.h>
 
 #include <capnp/rpc-twoparty.h>
@@ -63,6 +73,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -70,12 +81,19 @@
 #include <string>
 #include <vector>
 
+#include "plugins/fx/rate.h"
+
 namespace payhost::bench {
 namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+// Every purchase is AMOUNT minor units of CURRENCY; against SQLite directly, the FX ones
+// (`--fx-share`) settle in FX_SETTLEMENT at RATE (payhostd's fx plugin is configured with it).
 constexpr int64_t AMOUNT = 1000;
+constexpr const char* CURRENCY = "EUR";
+constexpr const char* FX_SETTLEMENT = "USD";
+constexpr const char* RATE = "1.0842";
 
 // --- the naive baseline
 // ---------------------------------------------------------------------------
@@ -98,12 +116,58 @@ sqlite3* openDurable(const std::string& path) {
   return db;
 }
 
+// Whether purchase number `n` (0, 1, 2, ...) is an FX one when `share` percent are: spread
+// evenly, exactly `share` of every 100 consecutive purchases (20: every fifth).
+bool isFx(uint64_t n, uint32_t share) {
+  return (n + 1) * share / 100 != n * share / 100;
+}
+
+// The ledger accounts of the flow (plugins/payments/README.md "Ledger accounts") with their
+// `debitsMustNotExceedCredits` flag: what the payments plugin creates once per instance.
+struct AccountSpec {
+  const char* id;
+  const char* currency;
+  bool limited;
+};
+constexpr AccountSpec ACCOUNTS[] = {{"cards", CURRENCY, false},
+                                    {"merchant:m1", CURRENCY, true},
+                                    {"fx", CURRENCY, false},
+                                    {"merchant:m1", FX_SETTLEMENT, true},
+                                    {"fx", FX_SETTLEMENT, false}};
+
+// What an account's posted debits and credits must be after `payments` purchases of which
+// `fxPayments` were FX ones, each settling `settled` (no pending amounts: every one a purchase).
+struct ExpectedBalance {
+  const char* id;
+  const char* currency;
+  int64_t debits;
+  int64_t credits;
+};
+
+std::array<ExpectedBalance, 5> expectedBalances(uint64_t payments, uint64_t fxPayments,
+                                                int64_t settled) {
+  auto times = [](uint64_t n, int64_t amount) { return static_cast<int64_t>(n) * amount; };
+  return {{{"cards", CURRENCY, times(payments, AMOUNT), 0},
+           {"merchant:m1", CURRENCY, 0, times(payments - fxPayments, AMOUNT)},
+           {"fx", CURRENCY, 0, times(fxPayments, AMOUNT)},
+           {"merchant:m1", FX_SETTLEMENT, 0, times(fxPayments, settled)},
+           {"fx", FX_SETTLEMENT, times(fxPayments, settled), 0}}};
+}
+
 // The payments plugin's and the ledger's tables (plugins/payments/payments.cpp,
-// plugins/ledger/engine.cpp createSchema), and the statements one purchase runs.
+// plugins/ledger/engine.cpp createSchema), and the statements one purchase runs. An FX purchase
+// (AMOUNT in CURRENCY settled in FX_SETTLEMENT) also converts the amount here, with the FX
+// plugin's own code (plugins/fx/rate.cpp, the SDK's currency table), as the fx plugin does for
+// each quote, and writes a second transfer as the ledger does for the settlement.
 class Naive {
 public:
-  // `split`: three transactions per payment in two files; otherwise one in one file.
-  Naive(const fs::path& dir, bool split) : split(split) {
+  // `split`: the transactions as the flow splits them (claim; charge transfer; settlement
+  // transfer when FX; result) in two files; otherwise one transaction per payment in one file.
+  Naive(const fs::path& dir, bool split, uint32_t fxShare)
+      : split(split), fxShare(fxShare), rate([] {
+          kj::StringPtr problem;
+          return KJ_REQUIRE_NONNULL(plugins::fx::tryParseRate(RATE, problem), problem);
+        }()) {
     auto prefix = split ? "naive3" : "naive1";
     payDb = openDurable((dir / (std::string(prefix) + "-payments.sqlite")).native());
     ledgerDb =
@@ -129,9 +193,16 @@ public:
          "CREATE INDEX IF NOT EXISTS ledger_transfers_by_currency ON ledger_transfers "
          "(currency, seq);"
          "CREATE INDEX IF NOT EXISTS ledger_transfers_due ON ledger_transfers (expires_at_ms) "
-         "WHERE kind = 2 AND expires_at_ms > 0;"
-         "INSERT OR IGNORE INTO ledger_accounts VALUES ('cards', 'EUR', 0, 0, 0, 0, 0), "
-         "('merchant:m1', 'EUR', 1, 0, 0, 0, 0)");
+         "WHERE kind = 2 AND expires_at_ms > 0;");
+    auto* create =
+        prepare(ledgerDb, "INSERT OR IGNORE INTO ledger_accounts VALUES (?1, ?2, ?3, 0, 0, 0, 0)");
+    for (auto& a : ACCOUNTS) {
+      sqlite3_bind_text(create, 1, a.id, -1, SQLITE_STATIC);
+      sqlite3_bind_text(create, 2, a.currency, -1, SQLITE_STATIC);
+      sqlite3_bind_int64(create, 3, a.limited ? 1 : 0);
+      step(ledgerDb, create);
+    }
+    sqlite3_finalize(create);
     findKey =
         prepare(payDb, "SELECT request, result, claimed_at_ms FROM payments_keys WHERE key = ?1");
     claimKey = prepare(payDb,
@@ -151,8 +222,7 @@ public:
     insertTransfer = prepare(ledgerDb,
                              "INSERT INTO ledger_transfers (id, currency, kind, debit_account, "
                              "credit_account, amount, pending_id, timeout_ms, expires_at_ms, "
-                             "created_at_ms) VALUES (?1, 'EUR', 1, 'cards', 'merchant:m1', ?2, "
-                             "NULL, 0, 0, ?3)");
+                             "created_at_ms) VALUES (?1, ?2, 1, ?3, ?4, ?5, NULL, 0, 0, ?6)");
     updateAccount = prepare(ledgerDb,
                             "UPDATE ledger_accounts SET debits_pending = ?3, debits_posted = ?4, "
                             "credits_pending = ?5, credits_posted = ?6 WHERE currency = ?1 AND "
@@ -162,7 +232,7 @@ public:
         payDb,
         "INSERT INTO payments (id, merchant, currency, settlement, card_txn, authorized, captured, "
         "refunded, settled, state, expires_at_ms, captures, refunds, released) VALUES (?1, 'm1', "
-        "'EUR', 'EUR', ?2, ?3, ?3, 0, ?3, 3, 0, 1, 0, 0) ON CONFLICT (id) DO UPDATE SET card_txn "
+        "?2, ?3, ?4, ?5, ?5, 0, ?6, 3, 0, 1, 0, 0) ON CONFLICT (id) DO UPDATE SET card_txn "
         "= excluded.card_txn, authorized = excluded.authorized, captured = excluded.captured, "
         "refunded = excluded.refunded, settled = excluded.settled, state = excluded.state, "
         "expires_at_ms = excluded.expires_at_ms, captures = excluded.captures, refunds = "
@@ -186,7 +256,7 @@ public:
     auto now = started;
     while (now < end) {
       auto key = "naive-" + std::to_string(round) + "-" + std::to_string(count);
-      pay(key);
+      pay(key, isFx(payments, fxShare));
       auto done = Clock::now();
       latency.record(static_cast<uint64_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(done - now).count()));
@@ -196,8 +266,76 @@ public:
     return static_cast<double>(count) / std::chrono::duration<double>(now - started).count();
   }
 
+  // Whether the ledger balances: in each currency posted debits equal posted credits over every
+  // account, each account's balance equals a replay of the transfer log, and each account holds
+  // what the payments put there (`settled`: what one FX purchase settles). Prints the figures.
+  bool audit(const char* name, int64_t settled) {
+    auto expected = expectedBalances(payments, fxPayments, settled);
+    auto* query =
+        prepare(ledgerDb,
+                "SELECT debits_pending, debits_posted, credits_pending, credits_posted, "
+                "(SELECT COALESCE(SUM(amount), 0) FROM ledger_transfers t WHERE t.kind = 1 AND "
+                "t.currency = a.currency AND t.debit_account = a.id), "
+                "(SELECT COALESCE(SUM(amount), 0) FROM ledger_transfers t WHERE t.kind = 1 AND "
+                "t.currency = a.currency AND t.credit_account = a.id) "
+                "FROM ledger_accounts a WHERE currency = ?1 AND id = ?2");
+    bool ok = true;
+    int64_t sums[2][2] = {};  // per currency: debits, credits
+    for (auto& e : expected) {
+      sqlite3_bind_text(query, 1, e.currency, -1, SQLITE_STATIC);
+      sqlite3_bind_text(query, 2, e.id, -1, SQLITE_STATIC);
+      if (sqlite3_step(query) != SQLITE_ROW) {
+        kj::throwFatalException(KJ_EXCEPTION(FAILED, "no account", e.id, e.currency));
+      }
+      int64_t v[6];
+      for (int c = 0; c < 6; ++c)
+        v[c] = sqlite3_column_int64(query, c);
+      sqlite3_reset(query);
+      bool fine = v[0] == 0 && v[2] == 0 && v[1] == e.debits && v[3] == e.credits && v[4] == v[1] &&
+                  v[5] == v[3];
+      int c = e.currency == std::string(CURRENCY) ? 0 : 1;
+      sums[c][0] += v[1];
+      sums[c][1] += v[3];
+      if (!fine) {
+        std::printf(
+            "%s ledger: %s %s debits %lld (replay %lld, expected %lld), credits %lld (replay "
+            "%lld, expected %lld), pending %lld/%lld  <-- FAILED\n",
+            name, e.currency, e.id, static_cast<long long>(v[1]), static_cast<long long>(v[4]),
+            static_cast<long long>(e.debits), static_cast<long long>(v[3]),
+            static_cast<long long>(v[5]), static_cast<long long>(e.credits),
+            static_cast<long long>(v[0]), static_cast<long long>(v[2]));
+      }
+      ok = ok && fine;
+    }
+    sqlite3_finalize(query);
+    for (int c = 0; c < 2; ++c) {
+      if (sums[c][0] != sums[c][1]) {
+        std::printf("%s ledger: %s debits %lld != credits %lld  <-- FAILED\n", name,
+                    c == 0 ? CURRENCY : FX_SETTLEMENT, static_cast<long long>(sums[c][0]),
+                    static_cast<long long>(sums[c][1]));
+        ok = false;
+      }
+    }
+    std::printf(
+        "%s ledger: %llu payments (%llu FX): %s debits %lld credits %lld, %s debits %lld "
+        "credits %lld; debits = credits, every balance equal to its replay and to the "
+        "payments: %s\n",
+        name, static_cast<unsigned long long>(payments),
+        static_cast<unsigned long long>(fxPayments), CURRENCY, static_cast<long long>(sums[0][0]),
+        static_cast<long long>(sums[0][1]), FX_SETTLEMENT, static_cast<long long>(sums[1][0]),
+        static_cast<long long>(sums[1][1]), ok ? "yes" : "NO  <-- FAILED");
+    return ok;
+  }
+
+  uint64_t payments = 0;
+  uint64_t fxPayments = 0;
+  // What the last FX payment settled (0 before the first).
+  int64_t settledFx = 0;
+
 private:
   bool split;
+  uint32_t fxShare;
+  plugins::fx::Rate rate;
   sqlite3* payDb = nullptr;
   sqlite3* ledgerDb = nullptr;
   sqlite3_stmt* findKey = nullptr;
@@ -219,7 +357,7 @@ private:
     sqlite3_bind_text(s, i, value.c_str(), static_cast<int>(value.size()), SQLITE_TRANSIENT);
   }
   // Steps `s` to the end (reading its rows) and resets it.
-  void step(sqlite3* db, sqlite3_stmt* s) {
+  static void step(sqlite3* db, sqlite3_stmt* s) {
     int status;
     while ((status = sqlite3_step(s)) == SQLITE_ROW) {
     }
@@ -227,12 +365,76 @@ private:
     sqlite3_reset(s);
   }
 
-  void pay(const std::string& key) {
+  // What the FX plugin does for a quote: the amount checked, both currencies looked up in the
+  // ISO 4217 table, the conversion in exact decimal arithmetic rounded half-even.
+  int64_t convert(int64_t amount) {
+    KJ_IF_MAYBE (problem, checkCharge(amount, CURRENCY)) {
+      kj::throwFatalException(KJ_EXCEPTION(FAILED, "fx: bad amount", *problem));
+    }
+    auto& source = KJ_REQUIRE_NONNULL(findCurrency(CURRENCY));
+    auto& target = KJ_REQUIRE_NONNULL(findCurrency(FX_SETTLEMENT));
+    plugins::fx::ConvertError error;
+    KJ_IF_MAYBE (converted,
+                 plugins::fx::convert(amount, source.exponent, target.exponent, rate, error)) {
+      return *converted;
+    }
+    KJ_FAIL_REQUIRE("fx: the amount cannot be converted");
+  }
+
+  // One posted transfer as the ledger's engine writes it: the id checked, both accounts read,
+  // the balances changed within their limits, the row, both balances written back.
+  void transfer(const std::string& id, const char* currency, const char* debit, const char* credit,
+                int64_t amount, int64_t nowMs) {
+    text(findTransfer, 1, id);
+    if (sqlite3_step(findTransfer) == SQLITE_ROW) {
+      kj::throwFatalException(KJ_EXCEPTION(FAILED, "transfer exists", id));
+    }
+    sqlite3_reset(findTransfer);
+    int64_t balances[2][4] = {};
+    bool limited[2] = {};
+    const char* accounts[2] = {debit, credit};
+    for (int a = 0; a < 2; ++a) {
+      sqlite3_bind_text(readAccount, 1, currency, -1, SQLITE_STATIC);
+      sqlite3_bind_text(readAccount, 2, accounts[a], -1, SQLITE_STATIC);
+      if (sqlite3_step(readAccount) != SQLITE_ROW) {
+        kj::throwFatalException(KJ_EXCEPTION(FAILED, "no account", accounts[a]));
+      }
+      limited[a] = (sqlite3_column_int64(readAccount, 0) & 1) != 0;
+      for (int c = 0; c < 4; ++c)
+        balances[a][c] = sqlite3_column_int64(readAccount, c + 1);
+      sqlite3_reset(readAccount);
+    }
+    KJ_REQUIRE(!__builtin_add_overflow(balances[0][1], amount, &balances[0][1]) &&
+                   !__builtin_add_overflow(balances[1][3], amount, &balances[1][3]),
+               "balance overflow");
+    for (int a = 0; a < 2; ++a) {
+      KJ_REQUIRE(!limited[a] || balances[a][0] + balances[a][1] <= balances[a][3],
+                 "debits above credits", accounts[a]);
+    }
+    text(insertTransfer, 1, id);
+    sqlite3_bind_text(insertTransfer, 2, currency, -1, SQLITE_STATIC);
+    sqlite3_bind_text(insertTransfer, 3, debit, -1, SQLITE_STATIC);
+    sqlite3_bind_text(insertTransfer, 4, credit, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(insertTransfer, 5, amount);
+    sqlite3_bind_int64(insertTransfer, 6, nowMs);
+    step(ledgerDb, insertTransfer);
+    for (int a = 0; a < 2; ++a) {
+      sqlite3_bind_text(updateAccount, 1, currency, -1, SQLITE_STATIC);
+      sqlite3_bind_text(updateAccount, 2, accounts[a], -1, SQLITE_STATIC);
+      for (int c = 0; c < 4; ++c)
+        sqlite3_bind_int64(updateAccount, c + 3, balances[a][c]);
+      step(ledgerDb, updateAccount);
+    }
+  }
+
+  void pay(const std::string& key, bool fx) {
     int64_t nowMs = std::chrono::duration_cast<std::chrono::milliseconds>(
                         std::chrono::system_clock::now().time_since_epoch())
                         .count();
     auto id = "pay_" + key;
-    auto request = "purchase|m1|" + std::to_string(AMOUNT) + "|EUR|EUR|tok_visa_approve||";
+    const char* settlement = fx ? FX_SETTLEMENT : CURRENCY;
+    auto request = "purchase|m1|" + std::to_string(AMOUNT) + "|" + CURRENCY + "|" + settlement +
+                   "|tok_visa_approve||";
     // Claim (payments).
     exec(payDb, "BEGIN IMMEDIATE");
     text(findKey, 1, key);
@@ -243,36 +445,23 @@ private:
     step(payDb, claimKey);
     text(findPayment, 1, id);
     step(payDb, findPayment);
-    // The transfer (ledger): both accounts read, the id checked, the row, both balances.
+    // FX: the quote, before the charge (as the flow asks fx before its first transfer).
+    int64_t settled = fx ? convert(AMOUNT) : AMOUNT;
+    // The charge (ledger): to the merchant, or to the FX desk when the merchant settles in
+    // another currency.
     if (split) {
       exec(payDb, "COMMIT");
       exec(ledgerDb, "BEGIN IMMEDIATE");
     }
-    int64_t balances[2][4] = {};
-    const char* accounts[2] = {"cards", "merchant:m1"};
-    for (int a = 0; a < 2; ++a) {
-      sqlite3_bind_text(readAccount, 1, "EUR", -1, SQLITE_STATIC);
-      sqlite3_bind_text(readAccount, 2, accounts[a], -1, SQLITE_STATIC);
-      if (sqlite3_step(readAccount) != SQLITE_ROW) KJ_FAIL_REQUIRE("no account", accounts[a]);
-      for (int c = 0; c < 4; ++c)
-        balances[a][c] = sqlite3_column_int64(readAccount, c + 1);
-      sqlite3_reset(readAccount);
-    }
-    auto transferId = id + "/capture/0";
-    text(findTransfer, 1, transferId);
-    step(ledgerDb, findTransfer);
-    text(insertTransfer, 1, transferId);
-    sqlite3_bind_int64(insertTransfer, 2, AMOUNT);
-    sqlite3_bind_int64(insertTransfer, 3, nowMs);
-    step(ledgerDb, insertTransfer);
-    balances[0][1] += AMOUNT;  // cards: debits posted
-    balances[1][3] += AMOUNT;  // merchant: credits posted
-    for (int a = 0; a < 2; ++a) {
-      sqlite3_bind_text(updateAccount, 1, "EUR", -1, SQLITE_STATIC);
-      sqlite3_bind_text(updateAccount, 2, accounts[a], -1, SQLITE_STATIC);
-      for (int c = 0; c < 4; ++c)
-        sqlite3_bind_int64(updateAccount, c + 3, balances[a][c]);
-      step(ledgerDb, updateAccount);
+    transfer(id + "/capture/0", CURRENCY, "cards", fx ? "fx" : "merchant:m1", AMOUNT, nowMs);
+    // FX: the settlement (ledger), the FX desk to the merchant in the settlement currency; the
+    // flow posts it with its own ledger call, so its own transaction when split.
+    if (fx) {
+      if (split) {
+        exec(ledgerDb, "COMMIT");
+        exec(ledgerDb, "BEGIN IMMEDIATE");
+      }
+      transfer(id + "/settle/0", FX_SETTLEMENT, "fx", "merchant:m1", settled, nowMs);
     }
     // The result and the payment row (payments).
     if (split) {
@@ -286,10 +475,18 @@ private:
                       SQLITE_STATIC);
     step(payDb, storeResult);
     text(storePayment, 1, id);
-    text(storePayment, 2, "card_" + key);
-    sqlite3_bind_int64(storePayment, 3, AMOUNT);
+    sqlite3_bind_text(storePayment, 2, CURRENCY, -1, SQLITE_STATIC);
+    sqlite3_bind_text(storePayment, 3, settlement, -1, SQLITE_STATIC);
+    text(storePayment, 4, "card_" + key);
+    sqlite3_bind_int64(storePayment, 5, AMOUNT);
+    sqlite3_bind_int64(storePayment, 6, settled);
     step(payDb, storePayment);
     exec(payDb, "COMMIT");
+    ++payments;
+    if (fx) {
+      ++fxPayments;
+      settledFx = settled;
+    }
   }
 };
 
@@ -316,12 +513,16 @@ struct Flow {
   schema::Payments::Client payments;
   schema::Ledger::Client ledger;
   schema::Fx::Client fx;
-  // Purchases of AMOUNT in `currency`, settled in `settlement` (FX when they differ).
+  // Purchases of AMOUNT in `currency`: `fxShare` percent of them (isFx over `sequence`) settled
+  // in `settlement` (through FX when it differs), the others in `currency`.
   kj::StringPtr currency;
   kj::StringPtr settlement;
+  uint32_t fxShare;
   uint64_t sequence = 0;
-  // Every acknowledged purchase, warm-up included: the merchant's balance must match.
+  // Every acknowledged purchase, warm-up included, and those of them settled in `settlement`:
+  // the ledger's balances must match.
   uint64_t acknowledged = 0;
+  uint64_t acknowledgedFx = 0;
 };
 
 Figures measureFlow(kj::AsyncIoContext& io, pid_t pid, Flow& flow, uint32_t inFlight,
@@ -339,22 +540,26 @@ Figures measureFlow(kj::AsyncIoContext& io, pid_t pid, Flow& flow, uint32_t inFl
           .runClosedLoop(
               options,
               [&]() -> kj::Promise<void> {
+                auto n = flow.sequence++;
+                bool fx = isFx(n, flow.fxShare);
                 auto request = flow.payments.purchaseRequest();
                 auto r = request.initRequest();
                 r.setMerchantId("m1");
                 r.initAmount().setMinorUnits(AMOUNT);
                 r.getAmount().setCurrency(flow.currency);
-                r.setSettlementCurrency(flow.settlement);
+                r.setSettlementCurrency(fx ? flow.settlement : flow.currency);
                 r.setCardToken("tok_visa_approve");
-                r.setIdempotencyKey(kj::str("flow-", round, "-", flow.sequence++));
+                r.setIdempotencyKey(kj::str("flow-", round, "-", n));
                 return request.send().then(
-                    [&flow](capnp::Response<schema::Payments::PurchaseResults>&& out) {
+                    [&flow, fx](capnp::Response<schema::Payments::PurchaseResults>&& out) {
                       auto answer = out.getResult();
                       if (!answer.isApproved() ||
                           answer.getApproved().getState() != schema::TransactionState::CAPTURED) {
-                        KJ_FAIL_REQUIRE("purchase not captured", kj::str(answer));
+                        kj::throwFatalException(
+                            KJ_EXCEPTION(FAILED, "purchase not captured", kj::str(answer)));
                       }
                       ++flow.acknowledged;
+                      if (fx) ++flow.acknowledgedFx;
                     });
               })
           .wait(io.waitScope);
@@ -369,16 +574,6 @@ Figures measureFlow(kj::AsyncIoContext& io, pid_t pid, Flow& flow, uint32_t inFl
     figures.perCpuSecond = 1e6 / figures.serverCpuMicros;
   }
   return figures;
-}
-
-// The merchant's posted credits minus debits in the settlement currency.
-int64_t merchantCredits(kj::AsyncIoContext& io, Flow& flow) {
-  auto request = flow.ledger.balanceRequest();
-  request.setAccountId("merchant:m1");
-  request.setCurrency(flow.settlement);
-  auto response = request.send().wait(io.waitScope);
-  return response.getBalance().getCredits().getMinorUnits() -
-         response.getBalance().getDebits().getMinorUnits();
 }
 
 // --- statistics and output -----------------------------------------------------------------------
@@ -443,6 +638,9 @@ struct Options {
   std::string json;
   // "naive" (SQLite directly) or "grpc" (the same services as gRPC processes).
   std::string versus = "naive";
+  // --versus naive: the percentage of purchases settled in another currency (FX_SETTLEMENT).
+  // 20 by default: an assumed mix, not a measured one (see bench/README.md).
+  uint32_t fxShare = 20;
   std::string grpcFlow;
   std::string grpcCard;
   std::string plotData;
@@ -464,31 +662,69 @@ int64_t settledPerPurchase(kj::AsyncIoContext& io, Flow& flow) {
   return response.getResult().getQuote().getTarget().getMinorUnits();
 }
 
-// Whether the merchant's ledger balance is what the acknowledged purchases put there; prints it.
-bool checkBalance(const char* name, int64_t credits, uint64_t acknowledged, int64_t settled,
-                  uint64_t failed) {
-  auto expected = static_cast<int64_t>(acknowledged) * settled;
-  bool balanced = credits == expected;
-  std::printf("%s ledger: merchant credits %lld, acknowledged purchases %llu x %lld = %lld: %s\n",
-              name, static_cast<long long>(credits), static_cast<unsigned long long>(acknowledged),
-              static_cast<long long>(settled), static_cast<long long>(expected),
-              balanced ? "equal" : (failed > 0 ? "differ (calls failed)" : "DIFFER  <-- FAILED"));
-  return balanced;
-}
-
 // --- against SQLite directly ---------------------------------------------------------------------
 
-// Returns whether every purchase succeeded and the ledger balanced.
+// Whether payhostd's ledgers balance: in both currencies the ledger's own audit (posted and
+// pending debits equal credits over every account, every balance equal to a replay of the
+// transfer log), and each account of the flow holding what the acknowledged purchases put
+// there. Prints the figures.
+bool auditFlow(kj::AsyncIoContext& io, Flow& flow, int64_t settled, uint64_t failed) {
+  bool ok = true;
+  for (auto* currency : {CURRENCY, FX_SETTLEMENT}) {
+    auto request = flow.ledger.auditRequest();
+    request.setCurrency(currency);
+    auto response = request.send().wait(io.waitScope);
+    auto report = response.getReport();
+    bool fine = report.getDebitsEqualCredits() && report.getMismatches().size() == 0;
+    std::printf("payhostd ledger %s: audit of %llu transfers over %u accounts: %s\n", currency,
+                static_cast<unsigned long long>(report.getTransfers()), report.getAccounts(),
+                fine ? "debits = credits, every balance equal to its replay"
+                     : "DOES NOT BALANCE  <-- FAILED");
+    for (auto line : report.getMismatches())
+      std::printf("  %s\n", line.cStr());
+    ok = ok && fine;
+  }
+  bool held = true;
+  for (auto& e : expectedBalances(flow.acknowledged, flow.acknowledgedFx, settled)) {
+    auto request = flow.ledger.balanceRequest();
+    request.setAccountId(e.id);
+    request.setCurrency(e.currency);
+    auto response = request.send().wait(io.waitScope);
+    auto b = response.getBalance();
+    int64_t debits = b.getDebits().getMinorUnits();
+    int64_t credits = b.getCredits().getMinorUnits();
+    if (debits != e.debits || credits != e.credits || b.getDebitsPending().getMinorUnits() != 0 ||
+        b.getCreditsPending().getMinorUnits() != 0) {
+      std::printf(
+          "payhostd ledger: %s %s debits %lld (expected %lld), credits %lld (expected "
+          "%lld)  <-- %s\n",
+          e.currency, e.id, static_cast<long long>(debits), static_cast<long long>(e.debits),
+          static_cast<long long>(credits), static_cast<long long>(e.credits),
+          failed > 0 ? "differs (calls failed)" : "FAILED");
+      held = false;
+    }
+  }
+  std::printf(
+      "payhostd ledger: %llu acknowledged purchases (%llu FX, %lld %s each): every "
+      "account holds what they put there: %s\n",
+      static_cast<unsigned long long>(flow.acknowledged),
+      static_cast<unsigned long long>(flow.acknowledgedFx), static_cast<long long>(settled),
+      FX_SETTLEMENT, held ? "yes" : "NO");
+  return ok && held;
+}
+
+// Returns whether every purchase succeeded and every ledger balanced.
 bool versusNaive(kj::AsyncIoContext& io, pid_t pid, Flow& flow, const Options& options,
                  const std::string& dir) {
-  Naive naive1(dir, false);
-  Naive naive3(dir, true);
+  Naive naive1(dir, false, options.fxShare);
+  Naive naive3(dir, true, options.fxShare);
   std::printf(
-      "payhost-flow-bench: durable purchases through payhostd (payments -> fraud-screen, "
-      "card-processor latency 0, ledger; fx loaded, not called for EUR->EUR; SQLite WAL "
-      "synchronous=FULL in %s) beside the same "
-      "writes into SQLite directly\n%u in flight on 1 connection; %d rounds of %.1f s per case, "
-      "interleaved\n\n",
+      "payhost-flow-bench: durable purchases of %lld %s, %u%% of them settled in %s (FX quote and "
+      "a second ledger transfer) and the rest in %s, through payhostd (payments -> "
+      "fraud-screen, card-processor latency 0, fx, ledger; SQLite WAL synchronous=FULL in %s) "
+      "beside the same writes into SQLite directly\n%u in flight on 1 connection; %d rounds of "
+      "%.1f s per case, interleaved\n\n",
+      static_cast<long long>(AMOUNT), CURRENCY, options.fxShare, FX_SETTLEMENT, CURRENCY,
       dir.c_str(), options.inFlight, options.rounds, options.seconds);
   std::fflush(stdout);
 
@@ -512,7 +748,7 @@ bool versusNaive(kj::AsyncIoContext& io, pid_t pid, Flow& flow, const Options& o
         naiveRuns.back().rate, naive3Runs.back().rate, ratios.back());
     std::fflush(stdout);
   }
-  std::printf("\nmedians over rounds (min-max):\n");
+  std::printf("\nmedians over rounds (min-max), %u%% FX:\n", options.fxShare);
   printCase("flow", flowRuns);
   std::printf(
       "          payhostd CPU %.0f us per purchase (all threads; 2 cores shared with the bench)\n",
@@ -530,15 +766,30 @@ bool versusNaive(kj::AsyncIoContext& io, pid_t pid, Flow& flow, const Options& o
       "ratio flow/naive %.2fx (%.2f-%.2f); flow/naive-3 %.2fx (target: at least 5x naive)\n",
       ratio.median, ratio.min, ratio.max, ratio3.median);
 
-  bool balanced = checkBalance("payhostd", merchantCredits(io, flow), flow.acknowledged,
-                               settledPerPurchase(io, flow), failed);
+  // The settled amount of an FX purchase as payhostd's fx quotes it; the naive side's own
+  // conversion must agree.
+  auto settled = settledPerPurchase(io, flow);
+  bool agreed = true;
+  for (auto* naive : {&naive1, &naive3}) {
+    if (naive->fxPayments > 0 && naive->settledFx != settled) {
+      std::printf("naive conversion %lld %s differs from payhostd's quote %lld  <-- FAILED\n",
+                  static_cast<long long>(naive->settledFx), FX_SETTLEMENT,
+                  static_cast<long long>(settled));
+      agreed = false;
+    }
+  }
+  bool balanced = auditFlow(io, flow, settled, failed);
+  bool naiveBalanced = naive1.audit("naive", settled);
+  naiveBalanced = naive3.audit("naive-3", settled) && naiveBalanced && agreed;
   if (!firstError.empty()) std::printf("first failure: %s\n", firstError.c_str());
 
   if (!options.json.empty()) {
     std::ofstream json(options.json);
     json << "{\n  \"benchmark\": \"payment-flow\", \"rounds\": " << options.rounds
          << ", \"seconds\": " << options.seconds << ", \"in_flight\": " << options.inFlight
-         << ",\n  \"cases\": {\n";
+         << ", \"amount\": " << AMOUNT << ", \"currency\": \"" << CURRENCY
+         << "\", \"fx_share\": " << options.fxShare << ", \"fx_settlement\": \"" << FX_SETTLEMENT
+         << "\", \"fx_settled\": " << settled << ",\n  \"cases\": {\n";
     jsonCase(json, "flow", flowRuns);
     json << ",\n";
     jsonCase(json, "naive", naiveRuns);
@@ -546,15 +797,42 @@ bool versusNaive(kj::AsyncIoContext& io, pid_t pid, Flow& flow, const Options& o
     jsonCase(json, "naive-3", naive3Runs);
     json << "\n  },\n  \"ratio_flow_over_naive\": " << ratio.median
          << ", \"ratio_min\": " << ratio.min << ", \"ratio_max\": " << ratio.max
-         << ", \"ratio_flow_over_naive_3\": " << ratio3.median << ",\n  \"flow_failed\": " << failed
-         << ", \"ledger_balanced\": " << (balanced ? "true" : "false") << "\n}\n";
+         << ", \"ratio_flow_over_naive_3\": " << ratio3.median
+         << ",\n  \"purchases\": {\"flow\": " << flow.acknowledged
+         << ", \"flow_fx\": " << flow.acknowledgedFx << ", \"naive\": " << naive1.payments
+         << ", \"naive_fx\": " << naive1.fxPayments << ", \"naive-3\": " << naive3.payments
+         << ", \"naive-3_fx\": " << naive3.fxPayments << "},\n  \"flow_failed\": " << failed
+         << ", \"ledger_balanced\": " << (balanced ? "true" : "false")
+         << ", \"naive_ledgers_balanced\": " << (naiveBalanced ? "true" : "false") << "\n}\n";
   }
-  return failed == 0 && balanced;
+  return failed == 0 && balanced && naiveBalanced;
 }
 
 // --- against gRPC microservices ------------------------------------------------------------------
 
 #ifdef PAYHOST_BENCH_GRPC
+
+// The merchant's posted credits minus debits in the settlement currency.
+int64_t merchantCredits(kj::AsyncIoContext& io, Flow& flow) {
+  auto request = flow.ledger.balanceRequest();
+  request.setAccountId("merchant:m1");
+  request.setCurrency(flow.settlement);
+  auto response = request.send().wait(io.waitScope);
+  return response.getBalance().getCredits().getMinorUnits() -
+         response.getBalance().getDebits().getMinorUnits();
+}
+
+// Whether the merchant's ledger balance is what the acknowledged purchases put there; prints it.
+bool checkBalance(const char* name, int64_t credits, uint64_t acknowledged, int64_t settled,
+                  uint64_t failed) {
+  auto expected = static_cast<int64_t>(acknowledged) * settled;
+  bool balanced = credits == expected;
+  std::printf("%s ledger: merchant credits %lld, acknowledged purchases %llu x %lld = %lld: %s\n",
+              name, static_cast<long long>(credits), static_cast<unsigned long long>(acknowledged),
+              static_cast<long long>(settled), static_cast<long long>(expected),
+              balanced ? "equal" : (failed > 0 ? "differ (calls failed)" : "DIFFER  <-- FAILED"));
+  return balanced;
+}
 
 // The flow's five services as gRPC processes calling each other (bench/grpc/flow-services.cpp;
 // the card service is payhost-bench-grpc-server), their databases in `dir`.
@@ -873,6 +1151,7 @@ int runBenchmark(const Options& options) {
   bool grpcMode = options.versus == "grpc";
   KJ_REQUIRE(grpcMode || options.versus == "naive", "--versus is naive or grpc",
              options.versus.c_str());
+  KJ_REQUIRE(options.fxShare <= 100, "--fx-share is a percentage, 0 to 100", options.fxShare);
 #ifndef PAYHOST_BENCH_GRPC
   KJ_REQUIRE(!grpcMode, "built without gRPC (libgrpc++-dev): --versus grpc is not available");
 #endif
@@ -900,7 +1179,7 @@ int runBenchmark(const Options& options) {
            << "[[plugin]]\npath = \"" << plugin("fraud-screen") << "\"\n"
            << "[plugin.config.velocity]\ncard_limit = 1000000\nmerchant_limit = 1000000\n"
            << "[[plugin]]\npath = \"" << plugin("fx") << "\"\n[plugin.config.rates]\n"
-           << "EUR_USD = \"1.0842\"\nUSD_EUR = \"0.9223\"\n"
+           << CURRENCY << "_" << FX_SETTLEMENT << " = \"" << RATE << "\"\nUSD_EUR = \"0.9223\"\n"
            << "[[plugin]]\npath = \"" << plugin("ledger") << "\"\ndatabases = [\"ledger\"]\n"
            << "[[plugin]]\npath = \"" << plugin("payments") << "\"\ndatabases = [\"payments\"]\n";
   }
@@ -922,11 +1201,15 @@ int runBenchmark(const Options& options) {
     request.setName(name);
     return request.send().getService();
   };
-  // Against gRPC the purchases go through FX (USD charged, EUR settled), so every service of the
-  // flow is called; against SQLite directly they stay in EUR, as the naive writes do.
+  // Against gRPC every purchase goes through FX (USD charged, EUR settled), so every service of
+  // the flow is called; against SQLite directly they are in EUR, `--fx-share` percent of them
+  // settled in USD, as the naive writes are.
   Flow flow{service("payments.payments").castAs<schema::Payments>(),
             service("payments.ledger").castAs<schema::Ledger>(),
-            service("payments.fx").castAs<schema::Fx>(), grpcMode ? "USD" : "EUR", "EUR"};
+            service("payments.fx").castAs<schema::Fx>(),
+            grpcMode ? "USD" : CURRENCY,
+            grpcMode ? "EUR" : FX_SETTLEMENT,
+            grpcMode ? 100 : options.fxShare};
 
   bool ok = false;
   if (grpcMode) {
@@ -980,6 +1263,16 @@ int main(int argc, char** argv) {
                  "--versus grpc: path of payhost-bench-grpc-server (the card service)");
   app.add_option("--plot-data", options.plotData,
                  "--versus grpc: write flow.tsv for bench/plot.gp into this folder");
+  auto* fxShare = app.add_option(
+      "--fx-share", options.fxShare,
+      "--versus naive: percent of purchases (EUR) settled in USD through FX, 0 to 100 "
+      "(default 20; 0: all settled in EUR)");
+  fxShare->check(CLI::Range(0, 100));
   CLI11_PARSE(app, argc, argv);
+  if (options.versus == "grpc" && fxShare->count() > 0) {
+    std::fprintf(stderr,
+                 "--fx-share is for --versus naive; against gRPC every purchase goes through FX\n");
+    return 2;
+  }
   return payhost::bench::runBenchmark(options);
 }
