@@ -20,7 +20,7 @@
 // (default 20, evenly spread: every fifth) settled in USD, the others in EUR. An FX purchase asks
 // payments.fx for a quote and posts two transfers, `cards -> fx` in EUR and `fx -> merchant` in
 // USD, each its own ledger call; a same-currency one posts `cards -> merchant` in EUR. Beside
-// naive     the writes one purchase makes (payments: key lookup, key claim, payment lookup;
+// naive     the writes one purchase makes (payments: key claim (insert-or-nothing), payment lookup;
 //           ledger, per transfer: the id looked up, both accounts read, the row, both balances;
 //           payments: result and payment row), and for an FX one the conversion with the fx
 //           plugin's own code (plugins/fx/rate.cpp) and the SDK's currency table, into SQLite
@@ -203,11 +203,9 @@ public:
       step(ledgerDb, create);
     }
     sqlite3_finalize(create);
-    findKey =
-        prepare(payDb, "SELECT request, result, claimed_at_ms FROM payments_keys WHERE key = ?1");
     claimKey = prepare(payDb,
                        "INSERT INTO payments_keys (key, request, result, claimed_at_ms) VALUES "
-                       "(?1, ?2, NULL, ?3)");
+                       "(?1, ?2, NULL, ?3) ON CONFLICT (key) DO NOTHING RETURNING key");
     findPayment = prepare(payDb,
                           "SELECT id, merchant, currency, settlement, card_txn, authorized, "
                           "captured, refunded, settled, state, expires_at_ms, captures, refunds, "
@@ -239,8 +237,8 @@ public:
         "excluded.refunds, released = excluded.released");
   }
   ~Naive() {
-    for (auto* s : {findKey, claimKey, findPayment, readAccount, findTransfer, insertTransfer,
-                    updateAccount, storeResult, storePayment}) {
+    for (auto* s : {claimKey, findPayment, readAccount, findTransfer, insertTransfer, updateAccount,
+                    storeResult, storePayment}) {
       sqlite3_finalize(s);
     }
     sqlite3_close(payDb);
@@ -338,7 +336,6 @@ private:
   plugins::fx::Rate rate;
   sqlite3* payDb = nullptr;
   sqlite3* ledgerDb = nullptr;
-  sqlite3_stmt* findKey = nullptr;
   sqlite3_stmt* claimKey = nullptr;
   sqlite3_stmt* findPayment = nullptr;
   sqlite3_stmt* readAccount = nullptr;
@@ -437,8 +434,6 @@ private:
                    "|tok_visa_approve||";
     // Claim (payments).
     exec(payDb, "BEGIN IMMEDIATE");
-    text(findKey, 1, key);
-    step(payDb, findKey);
     text(claimKey, 1, key);
     text(claimKey, 2, request);
     sqlite3_bind_int64(claimKey, 3, nowMs);
