@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "../on-another-thread.h"
 #include "rules.h"
 
 namespace payhost::plugins::fraud {
@@ -280,12 +281,17 @@ TEST(FraudScreen, RefusesBadConfig) {
   }
 }
 
-TEST(Screen, ForgetsCardsAndMerchantsThatLeftTheirWindows) {
+// A card limit of two and a merchant limit of 100, both per minute.
+Settings smallWindows(size_t sweepThreshold) {
   Settings settings;
   settings.card = {2, 60 * kj::SECONDS};
   settings.merchant = {100, 60 * kj::SECONDS};
-  settings.sweepThreshold = 4;
-  Screen screen(kj::mv(settings));
+  settings.sweepThreshold = sweepThreshold;
+  return settings;
+}
+
+TEST(Screen, ForgetsCardsAndMerchantsThatLeftTheirWindows) {
+  Screen screen(smallWindows(4));
   auto start = kj::UNIX_EPOCH + 1000 * kj::SECONDS;
   kj::String tokens[] = {kj::str("tok_a"), kj::str("tok_b"), kj::str("tok_c")};
   for (auto& token : tokens) {
@@ -303,37 +309,20 @@ TEST(Screen, ForgetsCardsAndMerchantsThatLeftTheirWindows) {
 // Shards: each test host is one instance (one shard) on its own thread, as in payhostd; they
 // share the velocity windows.
 
-// Runs `body` on a new thread (which can have a test host of its own) and waits for it; what it
-// throws fails the test.
-template <typename Body>
-void onAnotherThread(Body&& body) {
-  kj::Maybe<kj::Exception> failure;
-  std::thread thread([&]() { failure = kj::runCatchingExceptions(kj::fwd<Body>(body)); });
-  thread.join();
-  KJ_IF_MAYBE (exception, failure) {
-    ADD_FAILURE() << "on the other thread: " << exception->getDescription().cStr();
-  }
-}
+using payhost::test::onAnotherThread;
 
-// Velocity alone decides: a card over its limit is denied, a merchant over its limit reviewed.
-constexpr kj::StringPtr SHARED_CONFIG = R"(review_score = 300
-deny_score = 700
-[velocity]
-card_limit = 3
-card_window_s = 60
-merchant_limit = 5
-merchant_window_s = 60
-[scores]
-velocity_card = 700
-)"_kj;
+// CONFIG where a card over its limit is denied (a merchant over its limit is reviewed).
+kj::String sharedConfig() {
+  return kj::str(CONFIG, "[scores]\nvelocity_card = 700\n");
+}
 
 TEST(FraudShards, ACardAtItsLimitOnOneShardIsDeniedOnAnother) {
   ASSERT_EQ(SharedVelocity::liveForTest(), 0u);
-  Harness first(SHARED_CONFIG);
+  Harness first(sharedConfig());
   EXPECT_EQ(first.verdict({.merchant = "m_a"}), "allow 0");
   EXPECT_EQ(first.verdict({.merchant = "m_b"}), "allow 0");
   onAnotherThread([&]() {
-    Harness second(SHARED_CONFIG);
+    Harness second(sharedConfig());
     EXPECT_EQ(SharedVelocity::liveForTest(), 1u);
     // The third attempt with this card, the first on this shard: at the limit, allowed.
     EXPECT_EQ(second.verdict({.merchant = "m_c"}), "allow 0");
@@ -349,12 +338,12 @@ TEST(FraudShards, ACardAtItsLimitOnOneShardIsDeniedOnAnother) {
 }
 
 TEST(FraudShards, AMerchantAtItsLimitOnOneShardIsReviewedOnAnother) {
-  Harness first(SHARED_CONFIG);
+  Harness first(sharedConfig());
   for (auto token : {"tok_1", "tok_2", "tok_3"}) {
     EXPECT_EQ(first.verdict({.token = token}), "allow 0");
   }
   onAnotherThread([&]() {
-    Harness second(SHARED_CONFIG);
+    Harness second(sharedConfig());
     EXPECT_EQ(second.verdict({.token = "tok_4"}), "allow 0");
     EXPECT_EQ(second.verdict({.token = "tok_5"}), "allow 0");
     EXPECT_EQ(second.verdict({.token = "tok_6"}), "review 300 velocity.merchant");
@@ -363,31 +352,31 @@ TEST(FraudShards, AMerchantAtItsLimitOnOneShardIsReviewedOnAnother) {
 }
 
 TEST(FraudShards, AShardWithOtherWindowsHasItsOwn) {
-  Harness first(SHARED_CONFIG);
+  Harness first(sharedConfig());
   for (auto merchant : {"m_a", "m_b", "m_c"}) {
     EXPECT_EQ(first.verdict({.merchant = merchant}), "allow 0");
   }
   onAnotherThread([&]() {
-    Harness other(kj::str("sweep_threshold = 1000\n", SHARED_CONFIG));
+    Harness other(kj::str("sweep_threshold = 1000\n", sharedConfig()));
     EXPECT_EQ(SharedVelocity::liveForTest(), 2u);
     EXPECT_EQ(other.verdict({.merchant = "m_d"}), "allow 0");
   });
   // Scores are a shard's own and do not select the windows: this one shares them.
   onAnotherThread([&]() {
-    Harness other(kj::str(SHARED_CONFIG, "country_mismatch = 100\n"));
+    Harness other(kj::str(sharedConfig(), "country_mismatch = 100\n"));
     EXPECT_EQ(other.verdict({.merchant = "m_e"}), "deny 700 velocity.card");
   });
 }
 
 TEST(FraudShards, ANewInstanceAfterTheLastOneStartsEmpty) {
   {
-    Harness first(SHARED_CONFIG);
+    Harness first(sharedConfig());
     for (int i = 0; i < 4; ++i)
       first.verdict({.merchant = "m_a"});
     EXPECT_EQ(first.verdict({.merchant = "m_b"}), "deny 700 velocity.card");
   }
   EXPECT_EQ(SharedVelocity::liveForTest(), 0u);
-  Harness later(SHARED_CONFIG);
+  Harness later(sharedConfig());
   EXPECT_EQ(later.verdict({.merchant = "m_c"}), "allow 0");
 }
 
@@ -440,16 +429,8 @@ TEST(FraudShards, ConcurrentShardsKeepExactCounts) {
 // is counted at the latest time either has seen, so the windows stay in time order and a sweep
 // never drops a card that still has an attempt inside its window.
 TEST(Screen, SharedTimeNeverRunsBackwards) {
-  Settings settings;
-  settings.card = {2, 60 * kj::SECONDS};
-  settings.merchant = {100, 60 * kj::SECONDS};
-  settings.sweepThreshold = 2;
-  Screen ahead(kj::mv(settings));
-  Settings same;
-  same.card = {2, 60 * kj::SECONDS};
-  same.merchant = {100, 60 * kj::SECONDS};
-  same.sweepThreshold = 2;
-  Screen behind(kj::mv(same));
+  Screen ahead(smallWindows(2));
+  Screen behind(smallWindows(2));
   ASSERT_EQ(&ahead.velocity(), &behind.velocity());
   ASSERT_EQ(SharedVelocity::liveForTest(), 1u);
 
