@@ -45,7 +45,10 @@
 // state waits for it. The operation must therefore be quick and self-contained: no waiting on a
 // promise, no I/O, no call into another service or back into this state (the mutex is not
 // recursive: that deadlocks), and nothing of a shard's own (its `Context`, log, clock or timer,
-// which are not thread-safe) touched inside. Read the clock before, log after.
+// which are not thread-safe) touched inside. Read the clock before, log after. Return values,
+// never a reference or pointer into the state (`run` and `with` return by value, but a pointer
+// would still escape the lock). If the operation throws, the lock is released and the exception
+// propagates; what it changed before throwing stays changed.
 //
 // Time: `run` passes the operation the latest time any caller has passed to this state, so the
 // state's time never runs backwards when shards' clocks read a little apart (or test hosts'
@@ -108,7 +111,7 @@ public:
   // caller's clock reading; the operation gets the latest time any caller has passed (see
   // Time above). The rules of Threads above apply to `operation`.
   template <typename Operation>
-  decltype(auto) run(kj::Date now, Operation&& operation) const {
+  auto run(kj::Date now, Operation&& operation) const {
     auto locked = slot.lockExclusive();
     if (now > locked->latest) {
       locked->latest = now;
@@ -120,7 +123,7 @@ public:
 
   // Runs `operation(T&)` under the mutex, for operations that need no time.
   template <typename Operation>
-  decltype(auto) with(Operation&& operation) const {
+  auto with(Operation&& operation) const {
     auto locked = slot.lockExclusive();
     return operation(locked->value);
   }
