@@ -138,6 +138,7 @@ public:
   // Keys tracked now in the shared windows: for tests.
   size_t trackedKeys() const;
 
+  // The shared windows it joined: for tests.
   const SharedVelocity& velocity() const { return *velocity_; }
 
 private:

@@ -316,7 +316,7 @@ kj::String sharedConfig() {
   return kj::str(CONFIG, "[scores]\nvelocity_card = 700\n");
 }
 
-TEST(FraudShards, ACardAtItsLimitOnOneShardIsDeniedOnAnother) {
+TEST(SharedVelocity, ACardAtItsLimitOnOneShardIsDeniedOnAnother) {
   ASSERT_EQ(SharedVelocity::liveForTest(), 0u);
   Harness first(sharedConfig());
   EXPECT_EQ(first.verdict({.merchant = "m_a"}), "allow 0");
@@ -337,7 +337,7 @@ TEST(FraudShards, ACardAtItsLimitOnOneShardIsDeniedOnAnother) {
   EXPECT_EQ(first.host.logs().size(), 3u);
 }
 
-TEST(FraudShards, AMerchantAtItsLimitOnOneShardIsReviewedOnAnother) {
+TEST(SharedVelocity, AMerchantAtItsLimitOnOneShardIsReviewedOnAnother) {
   Harness first(sharedConfig());
   for (auto token : {"tok_1", "tok_2", "tok_3"}) {
     EXPECT_EQ(first.verdict({.token = token}), "allow 0");
@@ -351,7 +351,7 @@ TEST(FraudShards, AMerchantAtItsLimitOnOneShardIsReviewedOnAnother) {
   EXPECT_EQ(first.verdict({.token = "tok_7"}), "review 300 velocity.merchant");
 }
 
-TEST(FraudShards, AShardWithOtherWindowsHasItsOwn) {
+TEST(SharedVelocity, AShardWithOtherWindowsHasItsOwn) {
   Harness first(sharedConfig());
   for (auto merchant : {"m_a", "m_b", "m_c"}) {
     EXPECT_EQ(first.verdict({.merchant = merchant}), "allow 0");
@@ -368,7 +368,7 @@ TEST(FraudShards, AShardWithOtherWindowsHasItsOwn) {
   });
 }
 
-TEST(FraudShards, ANewInstanceAfterTheLastOneStartsEmpty) {
+TEST(SharedVelocity, ANewInstanceAfterTheLastOneStartsEmpty) {
   {
     Harness first(sharedConfig());
     for (int i = 0; i < 4; ++i)
@@ -382,7 +382,7 @@ TEST(FraudShards, ANewInstanceAfterTheLastOneStartsEmpty) {
 
 // Shards screening the same card at the same merchant at once: every attempt is counted exactly
 // once, so exactly the attempts beyond each limit fire.
-TEST(FraudShards, ConcurrentShardsKeepExactCounts) {
+TEST(SharedVelocity, ConcurrentShardsKeepExactCounts) {
   constexpr int SHARDS = 4;
   constexpr int PER_SHARD = 150;
   constexpr uint32_t CARD_LIMIT = 450;      // 150 of the 600 attempts are over it
