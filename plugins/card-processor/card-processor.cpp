@@ -186,7 +186,7 @@ void logOutcome(Logger& log, kj::StringPtr event, kj::ArrayPtr<const LogField> r
 class Shard final : public kj::Refcounted {
 public:
   Shard(Context& context, const Issuer::Options& options, kj::Duration latency)
-      : issuer(SharedIssuer::join(options)), latency(latency), context_(context) {}
+      : issuer(joinIssuer(options)), latency(latency), context_(context) {}
 
   Context& context() {
     KJ_IF_MAYBE (borrowed, context_) {

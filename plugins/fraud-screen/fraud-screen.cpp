@@ -31,8 +31,9 @@ schema::FraudDecision toSchema(Decision decision) {
   KJ_UNREACHABLE;
 }
 
-// The screen and the context of one plugin instance (one shard). The host promises the context
-// outlives the instance, not the servers, so the instance detaches on destruction. Shard-local.
+// The screen and the context of one plugin instance (one shard); the screen's velocity windows
+// are shared with the other shards (rules.h). The host promises the context outlives the
+// instance, not the servers, so the instance detaches on destruction. Shard-local.
 class Shard final : public kj::Refcounted {
 public:
   explicit Shard(Context& context)

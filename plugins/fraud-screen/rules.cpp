@@ -118,10 +118,28 @@ Settings Settings::fromConfig(const Config& config) {
   return settings;
 }
 
-Screen::Screen(Settings settings)
-    : settings(kj::mv(settings)), nextSweepAt(this->settings.sweepThreshold) {}
+namespace {
 
-size_t Screen::count(Attempts& attempts, kj::StringPtr key, const Window& window, kj::Date now) {
+kj::Own<const SharedVelocity> joinVelocity(const Settings& settings) {
+  Velocity::Options options{.card = settings.card,
+                            .merchant = settings.merchant,
+                            .sweepThreshold = settings.sweepThreshold};
+  // Called only when no live `Velocity` has these options.
+  return SharedVelocity::join(options, [&]() { return Velocity(options); });
+}
+
+}  // namespace
+
+Velocity::Velocity(const Options& options)
+    : options_(options), nextSweepAt(options.sweepThreshold) {}
+
+Velocity::Counts Velocity::count(kj::StringPtr cardToken, kj::StringPtr merchantId, kj::Date now) {
+  if (trackedKeys() >= nextSweepAt) sweep(now);
+  return Counts{.card = count(cards, cardToken, options_.card, now),
+                .merchant = count(merchants, merchantId, options_.merchant, now)};
+}
+
+size_t Velocity::count(Attempts& attempts, kj::StringPtr key, const Window& window, kj::Date now) {
   auto& times = attempts.findOrCreate(key, [&]() {
     return Attempts::Entry{kj::heapString(key), std::deque<kj::Date>()};
   });
@@ -134,7 +152,7 @@ size_t Screen::count(Attempts& attempts, kj::StringPtr key, const Window& window
   return times.size();
 }
 
-void Screen::sweep(kj::Date now) {
+void Velocity::sweep(kj::Date now) {
   auto stale = [&](Attempts& attempts, const Window& window) {
     kj::Vector<kj::String> gone;
     for (auto& entry : attempts) {
@@ -145,10 +163,17 @@ void Screen::sweep(kj::Date now) {
     for (auto& key : gone)
       attempts.erase(key);
   };
-  stale(cards, settings.card);
-  stale(merchants, settings.merchant);
+  stale(cards, options_.card);
+  stale(merchants, options_.merchant);
   // Sweep again when the live keys have doubled: amortised O(1) per screen.
-  nextSweepAt = std::max(settings.sweepThreshold, 2 * trackedKeys());
+  nextSweepAt = std::max(options_.sweepThreshold, 2 * trackedKeys());
+}
+
+Screen::Screen(Settings settings)
+    : settings(kj::mv(settings)), velocity_(joinVelocity(this->settings)) {}
+
+size_t Screen::trackedKeys() const {
+  return velocity_->with([](Velocity& velocity) { return velocity.trackedKeys(); });
 }
 
 kj::OneOf<Verdict, Refusal> Screen::screen(const ScreenRequest& request, kj::Date now) {
@@ -170,18 +195,19 @@ kj::OneOf<Verdict, Refusal> Screen::screen(const ScreenRequest& request, kj::Dat
     return Refusal{"countries are two upper-case letters (ISO 3166-1 alpha-2) or empty"};
   }
 
-  if (trackedKeys() >= nextSweepAt) sweep(now);
+  // Only the counting is done under the shared lock; the rest is this shard's own.
+  auto counts = velocity_->run(now, [&](Velocity& velocity, kj::Date at) {
+    return velocity.count(request.cardToken, request.merchantId, at);
+  });
 
   Verdict verdict;
-  size_t cardAttempts = count(cards, request.cardToken, settings.card, now);
-  if (cardAttempts > settings.card.limit) {
+  if (counts.card > settings.card.limit) {
     verdict.rules.add(
         FiredRule{"velocity.card", settings.velocityCardScore,
                   kj::str("more than ", settings.card.limit, " attempts with this card in ",
                           settings.card.length / kj::SECONDS, "s")});
   }
-  size_t merchantAttempts = count(merchants, request.merchantId, settings.merchant, now);
-  if (merchantAttempts > settings.merchant.limit) {
+  if (counts.merchant > settings.merchant.limit) {
     verdict.rules.add(
         FiredRule{"velocity.merchant", settings.velocityMerchantScore,
                   kj::str("more than ", settings.merchant.limit, " attempts at this merchant in ",

@@ -3,12 +3,16 @@
 // country mismatch. Each rule that fires adds its score; the total decides allow, review or deny.
 //
 // Requests are views that must outlive the call only; verdicts own their strings. Time is passed
-// in (`Context::clock().now()` in the plugin, a manual clock in tests). Shard-local.
+// in (`Context::clock().now()` in the plugin, a manual clock in tests). A `Screen` is
+// shard-local; the velocity windows it counts in are shared by every `Screen` with the same
+// windows in this copy of the library (all shards of one plugin version), through the SDK's
+// `payhost::SharedState`, so a limit holds across shards.
 
 #ifndef PAYHOST_PLUGINS_FRAUD_SCREEN_RULES_H_
 #define PAYHOST_PLUGINS_FRAUD_SCREEN_RULES_H_
 
 #include <payhost/config.h>
+#include <payhost/shared-state.h>
 
 #include <kj/array.h>
 #include <kj/map.h>
@@ -55,6 +59,7 @@ struct Refusal {
 struct Window {
   uint32_t limit;  // attempts allowed inside the window (the attempt being screened included)
   kj::Duration length;
+  bool operator==(const Window& other) const = default;
 };
 
 struct Settings {
@@ -75,14 +80,28 @@ struct Settings {
   static Settings fromConfig(const Config& config);
 };
 
-class Screen final {
+// The sliding windows: attempt times per card token and per merchant. Not thread-safe on its
+// own: the shards share one through `SharedVelocity`, which locks it.
+class Velocity final {
 public:
-  explicit Screen(Settings settings);
-  KJ_DISALLOW_COPY(Screen);
+  // What selects the windows; `Screen`s with equal options share one `Velocity`.
+  struct Options {
+    Window card;
+    Window merchant;
+    size_t sweepThreshold;
+    bool operator==(const Options& other) const = default;
+  };
+  struct Counts {
+    size_t card;      // attempts with this card inside its window, this one included
+    size_t merchant;  // likewise at this merchant
+  };
 
-  // Checks the request, counts it in the windows and applies every rule. A request that is not
-  // valid is refused (and not counted).
-  kj::OneOf<Verdict, Refusal> screen(const ScreenRequest& request, kj::Date now);
+  explicit Velocity(const Options& options);
+  KJ_DISALLOW_COPY(Velocity);
+
+  // Records an attempt by this card at this merchant at `now` and counts the windows. Only
+  // "more than the limit" matters: the counts stop at `limit + 1`.
+  Counts count(kj::StringPtr cardToken, kj::StringPtr merchantId, kj::Date now);
 
   // Keys tracked now (card tokens plus merchants): for tests of the sweep.
   size_t trackedKeys() const { return cards.size() + merchants.size(); }
@@ -95,10 +114,36 @@ private:
   size_t count(Attempts& attempts, kj::StringPtr key, const Window& window, kj::Date now);
   void sweep(kj::Date now);
 
-  Settings settings;
+  Options options_;
   Attempts cards;
   Attempts merchants;
   size_t nextSweepAt;
+};
+
+// One `Velocity` for every instance with the same windows in this copy of the library. Its time
+// never runs backwards (`SharedState::run`), so attempts stay in order across shards whose
+// clocks read a little apart.
+using SharedVelocity = SharedState<Velocity::Options, Velocity>;
+
+class Screen final {
+public:
+  // Joins the shared windows of these settings (a new, empty `Velocity` if none is alive).
+  explicit Screen(Settings settings);
+  KJ_DISALLOW_COPY(Screen);
+
+  // Checks the request, counts it in the shared windows and applies every rule. A request that
+  // is not valid is refused (and not counted).
+  kj::OneOf<Verdict, Refusal> screen(const ScreenRequest& request, kj::Date now);
+
+  // Keys tracked now in the shared windows: for tests.
+  size_t trackedKeys() const;
+
+  // The shared windows it joined: for tests.
+  const SharedVelocity& velocity() const { return *velocity_; }
+
+private:
+  Settings settings;
+  kj::Own<const SharedVelocity> velocity_;
 };
 
 // Whether `token` is a well-formed vault token (`tok_` then 1-124 of [A-Za-z0-9_-]) without a

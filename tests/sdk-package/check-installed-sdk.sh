@@ -18,6 +18,16 @@ cmake -S "$source/examples/hello-plugin" -B "$work/plugin" -G Ninja \
 cmake --build "$work/plugin"
 ctest --test-dir "$work/plugin" --output-on-failure
 
+# What <payhost/shared-state.h> (one registry per loaded copy of a library) and unloading rely on.
+echo "== checking that payhost_add_plugin() builds with hidden visibility and -fno-gnu-unique (GCC)"
+commands=$(ninja -C "$work/plugin" -t commands limit-screen.so)
+grep -q -- '-fvisibility=hidden' <<< "$commands" || {
+  echo "limit-screen.so was not compiled with -fvisibility=hidden"; exit 1; }
+if grep -rqs 'CMAKE_CXX_COMPILER_ID "GNU"' "$work/plugin/CMakeFiles"; then
+  grep -q -- '-fno-gnu-unique' <<< "$commands" || {
+    echo "limit-screen.so was not compiled with -fno-gnu-unique"; exit 1; }
+fi
+
 echo "== loading limit-screen.so into payhostd"
 cat > "$work/payhostd.toml" <<CONFIG
 [host]

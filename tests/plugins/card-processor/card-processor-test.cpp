@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "../on-another-thread.h"
 #include "print.h"
 #include "shared-issuer.h"
 
@@ -575,17 +576,7 @@ TEST(CardProcessor, PurchaseAuthorizesAndCapturesInOneCall) {
 // ---------------------------------------------------------------------------------------------
 // Shards: each test host is one instance (one shard) on its own thread, as in payhostd.
 
-// Runs `body` on a new thread (which can have a test host of its own) and waits for it; what it
-// throws fails the test.
-template <typename Body>
-void onAnotherThread(Body&& body) {
-  kj::Maybe<kj::Exception> failure;
-  std::thread thread([&]() { failure = kj::runCatchingExceptions(kj::fwd<Body>(body)); });
-  thread.join();
-  KJ_IF_MAYBE (exception, failure) {
-    ADD_FAILURE() << "on the other thread: " << exception->getDescription().cStr();
-  }
-}
+using payhost::test::onAnotherThread;
 
 TEST(CardProcessor, ShardsShareOneIssuer) {
   Harness first;

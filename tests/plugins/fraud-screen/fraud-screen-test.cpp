@@ -1,5 +1,6 @@
 // The fraud screen through the SDK's test host (real Cap'n Proto requests), its sliding windows
-// driven by the test host's manual clock; and the rules class directly for the sweep.
+// driven by the test host's manual clock; the windows shared by instances (shards) on several
+// threads; and the rules class directly for the sweep and the shared time.
 
 #include <payhost/abi.h>
 #include <payhost/payments.capnp.h>
@@ -10,8 +11,13 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <barrier>
 #include <string>
+#include <thread>
+#include <vector>
 
+#include "../on-another-thread.h"
 #include "rules.h"
 
 namespace payhost::plugins::fraud {
@@ -275,12 +281,17 @@ TEST(FraudScreen, RefusesBadConfig) {
   }
 }
 
-TEST(Screen, ForgetsCardsAndMerchantsThatLeftTheirWindows) {
+// A card limit of two and a merchant limit of 100, both per minute.
+Settings smallWindows(size_t sweepThreshold) {
   Settings settings;
   settings.card = {2, 60 * kj::SECONDS};
   settings.merchant = {100, 60 * kj::SECONDS};
-  settings.sweepThreshold = 4;
-  Screen screen(kj::mv(settings));
+  settings.sweepThreshold = sweepThreshold;
+  return settings;
+}
+
+TEST(Screen, ForgetsCardsAndMerchantsThatLeftTheirWindows) {
+  Screen screen(smallWindows(4));
   auto start = kj::UNIX_EPOCH + 1000 * kj::SECONDS;
   kj::String tokens[] = {kj::str("tok_a"), kj::str("tok_b"), kj::str("tok_c")};
   for (auto& token : tokens) {
@@ -292,6 +303,151 @@ TEST(Screen, ForgetsCardsAndMerchantsThatLeftTheirWindows) {
   ScreenRequest late{.merchantId = "m_2", .amount = 1, .currency = "EUR", .cardToken = "tok_d"};
   ASSERT_TRUE(screen.screen(late, start + 60 * kj::SECONDS).is<Verdict>());
   EXPECT_EQ(screen.trackedKeys(), 2u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shards: each test host is one instance (one shard) on its own thread, as in payhostd; they
+// share the velocity windows.
+
+using payhost::test::onAnotherThread;
+
+// CONFIG where a card over its limit is denied (a merchant over its limit is reviewed).
+kj::String sharedConfig() {
+  return kj::str(CONFIG, "[scores]\nvelocity_card = 700\n");
+}
+
+TEST(SharedVelocity, ACardAtItsLimitOnOneShardIsDeniedOnAnother) {
+  ASSERT_EQ(SharedVelocity::liveForTest(), 0u);
+  Harness first(sharedConfig());
+  EXPECT_EQ(first.verdict({.merchant = "m_a"}), "allow 0");
+  EXPECT_EQ(first.verdict({.merchant = "m_b"}), "allow 0");
+  onAnotherThread([&]() {
+    Harness second(sharedConfig());
+    EXPECT_EQ(SharedVelocity::liveForTest(), 1u);
+    // The third attempt with this card, the first on this shard: at the limit, allowed.
+    EXPECT_EQ(second.verdict({.merchant = "m_c"}), "allow 0");
+    // The fourth: over the limit, though this shard has seen only two.
+    EXPECT_EQ(second.verdict({.merchant = "m_d"}), "deny 700 velocity.card");
+    // Another card is not affected.
+    EXPECT_EQ(second.verdict({.token = "tok_card_b", .merchant = "m_e"}), "allow 0");
+    // Each shard logs its own screens.
+    EXPECT_EQ(second.host.logs().size(), 3u);
+  });
+  EXPECT_EQ(first.verdict({.merchant = "m_f"}), "deny 700 velocity.card");
+  EXPECT_EQ(first.host.logs().size(), 3u);
+}
+
+TEST(SharedVelocity, AMerchantAtItsLimitOnOneShardIsReviewedOnAnother) {
+  Harness first(sharedConfig());
+  for (auto token : {"tok_1", "tok_2", "tok_3"}) {
+    EXPECT_EQ(first.verdict({.token = token}), "allow 0");
+  }
+  onAnotherThread([&]() {
+    Harness second(sharedConfig());
+    EXPECT_EQ(second.verdict({.token = "tok_4"}), "allow 0");
+    EXPECT_EQ(second.verdict({.token = "tok_5"}), "allow 0");
+    EXPECT_EQ(second.verdict({.token = "tok_6"}), "review 300 velocity.merchant");
+  });
+  EXPECT_EQ(first.verdict({.token = "tok_7"}), "review 300 velocity.merchant");
+}
+
+TEST(SharedVelocity, AShardWithOtherWindowsHasItsOwn) {
+  Harness first(sharedConfig());
+  for (auto merchant : {"m_a", "m_b", "m_c"}) {
+    EXPECT_EQ(first.verdict({.merchant = merchant}), "allow 0");
+  }
+  onAnotherThread([&]() {
+    Harness other(kj::str("sweep_threshold = 1000\n", sharedConfig()));
+    EXPECT_EQ(SharedVelocity::liveForTest(), 2u);
+    EXPECT_EQ(other.verdict({.merchant = "m_d"}), "allow 0");
+  });
+  // Scores are a shard's own and do not select the windows: this one shares them.
+  onAnotherThread([&]() {
+    Harness other(kj::str(sharedConfig(), "country_mismatch = 100\n"));
+    EXPECT_EQ(other.verdict({.merchant = "m_e"}), "deny 700 velocity.card");
+  });
+}
+
+TEST(SharedVelocity, ANewInstanceAfterTheLastOneStartsEmpty) {
+  {
+    Harness first(sharedConfig());
+    for (int i = 0; i < 4; ++i)
+      first.verdict({.merchant = "m_a"});
+    EXPECT_EQ(first.verdict({.merchant = "m_b"}), "deny 700 velocity.card");
+  }
+  EXPECT_EQ(SharedVelocity::liveForTest(), 0u);
+  Harness later(sharedConfig());
+  EXPECT_EQ(later.verdict({.merchant = "m_c"}), "allow 0");
+}
+
+// Shards screening the same card at the same merchant at once: every attempt is counted exactly
+// once, so exactly the attempts beyond each limit fire.
+TEST(SharedVelocity, ConcurrentShardsKeepExactCounts) {
+  constexpr int SHARDS = 4;
+  constexpr int PER_SHARD = 150;
+  constexpr uint32_t CARD_LIMIT = 450;      // 150 of the 600 attempts are over it
+  constexpr uint32_t MERCHANT_LIMIT = 520;  // 80 are over it
+  auto config = kj::str("[velocity]\ncard_limit = ", CARD_LIMIT, "\ncard_window_s = 3600\n",
+                        "merchant_limit = ", MERCHANT_LIMIT, "\nmerchant_window_s = 3600\n");
+  std::atomic<int> cardFired{0};
+  std::atomic<int> merchantFired{0};
+  std::atomic<int> wrong{0};
+  std::barrier ready(SHARDS);
+  std::vector<std::thread> threads;
+  threads.reserve(SHARDS);
+  for (int t = 0; t < SHARDS; ++t) {
+    threads.emplace_back([&]() {
+      Harness shard(config);
+      ready.arrive_and_wait();
+      for (int i = 0; i < PER_SHARD; ++i) {
+        auto response = shard.screen({});
+        auto verdict = response.getVerdict();
+        if (verdict.getDecision() == FraudDecision::REJECTED) wrong.fetch_add(1);
+        for (auto name : verdict.getFiredRules()) {
+          if (name == "velocity.card") {
+            cardFired.fetch_add(1);
+          } else if (name == "velocity.merchant") {
+            merchantFired.fetch_add(1);
+          } else {
+            wrong.fetch_add(1);
+          }
+        }
+      }
+      // Every shard's host stays up until all have screened: one state throughout.
+      ready.arrive_and_wait();
+    });
+  }
+  for (auto& thread : threads)
+    thread.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(cardFired.load(), SHARDS * PER_SHARD - static_cast<int>(CARD_LIMIT));
+  EXPECT_EQ(merchantFired.load(), SHARDS * PER_SHARD - static_cast<int>(MERCHANT_LIMIT));
+  EXPECT_EQ(SharedVelocity::liveForTest(), 0u);
+}
+
+// Two screens (shards) sharing windows with clocks apart: an attempt screened by the one behind
+// is counted at the latest time either has seen, so the windows stay in time order and a sweep
+// never drops a card that still has an attempt inside its window.
+TEST(Screen, SharedTimeNeverRunsBackwards) {
+  Screen ahead(smallWindows(2));
+  Screen behind(smallWindows(2));
+  ASSERT_EQ(&ahead.velocity(), &behind.velocity());
+  ASSERT_EQ(SharedVelocity::liveForTest(), 1u);
+
+  auto start = kj::UNIX_EPOCH + 1000 * kj::SECONDS;
+  ScreenRequest card{.merchantId = "m_1", .amount = 1, .currency = "EUR", .cardToken = "tok_x"};
+  ASSERT_TRUE(ahead.screen(card, start + 100 * kj::SECONDS).is<Verdict>());
+  // Its clock reads 50 s earlier: counted at 100 s all the same.
+  ASSERT_TRUE(behind.screen(card, start + 50 * kj::SECONDS).is<Verdict>());
+  // At 110 s the sweep runs (two keys tracked): the card's last attempt is 10 s old, not 60.
+  ScreenRequest other{.merchantId = "m_2", .amount = 1, .currency = "EUR", .cardToken = "tok_y"};
+  ASSERT_TRUE(ahead.screen(other, start + 110 * kj::SECONDS).is<Verdict>());
+  EXPECT_EQ(ahead.trackedKeys(), 4u);
+  // So the third attempt inside 60 s is over the limit of two.
+  auto third = ahead.screen(card, start + 111 * kj::SECONDS);
+  ASSERT_TRUE(third.is<Verdict>());
+  ASSERT_EQ(third.get<Verdict>().rules.size(), 1u);
+  EXPECT_EQ(third.get<Verdict>().rules[0].name, "velocity.card");
 }
 
 }  // namespace
