@@ -484,6 +484,40 @@ TEST_F(PaymentsFlow, APaymentAuthorizedOnOneShardIsCapturedOnAnother) {
   expectClean(book, "EUR");
 }
 
+// A lost authorization synced only after its window has closed (1 s here, at the card and in
+// payments): the card says `expired`, so the payment settles as expired with nothing held, and
+// nothing can be captured.
+TEST_F(PaymentsFlow, UnknownAuthorizationSyncedAfterItsWindowSettlesAsExpired) {
+  paymentsConfig = kj::str("auth_window_s = 1");
+  cardConfig = kj::str("auth_window_s = 1");
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+  kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+  auto auth = client.authorizeRequest();
+  fill(auth.initRequest(), "k-lost-late", 900, "tok_timeout");
+  auto lost = await(auth.send());
+  ASSERT_TRUE(lost.getResult().isUnknown()) << kj::str(lost.getResult()).cStr();
+  auto id = kj::str(lost.getResult().getUnknown());
+
+  io.provider->getTimer().afterDelay(1100 * kj::MILLISECONDS).wait(io.waitScope);
+  auto payment = sync(client, id, keep);
+  EXPECT_EQ(payment.getState(), TransactionState::EXPIRED);
+  EXPECT_EQ(payment.getCaptured().getMinorUnits(), 0);
+  daemon->readAvailableLog();
+  EXPECT_TRUE(contains(daemon->logText(), "event=payments.settled")) << "not settled";
+  auto late = op(client.captureRequest(), id, 900, "k-lost-late-capture", keep);
+  ASSERT_TRUE(late.isRejected()) << kj::str(late).cStr();
+  EXPECT_EQ(late.getRejected().getCode(), schema::RejectCode::INVALID_STATE);
+  auto balance = book.balanceRequest();
+  balance.setAccountId("merchant:m1");
+  balance.setCurrency("EUR");
+  auto held = await(balance.send()).getBalance();
+  EXPECT_EQ(held.getCreditsPending().getMinorUnits(), 0);
+  EXPECT_EQ(held.getCredits().getMinorUnits(), 0);
+}
+
 // The card processor has no record of the lost transaction (its state is in memory, so a
 // restart of payhostd forgets it): `sync` settles the payment as failed, with nothing in the
 // ledger and nothing capturable.
