@@ -513,7 +513,8 @@ TEST_F(PaymentsFlow, UnknownAuthorizationSyncedAfterItsWindowSettlesAsExpired) {
   auto balance = book.balanceRequest();
   balance.setAccountId("merchant:m1");
   balance.setCurrency("EUR");
-  auto held = await(balance.send()).getBalance();
+  auto response = await(balance.send());
+  auto held = response.getBalance();
   EXPECT_EQ(held.getCreditsPending().getMinorUnits(), 0);
   EXPECT_EQ(held.getCredits().getMinorUnits(), 0);
 }
