@@ -104,6 +104,17 @@ public:
     if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
       auto message =
           kj::str(result == nullptr ? PQerrorMessage(conn) : PQresultErrorMessage(result));
+      const char* field =
+          result == nullptr ? nullptr : PQresultErrorField(result, PG_DIAG_SQLSTATE);
+      kj::StringPtr state = field == nullptr ? "" : field;
+      if (state == "40P01" || state == "40001") {
+        // Deadlock or serialization failure: the server rolled the transaction back to let a
+        // concurrent one through. The SDK's isTransactionConflict() recognises this shape.
+        PAYHOST_FAIL(OVERLOADED, "database ", pool,
+                     ": transaction aborted by a conflict with a concurrent one; nothing of it "
+                     "was applied and it may be run again (SQLSTATE ",
+                     state, "): ", trim(message), " (in: ", sql, ")");
+      }
       PAYHOST_FAIL(FAILED, "database ", pool, ": ", trim(message), " (in: ", sql, ")");
     }
     int rows = PQntuples(result);

@@ -110,6 +110,48 @@ public:
     KJ_UNREACHABLE;
   }
 
+  // PostgreSQL: locks every existing account the operations will touch before touching any, in
+  // the one order all batches follow (currency, then id, by bytes). Two batches on different
+  // connections (two shards, two hosts) that share accounts then queue behind each other instead
+  // of each locking half and deadlocking. Accounts of a pending transfer are read from its row
+  // (immutable once written). SQLite needs none of this: its write transactions are serial.
+  void lockInOrder(kj::ArrayPtr<const Operation> operations) {
+    std::set<AccountKey> keys;
+    auto add = [&](kj::StringPtr id, kj::StringPtr currency) {
+      if (validId(id) && isCurrencyCode(currency)) keys.emplace(key(currency), key(id));
+    };
+    auto addPending = [&](kj::StringPtr pendingId) {
+      if (!validId(pendingId)) return;
+      KJ_IF_MAYBE (row, transfer(pendingId)) {
+        add(row->debit, row->currency);
+        add(row->credit, row->currency);
+      }
+    };
+    for (auto& operation : operations) {
+      switch (operation.type) {
+        case Operation::Type::CREATE_ACCOUNT:
+          // A new row: its primary key orders concurrent creations.
+          break;
+        case Operation::Type::TRANSFERS:
+          for (auto& t : operation.transfers) {
+            if (t.kind == Kind::POSTED || t.kind == Kind::PENDING) {
+              add(t.debitAccount, t.currency);
+              add(t.creditAccount, t.currency);
+            } else {
+              addPending(t.pendingId);
+            }
+          }
+          break;
+        case Operation::Type::EXPIRE:
+          for (auto& id : due(operation.nowMs))
+            addPending(id);
+          break;
+      }
+    }
+    for (auto& [currency, id] : keys)
+      account(kj::StringPtr(id.data(), id.size()), kj::StringPtr(currency.data(), currency.size()));
+  }
+
   void writeBack() {
     for (auto& [k, state] : accounts) {
       KJ_IF_MAYBE (account, state) {
@@ -535,17 +577,24 @@ private:
     resolvedPendings.insert(key(pending.id));
   }
 
-  Outcome expireDue(int64_t nowMs) {
-    auto due = tx.execute(
+  // Unresolved pending transfers whose timeout has passed at `nowMs`, oldest first.
+  kj::Array<kj::String> due(int64_t nowMs) {
+    auto rows = tx.execute(
         kj::str("SELECT p.id FROM ledger_transfers p WHERE p.kind = 2 AND p.expires_at_ms > 0 "
                 "AND p.expires_at_ms <= $1 AND NOT EXISTS (SELECT 1 FROM ledger_transfers r "
                 "WHERE r.pending_id = p.id) ORDER BY p.seq LIMIT ",
                 MAX_EXPIRIES_PER_SWEEP),
         {nowMs});
+    auto ids = kj::heapArrayBuilder<kj::String>(rows.rowCount());
+    for (size_t r = 0; r < rows.rowCount(); ++r)
+      ids.add(kj::str(rows.text(r, 0)));
+    return ids.finish();
+  }
+
+  Outcome expireDue(int64_t nowMs) {
     Outcome outcome;
     outcome.ok = true;
-    for (size_t r = 0; r < due.rowCount(); ++r) {
-      auto id = due.text(r, 0);
+    for (auto& id : due(nowMs)) {
       if (resolvedPendings.count(key(id)) != 0) continue;
       expire(KJ_ASSERT_NONNULL(transfer(id)).clone(), nowMs);
       ++outcome.expired;
@@ -622,6 +671,7 @@ void createSchema(SqlTransaction& tx, SqlDialect dialect) {
 kj::Array<Outcome> applyBatch(SqlTransaction& tx, SqlDialect dialect,
                               kj::ArrayPtr<const Operation> operations) {
   Batch batch(tx, dialect);
+  if (dialect == SqlDialect::POSTGRESQL) batch.lockInOrder(operations);
   auto outcomes = kj::heapArrayBuilder<Outcome>(operations.size());
   for (auto& operation : operations)
     outcomes.add(batch.apply(operation));

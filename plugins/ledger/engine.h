@@ -107,7 +107,9 @@ struct Audit {
 void createSchema(SqlTransaction& tx, SqlDialect dialect);
 
 // Applies `operations` in order in `tx`. An operation that is refused changes nothing; the others
-// are unaffected. `dialect` picks row locks on PostgreSQL. Returns one outcome per operation.
+// are unaffected. On PostgreSQL (`dialect`) it first locks every account the operations touch, in
+// one order all batches share, so concurrent batches never deadlock on accounts. Returns one
+// outcome per operation.
 kj::Array<Outcome> applyBatch(SqlTransaction& tx, SqlDialect dialect,
                               kj::ArrayPtr<const Operation> operations);
 

@@ -11,9 +11,13 @@
 //   commits.submit(Write{kj::str(id), 100}).then([](Done done) { ... });
 //
 // The batch function must decide each item's result itself (a business refusal is a result, not
-// a throw) so one item cannot spoil its neighbours. If it throws anyway (a database error, a
-// deadlock, a unique violation raced by another host), the whole transaction rolls back and the
-// items are retried one transaction each, in order, so only the item that fails again fails.
+// a throw) so one item cannot spoil its neighbours. A transaction the database aborted for a
+// conflict with a concurrent one (a deadlock between shards or hosts: isTransactionConflict)
+// had no effect and runs again as it was, up to `MAX_CONFLICT_RETRIES` times. If it throws
+// anything else (a database error, a unique violation raced by another host), the whole
+// transaction rolls back and the items are retried one transaction each, in order, so only the
+// item that fails again fails. The batch function may therefore run more than once for an item,
+// each time in a fresh transaction; it must act only through `tx`.
 //
 // Shard-local: submit from the shard that made the object. The batch function runs on worker
 // threads with items moved out of the shard: it must not touch shard objects, and it must be a
@@ -63,10 +67,15 @@ public:
     return kj::mv(paf.promise);
   }
 
-  // Items waiting for the next transaction, and transactions committed so far (for tests and
-  // metrics).
+  // A transaction aborted for a conflict runs again at most this many times; then its items fail
+  // with the conflict.
+  static constexpr uint32_t MAX_CONFLICT_RETRIES = 4;
+
+  // Items waiting for the next transaction, transactions committed so far, and transactions
+  // the database aborted for a conflict and that ran again (for tests and metrics).
   size_t queued() const { return queue.size(); }
   uint64_t commits() const { return commitCount; }
+  uint64_t conflicts() const { return conflictCount; }
 
 private:
   struct Waiting {
@@ -98,10 +107,13 @@ private:
   kj::Vector<Waiting> queue;
   bool inFlight = false;
   uint64_t commitCount = 0;
+  uint64_t conflictCount = 0;
   Errors errors;
   kj::TaskSet tasks;
 
-  kj::Promise<void> run(Shared& shared) {
+  // One transaction over `shared`'s items, run again while the database aborts it for a
+  // conflict. The items are only read (const), so a failed run leaves them as they were.
+  kj::Promise<void> run(Shared& shared, uint32_t retries = 0) {
     auto function = batch;
     return database
         .transactionWork([held = kj::atomicAddRef(shared), function](SqlTransaction& tx) mutable {
@@ -112,7 +124,16 @@ private:
           }
           held->results = kj::mv(results);
         })
-        .then([this]() { ++commitCount; });
+        .then(
+            [this]() -> kj::Promise<void> {
+              ++commitCount;
+              return kj::READY_NOW;
+            },
+            [this, &shared, retries](kj::Exception&& e) -> kj::Promise<void> {
+              if (retries == MAX_CONFLICT_RETRIES || !isTransactionConflict(e)) return kj::mv(e);
+              ++conflictCount;
+              return run(shared, retries + 1);
+            });
   }
 
   kj::Promise<void> flush() {

@@ -25,11 +25,13 @@
 #include <kj/array.h>
 #include <kj/async.h>
 #include <kj/debug.h>
+#include <kj/exception.h>
 #include <kj/function.h>
 #include <kj/refcount.h>
 #include <kj/string.h>
 
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
 
@@ -110,6 +112,17 @@ private:
 
 enum class SqlDialect : uint8_t { SQLITE, POSTGRESQL };
 
+// Whether `exception` is a transaction the database aborted because it conflicted with a
+// concurrent one: PostgreSQL's deadlock_detected (SQLSTATE 40P01) or serialization_failure
+// (40001). The host throws these OVERLOADED, with "(SQLSTATE 40P01)" or "(SQLSTATE 40001)" in
+// the description. Nothing of the transaction was applied, so running it again is safe and
+// usually succeeds; GroupCommit does so itself. SQLite never raises them (its writers queue).
+inline bool isTransactionConflict(const kj::Exception& exception) {
+  if (exception.getType() != kj::Exception::Type::OVERLOADED) return false;
+  const char* text = exception.getDescription().cStr();
+  return strstr(text, "(SQLSTATE 40P01)") != nullptr || strstr(text, "(SQLSTATE 40001)") != nullptr;
+}
+
 // Statements inside one transaction. Valid only inside the function given to
 // `Database::transaction`, on the worker thread running it.
 class SqlTransaction {
@@ -118,7 +131,9 @@ public:
 
   // Runs one statement with `params` bound to `$1..$N`. Throws FAILED with the database's
   // message (e.g. a unique constraint violation) when it fails; the transaction is then rolled
-  // back when the function returns or throws.
+  // back when the function returns or throws. A statement the database aborted to let a
+  // concurrent transaction through (a deadlock, a serialization failure) throws OVERLOADED
+  // instead: see isTransactionConflict().
   virtual SqlResult execute(kj::StringPtr sql, kj::ArrayPtr<const SqlParam> params) = 0;
 
   SqlResult execute(kj::StringPtr sql, std::initializer_list<SqlParam> params = {}) {

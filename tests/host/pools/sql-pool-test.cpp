@@ -7,6 +7,8 @@
 #include "host/log/logger.h"
 #include "host/pools/worker-pool.h"
 
+#include <payhost/group-commit.h>
+
 #include <kj/async-io.h>
 #include <kj/mutex.h>
 
@@ -22,6 +24,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -465,6 +468,100 @@ TEST_P(PostgresPool, ABrokenConnectionIsDiscardedAndReplaced) {
   auto row = db("app").execute("SELECT 41 + 1 AS answer").wait(io.waitScope);
   EXPECT_EQ(row.integer(0, 0), 42);
   EXPECT_EQ(pool->stats().size, 1u);
+}
+
+// Two transactions that lock rows 1 and 2 of `rows` in opposite orders, each holding its first
+// row until both do: PostgreSQL must abort one of them (deadlock_detected, after its
+// deadlock_timeout of 1 s). Each logs `item` in `attempts` before its second lock.
+std::atomic<int> deadlockArrivals{0};
+
+void lockBothRows(SqlTransaction& tx, int64_t item) {
+  int64_t first = item == 1 ? 1 : 2;
+  tx.execute("UPDATE rows SET n = n + 1 WHERE id = $1", {first});
+  tx.execute("INSERT INTO attempts (item) VALUES ($1)", {item});
+  ++deadlockArrivals;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (deadlockArrivals.load() < 2 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  tx.execute("UPDATE rows SET n = n + 1 WHERE id = $1", {3 - first});
+}
+
+void createDeadlockTables(Database& db, kj::WaitScope& waitScope) {
+  deadlockArrivals = 0;
+  db.transaction([](SqlTransaction& tx) {
+      tx.execute("CREATE TABLE rows (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)");
+      tx.execute("INSERT INTO rows (id, n) VALUES (1, 0), (2, 0)");
+      tx.execute("CREATE TABLE attempts (item BIGINT NOT NULL)");
+    }).wait(waitScope);
+}
+
+TEST_P(PostgresPool, ADeadlockFailsAsARetryableConflictAndRollsBack) {
+  createDeadlockTables(db("app"), io.waitScope);
+  auto run = [&](int64_t item) {
+    return db("app")
+        .transaction([item](SqlTransaction& tx) { lockBothRows(tx, item); })
+        .then([]() -> kj::Maybe<kj::Exception> { return nullptr; },
+              [](kj::Exception&& e) -> kj::Maybe<kj::Exception> { return kj::mv(e); });
+  };
+  auto both = kj::heapArrayBuilder<kj::Promise<kj::Maybe<kj::Exception>>>(2);
+  both.add(run(1));
+  both.add(run(2));
+  auto results = kj::joinPromises(both.finish()).wait(io.waitScope);
+  int failed = 0;
+  for (auto& result : results) {
+    KJ_IF_MAYBE (e, result) {
+      ++failed;
+      EXPECT_EQ(e->getType(), kj::Exception::Type::OVERLOADED);
+      EXPECT_TRUE(isTransactionConflict(*e)) << e->getDescription().cStr();
+      auto text = lower(e->getDescription());
+      EXPECT_NE(text.find("database store: "), std::string::npos) << text;
+      EXPECT_NE(text.find("deadlock detected"), std::string::npos) << text;
+    }
+  }
+  EXPECT_EQ(failed, 1) << "PostgreSQL aborts exactly one side of a deadlock";
+  // The aborted side left nothing: one attempt logged, each row updated once.
+  EXPECT_EQ(count("attempts"), 1);
+  auto rows = db("app").execute("SELECT n FROM rows ORDER BY id").wait(io.waitScope);
+  EXPECT_EQ(rows.integer(0, 0), 1);
+  EXPECT_EQ(rows.integer(1, 0), 1);
+  // Other failures are not conflicts.
+  auto other = db("app")
+                   .execute("SELECT * FROM no_such_table")
+                   .then([](SqlResult&&) -> kj::Maybe<kj::Exception> { return nullptr; },
+                         [](kj::Exception&& e) -> kj::Maybe<kj::Exception> { return kj::mv(e); })
+                   .wait(io.waitScope);
+  KJ_IF_MAYBE (e, other) {
+    EXPECT_FALSE(isTransactionConflict(*e)) << e->getDescription().cStr();
+  } else {
+    ADD_FAILURE() << "a missing table was not an error";
+  }
+}
+
+// Two group commits (two shards) whose transactions deadlock: the one PostgreSQL aborts runs
+// again, and both items are applied exactly once.
+TEST_P(PostgresPool, GroupCommitRunsATransactionAbortedByADeadlockAgain) {
+  createDeadlockTables(db("app"), io.waitScope);
+  auto batch = +[](SqlTransaction& tx, kj::ArrayPtr<const int64_t> items) {
+    auto results = kj::heapArrayBuilder<bool>(items.size());
+    for (auto item : items) {
+      lockBothRows(tx, item);
+      results.add(true);
+    }
+    return results.finish();
+  };
+  GroupCommit<int64_t, bool> shard1(db("app"), batch);
+  GroupCommit<int64_t, bool> shard2(db("app"), batch);
+  auto both = kj::heapArrayBuilder<kj::Promise<bool>>(2);
+  both.add(shard1.submit(1));
+  both.add(shard2.submit(2));
+  auto results = kj::joinPromises(both.finish()).wait(io.waitScope);
+  EXPECT_TRUE(results[0] && results[1]);
+  EXPECT_EQ(shard1.conflicts() + shard2.conflicts(), 1u);
+  EXPECT_EQ(shard1.commits() + shard2.commits(), 2u);
+  EXPECT_EQ(count("attempts"), 2) << "the aborted attempt's insert was rolled back";
+  auto rows = db("app").execute("SELECT n FROM rows ORDER BY id").wait(io.waitScope);
+  EXPECT_EQ(rows.integer(0, 0), 2);
+  EXPECT_EQ(rows.integer(1, 0), 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dialects, PostgresPool, testing::Values(SqlDialect::POSTGRESQL),

@@ -43,6 +43,15 @@ public:
   SqlDialect dialect() override { return pool.dialect(); }
   kj::Promise<void> transactionWork(kj::Function<void(SqlTransaction&)> work) override {
     ++transactions;
+    if (conflictNext > 0) {
+      --conflictNext;
+      // As the host reports a transaction PostgreSQL aborted for a deadlock.
+      return pool.transaction("ledger", timer, [work = kj::mv(work)](SqlTransaction& tx) mutable {
+        work(tx);
+        kj::throwFatalException(
+            KJ_EXCEPTION(OVERLOADED, "database ledger: injected deadlock (SQLSTATE 40P01)"));
+      });
+    }
     if (failNext > 0) {
       --failNext;
       // Runs the work, then fails the commit: nothing of it may remain.
@@ -56,6 +65,7 @@ public:
 
   uint64_t transactions = 0;
   int failNext = 0;
+  int conflictNext = 0;
 
 private:
   SqlPool& pool;
@@ -180,6 +190,18 @@ protected:
   static bool isPropertyTest() {
     auto info = testing::UnitTest::GetInstance()->current_test_info();
     return info != nullptr && std::string(info->name()).find("Random") != std::string::npos;
+  }
+
+  // applyBatch for this test's dialect, as the plugin hands it to GroupCommit.
+  GroupCommit<Operation, Outcome>::BatchFunction batchFunction() {
+    if (GetParam() == SqlDialect::SQLITE) {
+      return +[](SqlTransaction& tx, kj::ArrayPtr<const Operation> ops) {
+        return applyBatch(tx, SqlDialect::SQLITE, ops);
+      };
+    }
+    return +[](SqlTransaction& tx, kj::ArrayPtr<const Operation> ops) {
+      return applyBatch(tx, SqlDialect::POSTGRESQL, ops);
+    };
   }
 
   void standardAccounts() {
@@ -368,15 +390,7 @@ TEST_P(LedgerContract, TheAuditCatchesABalanceChangedBehindItsBack) {
 
 TEST_P(LedgerContract, GroupCommitPutsConcurrentTransfersInFewTransactions) {
   standardAccounts();
-  auto dialect = GetParam();
-  auto batch =
-      dialect == SqlDialect::SQLITE
-          ? +[](SqlTransaction& tx, kj::ArrayPtr<const Operation>
-                                        ops) { return applyBatch(tx, SqlDialect::SQLITE, ops); }
-          : +[](SqlTransaction& tx, kj::ArrayPtr<const Operation> ops) {
-              return applyBatch(tx, SqlDialect::POSTGRESQL, ops);
-            };
-  GroupCommit<Operation, Outcome> commits(*database, batch);
+  GroupCommit<Operation, Outcome> commits(*database, batchFunction());
   auto before = database->transactions;
   constexpr int N = 200;
   kj::Vector<kj::Promise<Outcome>> promises;
@@ -400,15 +414,7 @@ TEST_P(LedgerContract, GroupCommitPutsConcurrentTransfersInFewTransactions) {
 
 TEST_P(LedgerContract, AFailedGroupIsRetriedOneByOneAndNothingIsAppliedTwice) {
   standardAccounts();
-  auto dialect = GetParam();
-  auto batch =
-      dialect == SqlDialect::SQLITE
-          ? +[](SqlTransaction& tx, kj::ArrayPtr<const Operation>
-                                        ops) { return applyBatch(tx, SqlDialect::SQLITE, ops); }
-          : +[](SqlTransaction& tx, kj::ArrayPtr<const Operation> ops) {
-              return applyBatch(tx, SqlDialect::POSTGRESQL, ops);
-            };
-  GroupCommit<Operation, Outcome> commits(*database, batch);
+  GroupCommit<Operation, Outcome> commits(*database, batchFunction());
   database->failNext = 1;
   kj::Vector<kj::Promise<Outcome>> promises;
   for (int i = 0; i < 5; ++i)
@@ -425,6 +431,72 @@ TEST_P(LedgerContract, AFailedGroupIsRetriedOneByOneAndNothingIsAppliedTwice) {
                     .wait(io.waitScope);
   EXPECT_TRUE(failed);
   EXPECT_EQ(auditOf().transfers, 5u);
+  expectClean();
+}
+
+TEST_P(LedgerContract, AConflictRunsTheWholeGroupAgainButNotForever) {
+  standardAccounts();
+  GroupCommit<Operation, Outcome> commits(*database, batchFunction());
+  database->conflictNext = 2;
+  auto before = database->transactions;
+  kj::Vector<kj::Promise<Outcome>> promises;
+  for (int i = 0; i < 5; ++i)
+    promises.add(commits.submit(one(posted(kj::str("t", i), "customer", "merchant", 10))));
+  auto outcomes = kj::joinPromises(promises.releaseAsArray()).wait(io.waitScope);
+  for (auto& outcome : outcomes)
+    EXPECT_TRUE(outcome.ok && !outcome.replayed);
+  // The group ran whole three times (not item by item), and only the last one stuck.
+  EXPECT_EQ(database->transactions - before, 3u);
+  EXPECT_EQ(commits.conflicts(), 2u);
+  EXPECT_EQ(balance("merchant").creditsPosted, 50);
+  EXPECT_EQ(auditOf().transfers, 5u);
+  // A conflict every time: the item fails with it after MAX_CONFLICT_RETRIES more runs.
+  constexpr auto RETRIES = GroupCommit<Operation, Outcome>::MAX_CONFLICT_RETRIES;
+  database->conflictNext = RETRIES + 1;
+  before = database->transactions;
+  auto failure = commits.submit(one(posted("lone", "customer", "merchant", 10)))
+                     .then([](Outcome) -> kj::Maybe<kj::Exception> { return nullptr; },
+                           [](kj::Exception&& e) -> kj::Maybe<kj::Exception> { return kj::mv(e); })
+                     .wait(io.waitScope);
+  KJ_IF_MAYBE (e, failure) {
+    EXPECT_TRUE(isTransactionConflict(*e)) << e->getDescription().cStr();
+  } else {
+    ADD_FAILURE() << "a conflict on every run was retried without end";
+  }
+  EXPECT_EQ(database->transactions - before, RETRIES + 1u);
+  EXPECT_EQ(auditOf().transfers, 5u);
+  expectClean();
+}
+
+// Two shards' group commits share one database and post between the same two accounts in
+// opposite directions, so each transaction meets the accounts in the other's reverse order.
+// Locking a batch's accounts in one order keeps them from deadlocking at all (no conflict to
+// retry), and every transfer is applied exactly once.
+TEST_P(LedgerContract, TwoShardsPostingInOppositeDirectionsNeverDeadlock) {
+  ASSERT_TRUE(apply(account("a")).ok);
+  ASSERT_TRUE(apply(account("b")).ok);
+  GroupCommit<Operation, Outcome> shard1(*database, batchFunction());
+  GroupCommit<Operation, Outcome> shard2(*database, batchFunction());
+  constexpr int ROUNDS = 200;
+  constexpr int EACH = 4;
+  int64_t expected = 0;
+  for (int round = 0; round < ROUNDS; ++round) {
+    kj::Vector<kj::Promise<Outcome>> promises;
+    for (int i = 0; i < EACH; ++i) {
+      promises.add(shard1.submit(one(posted(kj::str("ab", round, "-", i), "a", "b", 3))));
+      promises.add(shard2.submit(one(posted(kj::str("ba", round, "-", i), "b", "a", 2))));
+      expected += 1;
+    }
+    auto outcomes = kj::joinPromises(promises.releaseAsArray()).wait(io.waitScope);
+    for (auto& outcome : outcomes)
+      ASSERT_TRUE(outcome.ok) << outcome.message.cStr();
+  }
+  EXPECT_EQ(shard1.conflicts() + shard2.conflicts(), 0u)
+      << "the shards' transactions deadlocked and were run again";
+  auto a = balance("a");
+  EXPECT_EQ(a.debitsPosted, 3 * expected);
+  EXPECT_EQ(a.creditsPosted, 2 * expected);
+  EXPECT_EQ(auditOf().transfers, static_cast<uint64_t>(2 * expected));
   expectClean();
 }
 
