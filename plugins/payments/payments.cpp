@@ -643,14 +643,20 @@ private:
           steps.add(LedgerStep{kj::str(row.id, "/capture/0"), kj::str("cards"), kj::mv(credit),
                                row.authorized, kj::str(row.currency), schema::TransferKind::POSTED,
                                kj::str()});
+          if (row.currency != row.settlement) {
+            // Linked with the charge: both legs are recorded, or neither.
+            steps.add(LedgerStep{kj::str(row.id, "/settle/0"), kj::str("fx"),
+                                 merchantAccount(row.merchant), settled, kj::str(row.settlement),
+                                 schema::TransferKind::POSTED, kj::str()});
+          }
         } else {
           steps.add(LedgerStep{kj::str(row.id, "/hold/0"), kj::str("cards"), kj::mv(credit),
                                row.authorized, kj::str(row.currency), schema::TransferKind::PENDING,
                                kj::str(), s.windowMs});
         }
         auto first = s.post(steps.releaseAsArray());
-        return first.then([&s, row = kj::mv(row), purchase, authCode = kj::mv(authCode),
-                           settled](kj::Maybe<kj::String> refusal) mutable -> kj::Promise<Done> {
+        return first.then([row = kj::mv(row), purchase, authCode = kj::mv(authCode),
+                           settled](kj::Maybe<kj::String> refusal) mutable -> Done {
           KJ_IF_MAYBE (message, refusal) {
             return Done{ledgerFailed(*message), nullptr};
           }
@@ -662,20 +668,8 @@ private:
           } else {
             row.state = TransactionState::AUTHORIZED;
           }
-          auto settleStep = kj::Promise<kj::Maybe<kj::String>>(kj::Maybe<kj::String>(nullptr));
-          if (purchase && row.currency != row.settlement) {
-            settleStep = s.post(kj::arr(LedgerStep{
-                kj::str(row.id, "/settle/0"), kj::str("fx"), merchantAccount(row.merchant), settled,
-                kj::str(row.settlement), schema::TransferKind::POSTED, kj::str()}));
-          }
-          return settleStep.then([row = kj::mv(row), authCode = kj::mv(authCode)](
-                                     kj::Maybe<kj::String> settleRefusal) mutable {
-            KJ_IF_MAYBE (message, settleRefusal) {
-              return Done{ledgerFailed(*message), nullptr};
-            }
-            auto m = approved(row.id, authCode, row.authorized, row.currency, row.state);
-            return Done{kj::mv(m), kj::mv(row)};
-          });
+          auto m = approved(row.id, authCode, row.authorized, row.currency, row.state);
+          return Done{kj::mv(m), kj::mv(row)};
         });
       });
     });
@@ -922,38 +916,24 @@ private:
           break;
         }
       }
-      // Refunds take from the merchant's settlement account first, so its limit is checked
-      // before the card is credited.
-      auto first = op == Op::REFUND && settlement.size() > 0
-                       ? s.post(settlement.releaseAsArray())
-                       : kj::Promise<kj::Maybe<kj::String>>(kj::Maybe<kj::String>(nullptr));
-      auto presentmentSteps = presentment.releaseAsArray();
-      auto settlementSteps = settlement.releaseAsArray();
-      return first.then([&s, row = kj::mv(row), amount, authCode = kj::mv(authCode),
-                         presentmentSteps = kj::mv(presentmentSteps),
-                         settlementSteps = kj::mv(settlementSteps)](
-                            kj::Maybe<kj::String> refusal) mutable -> kj::Promise<Done> {
-        KJ_IF_MAYBE (message, refusal) {
-          return Done{ledgerFailed(*message), nullptr};
-        }
-        return s.post(kj::mv(presentmentSteps))
-            .then([&s, settlementSteps = kj::mv(settlementSteps)](
-                      kj::Maybe<kj::String> presentmentRefusal) mutable
-                  -> kj::Promise<kj::Maybe<kj::String>> {
-              if (presentmentRefusal != nullptr || settlementSteps.size() == 0) {
-                return kj::mv(presentmentRefusal);
-              }
-              return s.post(kj::mv(settlementSteps));
-            })
-            .then([row = kj::mv(row), amount,
-                   authCode = kj::mv(authCode)](kj::Maybe<kj::String> lastRefusal) mutable {
-              KJ_IF_MAYBE (message, lastRefusal) {
-                return Done{ledgerFailed(*message), nullptr};
-              }
-              auto m = approved(row.id, authCode, amount, row.currency, row.state);
-              return Done{kj::mv(m), kj::mv(row)};
-            });
-      });
+      // Both currencies' legs in one linked chain: all recorded, or none. A refund lists the
+      // merchant's settlement leg first, so the refusal names its limit before the card's leg.
+      kj::Vector<LedgerStep> chain(presentment.size() + settlement.size());
+      auto& lead = op == Op::REFUND ? settlement : presentment;
+      auto& follow = op == Op::REFUND ? presentment : settlement;
+      for (auto& step : lead)
+        chain.add(kj::mv(step));
+      for (auto& step : follow)
+        chain.add(kj::mv(step));
+      return s.post(chain.releaseAsArray())
+          .then([row = kj::mv(row), amount,
+                 authCode = kj::mv(authCode)](kj::Maybe<kj::String> refusal) mutable {
+            KJ_IF_MAYBE (message, refusal) {
+              return Done{ledgerFailed(*message), nullptr};
+            }
+            auto m = approved(row.id, authCode, amount, row.currency, row.state);
+            return Done{kj::mv(m), kj::mv(row)};
+          });
     });
   }
 };

@@ -417,6 +417,16 @@ TEST_P(PaymentsFlowOn, AmountsNearTheLimitAreRefusedAndNeverWrap) {
   auto replay = await(purchase(client, "k-lim-p2", 20));
   EXPECT_EQ(kj::str(replay.getResult()), kj::str(second.getResult()));
 
+  // Charged in USD, settled in EUR: the USD charge fits, the merchant's EUR settlement does not.
+  // The two legs are linked, so neither is recorded (no USD left at fx), and the card's charge
+  // is refunded.
+  auto settle = await(purchase(client, "k-lim-fx2", 20, "tok_visa_approve", "USD", "EUR"));
+  ASSERT_TRUE(settle.getResult().isRejected()) << kj::str(settle.getResult()).cStr();
+  EXPECT_EQ(credits(book, "fx", "USD"), 0) << "the charge was recorded without its settlement";
+  EXPECT_EQ(credits(book, "merchant:m1", "EUR"), MAX - 10);
+  EXPECT_EQ(daemon->waitForLogCount("event=payments.compensated", 2).size(), 2u);
+  expectClean(book, "USD");
+
   // MAX GBP fits: held, captured and refunded in full; a penny more is refused.
   auto big = client.authorizeRequest();
   fill(big.initRequest(), "k-lim-big", MAX, "tok_visa_approve", "GBP");
