@@ -848,14 +848,26 @@ private:
     });
   }
 
+  // What a refund of `amount` takes back from the merchant in the settlement currency: its share
+  // of what the captures settled (rounded down), the refund that empties the payment taking the
+  // rest. Refunds thus return exactly what was settled, at the rates the captures used: converting
+  // each part anew could round (or a changed rate could move) past what the merchant was given.
+  static int64_t refundShare(const PaymentRow& row, int64_t amount) {
+    int64_t open = row.captured - row.refunded;
+    if (amount >= open) return row.settled;
+    __extension__ using Wide = __int128;
+    return static_cast<int64_t>(Wide(row.settled) * amount / open);
+  }
+
   static kj::Promise<Done> ledgerStep(Shard& s, Op op, PaymentRow row, int64_t amount,
                                       kj::String authCode) {
     bool fx = row.currency != row.settlement;
     auto merchant = merchantAccount(row.merchant);
     auto credit = creditFor(row);
     auto hold = kj::str(row.id, "/hold/", row.captures);
-    auto converted = op == Op::VOID ? kj::Promise<int64_t>(int64_t{0})
-                                    : s.convert(amount, row.currency, row.settlement);
+    auto converted = op == Op::VOID     ? kj::Promise<int64_t>(int64_t{0})
+                     : op == Op::REFUND ? kj::Promise<int64_t>(refundShare(row, amount))
+                                        : s.convert(amount, row.currency, row.settlement);
     return converted.then([&s, op, row = kj::mv(row), amount, authCode = kj::mv(authCode), fx,
                            merchant = kj::mv(merchant), credit = kj::mv(credit),
                            hold = kj::mv(hold)](int64_t settledAmount) mutable {

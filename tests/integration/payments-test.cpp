@@ -382,6 +382,35 @@ TEST_P(PaymentsFlowOn, AuthorizationWindowClosesCaptureButNotRefund) {
 
 // Amounts at and near 2^63 - 1: what cannot be represented is refused as an outcome (never an
 // exception, never a wrap) and leaves nothing behind, in the ledger or at the card.
+// 12 EUR cents settle as 13 US cents (13.0104); each half, converted anew, would be 7 (6.5052),
+// 14 in all, one more than the merchant was given. Refunds take back their share of what was
+// settled instead: 6, then the rest, 7.
+TEST_P(PaymentsFlowOn, FxRefundsReturnExactlyWhatWasSettled) {
+  auto daemon = start();
+  Connection<schema::Gateway> connection(io, daemon->tcpAddress());
+  auto client = payments(connection);
+  auto book = ledger(connection);
+  kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+  auto bought = await(purchase(client, "k-fxr", 12, "tok_visa_approve", "EUR", "USD"));
+  ASSERT_TRUE(bought.getResult().isApproved()) << kj::str(bought.getResult()).cStr();
+  auto id = kj::str(bought.getResult().getApproved().getTransactionId());
+  EXPECT_EQ(credits(book, "merchant:m1", "USD"), 13);
+  auto first = op(client.refundRequest(), id, 6, "k-fxr-1", keep);
+  ASSERT_TRUE(first.isApproved()) << kj::str(first).cStr();
+  EXPECT_EQ(credits(book, "merchant:m1", "USD"), 7);
+  EXPECT_EQ(sync(client, id, keep).getSettled().getMinorUnits(), 7);
+  auto second = op(client.refundRequest(), id, 6, "k-fxr-2", keep);
+  ASSERT_TRUE(second.isApproved()) << kj::str(second).cStr();
+  auto payment = sync(client, id, keep);
+  EXPECT_EQ(payment.getState(), schema::TransactionState::REFUNDED);
+  EXPECT_EQ(payment.getSettled().getMinorUnits(), 0);
+  EXPECT_EQ(credits(book, "merchant:m1", "USD"), 0);
+  EXPECT_EQ(credits(book, "fx", "USD"), 0);
+  EXPECT_EQ(credits(book, "fx", "EUR"), 0);
+  expectClean(book, "EUR");
+  expectClean(book, "USD");
+}
+
 TEST_P(PaymentsFlowOn, AmountsNearTheLimitAreRefusedAndNeverWrap) {
   constexpr int64_t MAX = std::numeric_limits<int64_t>::max();
   cardConfig = kj::str("max_amount_minor = ", MAX);
