@@ -86,6 +86,15 @@ public:
         [](capnp::Response<schema::Payments::PurchaseResults>&& r) { return kj::mv(r); });
   }
 
+  kj::Promise<capnp::Response<schema::Payments::AuthorizeResults>> authorize(
+      schema::Payments::Client& client, kj::StringPtr key, int64_t amount,
+      kj::StringPtr token = "tok_visa_approve", kj::StringPtr currency = "EUR") {
+    auto request = client.authorizeRequest();
+    fill(request.initRequest(), key, amount, token, currency);
+    return request.send().then(
+        [](capnp::Response<schema::Payments::AuthorizeResults>&& r) { return kj::mv(r); });
+  }
+
 protected:
   template <typename Request>
   schema::PaymentResult::Reader op(Request&& request, kj::StringPtr id, int64_t amount,
@@ -188,9 +197,7 @@ TEST_P(PaymentsFlowOn, ApprovedDeclinedCapturedRefundedVoidedAndFx) {
   EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 1000);
 
   // Authorize 5000, capture 2000 then 3000, refund 1000 twice.
-  auto auth = client.authorizeRequest();
-  fill(auth.initRequest(), "k-auth", 5000);
-  auto authorized = await(auth.send());
+  auto authorized = await(authorize(client, "k-auth", 5000));
   ASSERT_TRUE(authorized.getResult().isApproved());
   auto id = kj::str(authorized.getResult().getApproved().getTransactionId());
   EXPECT_EQ(authorized.getResult().getApproved().getState(), TransactionState::AUTHORIZED);
@@ -217,9 +224,7 @@ TEST_P(PaymentsFlowOn, ApprovedDeclinedCapturedRefundedVoidedAndFx) {
   EXPECT_EQ(credits(book, "merchant:m1", "EUR"), 1000 + 5000 - 2000);
 
   // Void before capture; nothing capturable after.
-  auto auth2 = client.authorizeRequest();
-  fill(auth2.initRequest(), "k-auth2", 700);
-  auto authorized2 = await(auth2.send());
+  auto authorized2 = await(authorize(client, "k-auth2", 700));
   auto id2 = kj::str(authorized2.getResult().getApproved().getTransactionId());
   auto voided = op(client.voidPaymentRequest(), id2, 0, "k-v", keep);
   ASSERT_TRUE(voided.isApproved()) << kj::str(voided).cStr();
@@ -256,15 +261,11 @@ TEST_P(PaymentsFlowOn, UnknownCardOutcomeIsSettledOnlyBySync) {
   kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
 
   // An authorization.
-  auto auth = client.authorizeRequest();
-  fill(auth.initRequest(), "k-lost-auth", 4000, "tok_timeout");
-  auto lost = await(auth.send());
+  auto lost = await(authorize(client, "k-lost-auth", 4000, "tok_timeout"));
   ASSERT_TRUE(lost.getResult().isUnknown()) << kj::str(lost.getResult()).cStr();
   auto id = kj::str(lost.getResult().getUnknown());
   ASSERT_TRUE(id.startsWith("pay_")) << id.cStr();  // the payment's id, not the card's
-  auto retry = client.authorizeRequest();
-  fill(retry.initRequest(), "k-lost-auth", 4000, "tok_timeout");
-  auto again = await(retry.send());
+  auto again = await(authorize(client, "k-lost-auth", 4000, "tok_timeout"));
   EXPECT_EQ(kj::str(again.getResult()), kj::str(lost.getResult()));
   auto early = op(client.captureRequest(), id, 4000, "k-lost-early", keep);
   ASSERT_TRUE(early.isRejected()) << kj::str(early).cStr();
@@ -331,10 +332,8 @@ TEST_P(PaymentsFlowOn, AuthorizationWindowClosesCaptureButNotRefund) {
   auto client = payments(connection);
   auto book = ledger(connection);
   kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
-  auto authorize = [&](kj::StringPtr key, int64_t amount) {
-    auto request = client.authorizeRequest();
-    fill(request.initRequest(), key, amount);
-    auto response = await(request.send());
+  auto authorizedId = [&](kj::StringPtr key, int64_t amount) {
+    auto response = await(authorize(client, key, amount));
     KJ_ASSERT(response.getResult().isApproved(), kj::str(response.getResult()));
     return kj::str(response.getResult().getApproved().getTransactionId());
   };
@@ -344,8 +343,8 @@ TEST_P(PaymentsFlowOn, AuthorizationWindowClosesCaptureButNotRefund) {
     request.setCurrency("EUR");
     return await(request.send()).getBalance().getCreditsPending().getMinorUnits();
   };
-  auto untouched = authorize("k-win-a", 1000);
-  auto partly = authorize("k-win-b", 2000);
+  auto untouched = authorizedId("k-win-a", 1000);
+  auto partly = authorizedId("k-win-b", 2000);
   auto first = op(client.captureRequest(), partly, 500, "k-win-b-c1", keep);
   ASSERT_TRUE(first.isApproved()) << kj::str(first).cStr();
   EXPECT_EQ(pending(), 1000 + 1500);
@@ -457,9 +456,7 @@ TEST_P(PaymentsFlowOn, AmountsNearTheLimitAreRefusedAndNeverWrap) {
   expectClean(book, "USD");
 
   // MAX GBP fits: held, captured and refunded in full; a penny more is refused.
-  auto big = client.authorizeRequest();
-  fill(big.initRequest(), "k-lim-big", MAX, "tok_visa_approve", "GBP");
-  auto held = await(big.send());
+  auto held = await(authorize(client, "k-lim-big", MAX, "tok_visa_approve", "GBP"));
   ASSERT_TRUE(held.getResult().isApproved()) << kj::str(held.getResult()).cStr();
   auto id = kj::str(held.getResult().getApproved().getTransactionId());
   auto captured = op(client.captureRequest(), id, MAX, "k-lim-c1", keep, "GBP");
@@ -488,9 +485,7 @@ TEST_F(PaymentsFlow, APaymentAuthorizedOnOneShardIsCapturedOnAnother) {
     auto lines = daemon->waitForLogCount(kj::str("event=", event, " "), nth);
     return KJ_ASSERT_NONNULL(logField(lines[nth - 1], "shard"), lines[nth - 1]);
   };
-  auto auth = client.authorizeRequest();
-  fill(auth.initRequest(), "k-shard-auth", 3000);
-  auto authorized = await(auth.send());
+  auto authorized = await(authorize(client, "k-shard-auth", 3000));
   ASSERT_TRUE(authorized.getResult().isApproved()) << kj::str(authorized.getResult()).cStr();
   auto id = kj::str(authorized.getResult().getApproved().getTransactionId());
   auto authorizedOn = shardOf("card.authorize", 1);
@@ -534,9 +529,7 @@ TEST_F(PaymentsFlow, UnknownAuthorizationSyncedAfterItsWindowSettlesAsExpired) {
   auto client = payments(connection);
   auto book = ledger(connection);
   kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
-  auto auth = client.authorizeRequest();
-  fill(auth.initRequest(), "k-lost-late", 900, "tok_timeout");
-  auto lost = await(auth.send());
+  auto lost = await(authorize(client, "k-lost-late", 900, "tok_timeout"));
   ASSERT_TRUE(lost.getResult().isUnknown()) << kj::str(lost.getResult()).cStr();
   auto id = kj::str(lost.getResult().getUnknown());
 
@@ -630,9 +623,7 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
     }
     if (amount % 100 == 51) ++amount;  // the issuer's do-not-honor amounts
     if (choice == 0 || ids.size() == 0) {
-      auto r = client.authorizeRequest();
-      fill(r.initRequest(), key, amount);
-      auto response = await(r.send());
+      auto response = await(authorize(client, key, amount));
       ASSERT_TRUE(response.getResult().isApproved());
       ids.add(kj::str(response.getResult().getApproved().getTransactionId()));
     } else if (choice == 1) {
@@ -648,9 +639,7 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
         lost = kj::str(response.getResult().getUnknown());
         unsettledPurchases[lost.cStr()] = amount;
       } else {
-        auto r = client.authorizeRequest();
-        fill(r.initRequest(), key, amount, "tok_timeout");
-        auto response = await(r.send());
+        auto response = await(authorize(client, key, amount, "tok_timeout"));
         ASSERT_TRUE(response.getResult().isUnknown()) << kj::str(response.getResult()).cStr();
         lost = kj::str(response.getResult().getUnknown());
       }
