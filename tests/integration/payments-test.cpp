@@ -379,8 +379,6 @@ TEST_P(PaymentsFlowOn, AuthorizationWindowClosesCaptureButNotRefund) {
   expectClean(book, "EUR");
 }
 
-// Amounts at and near 2^63 - 1: what cannot be represented is refused as an outcome (never an
-// exception, never a wrap) and leaves nothing behind, in the ledger or at the card.
 // 12 EUR cents settle as 13 US cents (13.0104); each half, converted anew, would be 7 (6.5052),
 // 14 in all, one more than the merchant was given. Refunds take back their share of what was
 // settled instead: 6, then the rest, 7.
@@ -410,6 +408,8 @@ TEST_P(PaymentsFlowOn, FxRefundsReturnExactlyWhatWasSettled) {
   expectClean(book, "USD");
 }
 
+// Amounts at and near 2^63 - 1: what cannot be represented is refused as an outcome (never an
+// exception, never a wrap) and leaves nothing behind, in the ledger or at the card.
 TEST_P(PaymentsFlowOn, AmountsNearTheLimitAreRefusedAndNeverWrap) {
   constexpr int64_t MAX = std::numeric_limits<int64_t>::max();
   cardConfig = kj::str("max_amount_minor = ", MAX);

@@ -204,6 +204,16 @@ protected:
     };
   }
 
+  // Five transfers customer -> merchant of 10 at once through `commits`; each must be applied.
+  void postFive(GroupCommit<Operation, Outcome>& commits) {
+    kj::Vector<kj::Promise<Outcome>> promises;
+    for (int i = 0; i < 5; ++i)
+      promises.add(commits.submit(one(posted(kj::str("t", i), "customer", "merchant", 10))));
+    auto outcomes = kj::joinPromises(promises.releaseAsArray()).wait(io.waitScope);
+    for (auto& outcome : outcomes)
+      EXPECT_TRUE(outcome.ok && !outcome.replayed);
+  }
+
   void standardAccounts() {
     ASSERT_TRUE(apply(account("customer")).ok);
     ASSERT_TRUE(apply(account("merchant", Flags{true, false})).ok);
@@ -416,12 +426,7 @@ TEST_P(LedgerContract, AFailedGroupIsRetriedOneByOneAndNothingIsAppliedTwice) {
   standardAccounts();
   GroupCommit<Operation, Outcome> commits(*database, batchFunction());
   database->failNext = 1;
-  kj::Vector<kj::Promise<Outcome>> promises;
-  for (int i = 0; i < 5; ++i)
-    promises.add(commits.submit(one(posted(kj::str("t", i), "customer", "merchant", 10))));
-  auto outcomes = kj::joinPromises(promises.releaseAsArray()).wait(io.waitScope);
-  for (auto& outcome : outcomes)
-    EXPECT_TRUE(outcome.ok && !outcome.replayed);
+  postFive(commits);
   EXPECT_EQ(balance("merchant").creditsPosted, 50);
   EXPECT_EQ(auditOf().transfers, 5u);
   // A lone item whose transaction fails is rejected, not retried: its caller retries.
@@ -439,12 +444,7 @@ TEST_P(LedgerContract, AConflictRunsTheWholeGroupAgainButNotForever) {
   GroupCommit<Operation, Outcome> commits(*database, batchFunction());
   database->conflictNext = 2;
   auto before = database->transactions;
-  kj::Vector<kj::Promise<Outcome>> promises;
-  for (int i = 0; i < 5; ++i)
-    promises.add(commits.submit(one(posted(kj::str("t", i), "customer", "merchant", 10))));
-  auto outcomes = kj::joinPromises(promises.releaseAsArray()).wait(io.waitScope);
-  for (auto& outcome : outcomes)
-    EXPECT_TRUE(outcome.ok && !outcome.replayed);
+  postFive(commits);
   // The group ran whole three times (not item by item), and only the last one stuck.
   EXPECT_EQ(database->transactions - before, 3u);
   EXPECT_EQ(commits.conflicts(), 2u);
