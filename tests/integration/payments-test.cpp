@@ -88,9 +88,10 @@ public:
 
   kj::Promise<capnp::Response<schema::Payments::AuthorizeResults>> authorize(
       schema::Payments::Client& client, kj::StringPtr key, int64_t amount,
-      kj::StringPtr token = "tok_visa_approve", kj::StringPtr currency = "EUR") {
+      kj::StringPtr token = "tok_visa_approve", kj::StringPtr currency = "EUR",
+      kj::StringPtr settlement = "") {
     auto request = client.authorizeRequest();
-    fill(request.initRequest(), key, amount, token, currency);
+    fill(request.initRequest(), key, amount, token, currency, settlement);
     return request.send().then(
         [](capnp::Response<schema::Payments::AuthorizeResults>&& r) { return kj::mv(r); });
   }
@@ -586,7 +587,9 @@ TEST_F(PaymentsFlow, UnknownOutcomeTheCardHasNoRecordOfFailsAtSync) {
 }
 
 // Random operations from `seed`: captured never above authorized, refunded never above captured,
-// nothing capturable after a void, replays answer alike, and the ledger balances.
+// nothing capturable after a void, replays answer alike, and the ledger balances. A third of the
+// payments (by amount) settle in USD: each one's settled amount stays within what its captures
+// settled and is zero once fully refunded, and the merchant's USD is the sum of them.
 void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
   std::printf("payments property test: PAYMENTS_SEED=%llu PAYMENTS_PROPERTY_STEPS=%llu\n",
               static_cast<unsigned long long>(seed), static_cast<unsigned long long>(steps));
@@ -603,7 +606,9 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
   kj::Vector<kj::String> ids;
   std::map<std::string, bool> wasVoided;
   std::map<std::string, int64_t> unsettledPurchases;  // id -> amount: unknown, not synced yet
-  int64_t expectedMerchant = 0;
+  std::map<std::string, int64_t> settledUsd;          // id -> settled, of USD-settled payments
+  std::map<std::string, int64_t> refundable;          // id -> captured - refunded, at last sync
+  int64_t expectedMerchant = 0;                       // EUR
   for (uint64_t step = 0; step < steps; ++step) {
     SCOPED_TRACE(testing::Message() << "step " << step);
     // Drained as we go: payhostd blocks when its log pipe is full (64 KiB, about 370 steps).
@@ -622,14 +627,24 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
                   ids.size());
     }
     if (amount % 100 == 51) ++amount;  // the issuer's do-not-honor amounts
+    kj::StringPtr settlement = amount % 3 == 0 ? "USD" : "";
     if (choice == 0 || ids.size() == 0) {
-      auto response = await(authorize(client, key, amount));
+      auto response = await(authorize(client, key, amount, "tok_visa_approve", "EUR", settlement));
       ASSERT_TRUE(response.getResult().isApproved());
       ids.add(kj::str(response.getResult().getApproved().getTransactionId()));
+      if (settlement == "USD") settledUsd[ids.back().cStr()] = 0;
     } else if (choice == 1) {
-      auto response = await(purchase(client, key, amount));
+      auto response = await(purchase(client, key, amount, "tok_visa_approve", "EUR", settlement));
       ASSERT_TRUE(response.getResult().isApproved());
-      expectedMerchant += amount;
+      auto id = kj::str(response.getResult().getApproved().getTransactionId());
+      if (settlement == "USD") {
+        int64_t settled = sync(client, id, keep).getSettled().getMinorUnits();
+        EXPECT_TRUE(settled > 0 && settled < 2 * amount) << settled;
+        settledUsd[id.cStr()] = settled;
+      } else {
+        expectedMerchant += amount;
+      }
+      ids.add(kj::mv(id));
     } else if (choice == 6) {
       // The card's answer is lost; a later sync of the payment settles it (below).
       kj::String lost;
@@ -646,16 +661,21 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
       ids.add(kj::mv(lost));
     } else {
       auto& id = ids[random() % ids.size()];
+      bool usd = settledUsd.count(id.cStr()) != 0;
+      int64_t capturedNow = 0;
       schema::PaymentResult::Reader result;
       if (choice == 2 || choice == 3) {
         result = op(client.captureRequest(), id, amount, key, keep);
         if (result.isApproved()) {
+          capturedNow = amount;
           EXPECT_FALSE(wasVoided[id.cStr()]) << "captured after a void";
-          expectedMerchant += amount;
+          if (!usd) expectedMerchant += amount;
         }
       } else if (choice == 4) {
+        // Half the refunds take all that is left, so payments refunded in parts end at zero.
+        if (random() % 2 == 0 && refundable[id.cStr()] > 0) amount = refundable[id.cStr()];
         result = op(client.refundRequest(), id, amount, key, keep);
-        if (result.isApproved()) expectedMerchant -= amount;
+        if (result.isApproved() && !usd) expectedMerchant -= amount;
       } else {
         result = op(client.voidPaymentRequest(), id, 0, key, keep);
         if (result.isApproved()) wasVoided[id.cStr()] = true;
@@ -676,9 +696,22 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
       int64_t authorized = payment.getAuthorized().getMinorUnits();
       int64_t captured = payment.getCaptured().getMinorUnits();
       int64_t refunded = payment.getRefunded().getMinorUnits();
+      int64_t settled = payment.getSettled().getMinorUnits();
       EXPECT_LE(captured, authorized);
       EXPECT_LE(refunded, captured);
       EXPECT_GE(refunded, 0);
+      refundable[id.cStr()] = captured - refunded;
+      if (usd) {
+        // Only a capture adds (at 1.0842 USD per EUR, under twice its amount); never below zero.
+        EXPECT_GE(settled, 0);
+        EXPECT_LE(settled, settledUsd[id.cStr()] + 2 * capturedNow);
+        if (refunded == captured) {
+          EXPECT_EQ(settled, 0) << "fully refunded, some USD left over";
+        }
+        settledUsd[id.cStr()] = settled;
+      } else {
+        EXPECT_EQ(settled, captured - refunded);
+      }
       EXPECT_NE(payment.getState(), TransactionState::UNKNOWN) << "sync did not settle";
       auto unsettled = unsettledPurchases.find(id.cStr());
       if (unsettled != unsettledPurchases.end()) {
@@ -700,7 +733,14 @@ void PaymentsFlow::randomOperations(uint64_t seed, uint64_t steps) {
     expectedMerchant += amount;
   }
   EXPECT_EQ(credits(book, "merchant:m1", "EUR"), expectedMerchant);
+  int64_t expectedUsd = 0;
+  for (auto& [id, settled] : settledUsd) {
+    kj::Vector<kj::Own<capnp::MessageBuilder>> keep;
+    expectedUsd += sync(client, id.c_str(), keep).getSettled().getMinorUnits();
+  }
+  EXPECT_EQ(credits(book, "merchant:m1", "USD"), expectedUsd);
   expectClean(book, "EUR");
+  expectClean(book, "USD");
 }
 
 TEST_P(PaymentsFlowOn, RandomOperationsKeepCapturedAndRefundedWithinBounds) {
