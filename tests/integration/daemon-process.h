@@ -267,6 +267,16 @@ typename Interface::Client gatewayService(Connection<schema::Gateway>& connectio
   return request.send().getService().template castAs<Interface>();
 }
 
+// A new connection to payhostd's Gateway (payhostd gives each to the next shard in turn) and one
+// service on it, `name`, as `Interface`.
+template <typename Interface>
+struct ServiceConnection {
+  ServiceConnection(kj::AsyncIoContext& io, kj::StringPtr address, kj::StringPtr name)
+      : gateway(io, address), service(gatewayService<Interface>(gateway, name)) {}
+  Connection<schema::Gateway> gateway;
+  typename Interface::Client service;
+};
+
 kj::Promise<ScreenResponse> screen(schema::FraudScreen::Client& echo, kj::StringPtr token,
                                    int64_t amount, kj::StringPtr merchant = "merchant-1");
 

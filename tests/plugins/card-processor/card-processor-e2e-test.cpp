@@ -30,18 +30,13 @@ protected:
   ~CardShards() noexcept override {}
 
   // A client of payments.card on a new connection (a new shard, in turn).
-  struct Client {
-    Client(kj::AsyncIoContext& io, kj::StringPtr address)
-        : gateway(io, address), card(gatewayService<CardProcessor>(gateway, "payments.card")) {}
-    Connection<schema::Gateway> gateway;
-    CardProcessor::Client card;
-  };
+  using Client = ServiceConnection<CardProcessor>;
 
-  kj::Own<Client> connect() { return kj::heap<Client>(io, daemon.tcpAddress()); }
+  kj::Own<Client> connect() { return kj::heap<Client>(io, daemon.tcpAddress(), "payments.card"); }
 
   capnp::Response<CardProcessor::AuthorizeResults> authorize(Client& client, int64_t amount,
                                                              kj::StringPtr key) {
-    auto request = client.card.authorizeRequest();
+    auto request = client.service.authorizeRequest();
     auto body = request.initRequest();
     body.setMerchantId("m_1");
     body.initAmount().setMinorUnits(amount);
@@ -53,7 +48,7 @@ protected:
 
   capnp::Response<CardProcessor::CaptureResults> capture(Client& client, kj::StringPtr id,
                                                          int64_t amount, kj::StringPtr key) {
-    auto request = client.card.captureRequest();
+    auto request = client.service.captureRequest();
     auto body = request.initRequest();
     body.setTransactionId(id);
     body.initAmount().setMinorUnits(amount);
@@ -64,7 +59,7 @@ protected:
 
   capnp::Response<CardProcessor::RefundResults> refund(Client& client, kj::StringPtr id,
                                                        int64_t amount, kj::StringPtr key) {
-    auto request = client.card.refundRequest();
+    auto request = client.service.refundRequest();
     auto body = request.initRequest();
     body.setTransactionId(id);
     body.initAmount().setMinorUnits(amount);
@@ -76,7 +71,7 @@ protected:
   capnp::Response<CardProcessor::VoidAuthorizationResults> voidAuthorization(Client& client,
                                                                              kj::StringPtr id,
                                                                              kj::StringPtr key) {
-    auto request = client.card.voidAuthorizationRequest();
+    auto request = client.service.voidAuthorizationRequest();
     auto body = request.initRequest();
     body.setTransactionId(id);
     body.setIdempotencyKey(key);
@@ -84,7 +79,7 @@ protected:
   }
 
   capnp::Response<CardProcessor::SyncResults> sync(Client& client, kj::StringPtr id) {
-    auto request = client.card.syncRequest();
+    auto request = client.service.syncRequest();
     request.setTransactionId(id);
     return await(request.send());
   }

@@ -29,14 +29,9 @@ protected:
   ~FraudShards() noexcept override {}
 
   // A client of payments.fraud on a new connection (a new shard, in turn).
-  struct Client {
-    Client(kj::AsyncIoContext& io, kj::StringPtr address)
-        : gateway(io, address), fraud(gatewayService<FraudScreen>(gateway, "payments.fraud")) {}
-    Connection<schema::Gateway> gateway;
-    FraudScreen::Client fraud;
-  };
+  using Client = ServiceConnection<FraudScreen>;
 
-  kj::Own<Client> connect() { return kj::heap<Client>(io, daemon.tcpAddress()); }
+  kj::Own<Client> connect() { return kj::heap<Client>(io, daemon.tcpAddress(), "payments.fraud"); }
 
   // Screens one attempt of `token` at `merchant` and returns its decision and the shard that
   // logged it (the screens are made one after another, so the nth record is the nth screen's).
@@ -45,7 +40,7 @@ protected:
     kj::String shard;
   };
   Screened screen(Client& client, kj::StringPtr token, kj::StringPtr merchant) {
-    auto request = client.fraud.screenRequest();
+    auto request = client.service.screenRequest();
     auto body = request.initRequest();
     body.setMerchantId(merchant);
     body.initAmount().setMinorUnits(1000);
