@@ -871,25 +871,26 @@ private:
     return converted.then([&s, op, row = kj::mv(row), amount, authCode = kj::mv(authCode), fx,
                            merchant = kj::mv(merchant), credit = kj::mv(credit),
                            hold = kj::mv(hold)](int64_t settledAmount) mutable {
-      kj::Vector<LedgerStep> presentment;
-      kj::Vector<LedgerStep> settlement;
+      // Both currencies' legs in one linked chain: all recorded, or none. A refund lists the
+      // merchant's settlement leg first, so the refusal names its limit before the card's leg.
+      kj::Vector<LedgerStep> chain;
       switch (op) {
         case Op::CAPTURE: {
-          presentment.add(LedgerStep{kj::str(row.id, "/capture/", row.captures), kj::str(),
-                                     kj::str(), amount, kj::str(row.currency),
-                                     schema::TransferKind::POST_PENDING, kj::str(hold)});
+          chain.add(LedgerStep{kj::str(row.id, "/capture/", row.captures), kj::str(), kj::str(),
+                               amount, kj::str(row.currency), schema::TransferKind::POST_PENDING,
+                               kj::str(hold)});
           int64_t rest = row.authorized - row.captured - amount;
           int64_t timeout = row.expiresAtMs - s.nowMs();
           if (rest > 0) {
-            presentment.add(LedgerStep{kj::str(row.id, "/hold/", row.captures + 1),
-                                       kj::str("cards"), kj::str(credit), rest,
-                                       kj::str(row.currency), schema::TransferKind::PENDING,
-                                       kj::str(), timeout > 0 ? timeout : 1});
+            chain.add(LedgerStep{kj::str(row.id, "/hold/", row.captures + 1), kj::str("cards"),
+                                 kj::str(credit), rest, kj::str(row.currency),
+                                 schema::TransferKind::PENDING, kj::str(),
+                                 timeout > 0 ? timeout : 1});
           }
           if (fx) {
-            settlement.add(LedgerStep{kj::str(row.id, "/settle/", row.captures), kj::str("fx"),
-                                      kj::str(merchant), settledAmount, kj::str(row.settlement),
-                                      schema::TransferKind::POSTED, kj::str()});
+            chain.add(LedgerStep{kj::str(row.id, "/settle/", row.captures), kj::str("fx"),
+                                 kj::str(merchant), settledAmount, kj::str(row.settlement),
+                                 schema::TransferKind::POSTED, kj::str()});
           }
           row.captured += amount;
           row.settled += settledAmount;
@@ -899,27 +900,27 @@ private:
           break;
         }
         case Op::VOID:
-          presentment.add(LedgerStep{kj::str(row.id, "/void"), kj::str(), kj::str(), 0,
-                                     kj::str(row.currency), schema::TransferKind::VOID_PENDING,
-                                     kj::mv(hold)});
+          chain.add(LedgerStep{kj::str(row.id, "/void"), kj::str(), kj::str(), 0,
+                               kj::str(row.currency), schema::TransferKind::VOID_PENDING,
+                               kj::mv(hold)});
           row.state = TransactionState::VOIDED;
           row.released = true;
           break;
         case Op::REFUND: {
+          if (fx) {
+            chain.add(LedgerStep{kj::str(row.id, "/unsettle/", row.refunds), kj::str(merchant),
+                                 kj::str("fx"), settledAmount, kj::str(row.settlement),
+                                 schema::TransferKind::POSTED, kj::str()});
+          }
           if (row.captured < row.authorized && !row.released) {
-            presentment.add(LedgerStep{kj::str(row.id, "/release"), kj::str(), kj::str(), 0,
-                                       kj::str(row.currency), schema::TransferKind::VOID_PENDING,
-                                       kj::mv(hold)});
+            chain.add(LedgerStep{kj::str(row.id, "/release"), kj::str(), kj::str(), 0,
+                                 kj::str(row.currency), schema::TransferKind::VOID_PENDING,
+                                 kj::mv(hold)});
             row.released = true;
           }
-          if (fx) {
-            settlement.add(LedgerStep{kj::str(row.id, "/unsettle/", row.refunds), kj::str(merchant),
-                                      kj::str("fx"), settledAmount, kj::str(row.settlement),
-                                      schema::TransferKind::POSTED, kj::str()});
-          }
-          presentment.add(LedgerStep{kj::str(row.id, "/refund/", row.refunds), kj::str(credit),
-                                     kj::str("cards"), amount, kj::str(row.currency),
-                                     schema::TransferKind::POSTED, kj::str()});
+          chain.add(LedgerStep{kj::str(row.id, "/refund/", row.refunds), kj::str(credit),
+                               kj::str("cards"), amount, kj::str(row.currency),
+                               schema::TransferKind::POSTED, kj::str()});
           row.refunded += amount;
           row.settled -= settledAmount;
           row.refunds += 1;
@@ -928,15 +929,6 @@ private:
           break;
         }
       }
-      // Both currencies' legs in one linked chain: all recorded, or none. A refund lists the
-      // merchant's settlement leg first, so the refusal names its limit before the card's leg.
-      kj::Vector<LedgerStep> chain(presentment.size() + settlement.size());
-      auto& lead = op == Op::REFUND ? settlement : presentment;
-      auto& follow = op == Op::REFUND ? presentment : settlement;
-      for (auto& step : lead)
-        chain.add(kj::mv(step));
-      for (auto& step : follow)
-        chain.add(kj::mv(step));
       return s.post(chain.releaseAsArray())
           .then([row = kj::mv(row), amount,
                  authCode = kj::mv(authCode)](kj::Maybe<kj::String> refusal) mutable {
